@@ -1,0 +1,504 @@
+"""Shared building blocks for every architecture in vit_jax.
+
+Parameter names follow the original ViT release (pre-linen numbering inside an encoder block:
+`LayerNorm_0`, `MultiHeadDotProductAttention_1`, `LayerNorm_2`, `MlpBlock_3/Dense_{0,1}`), so released `.npz`
+files load without renaming.
+
+Every option is a dataclass field threaded down explicitly. Families that differ from plain ViT (CCT's norm
+placement, CvT's attention scale, T2T's qkv bias, ...) set the matching field instead of writing a new block.
+
+Intermediates: attention modules `sow` their attention weights into the `intermediates` collection when the
+caller makes it mutable (`model.apply(..., mutable=['intermediates'])`); this costs nothing otherwise.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, Optional, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Array = jax.Array
+Dtype = Any
+Initializer = Callable[..., Array]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Activations and norms.
+# ----------------------------------------------------------------------------------------------------------------
+def quick_gelu(x: Array) -> Array:
+    """QuickGELU (CvT, CLIP): x * sigmoid(1.702 x)."""
+    return x * jax.nn.sigmoid(1.702 * x)
+
+
+ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
+    'gelu': functools.partial(jax.nn.gelu, approximate=True),  # The ViT release (flax nn.gelu default).
+    'gelu_tanh': functools.partial(jax.nn.gelu, approximate=True),
+    'gelu_exact': functools.partial(jax.nn.gelu, approximate=False),  # PyTorch nn.GELU().
+    'quick_gelu': quick_gelu,
+    'relu': jax.nn.relu,
+    'silu': jax.nn.silu,
+    'tanh': jnp.tanh,
+}
+
+
+def get_activation(name: str | Callable[[Array], Array]) -> Callable[[Array], Array]:
+    """Returns an activation by name ('gelu' is the tanh approximation of the ViT release)."""
+    if callable(name):
+        return name
+    if name not in ACTIVATIONS:
+        raise ValueError(f'Unknown activation {name!r}; choose one of {sorted(ACTIVATIONS)}.')
+    return ACTIVATIONS[name]
+
+
+# Registry of token normalisers usable wherever a block asks for `norm`. DTN registers itself here.
+NORMS: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register_norm(name: str):
+    """Decorator: registers a norm factory `f(eps=..., dtype=..., name=..., **kw) -> nn.Module`."""
+
+    def wrap(fn):
+        NORMS[name] = fn
+        return fn
+
+    return wrap
+
+
+@register_norm('layernorm')
+def _layernorm(eps: float = 1e-6, dtype: Dtype = jnp.float32, name: Optional[str] = None, **_) -> nn.Module:
+    return nn.LayerNorm(epsilon=eps, dtype=dtype, name=name)
+
+
+def make_norm(norm: str, *, eps: float, dtype: Dtype, name: Optional[str], **kw) -> nn.Module:
+    """Builds a token normaliser by registered name ('layernorm', 'dtn', ...)."""
+    if norm not in NORMS:
+        # Late registration: importing a module registers its norm (e.g. vit_jax.models.dtn registers 'dtn').
+        import importlib
+
+        try:
+            importlib.import_module(f'vit_jax.models.{norm}')
+        except ImportError:
+            pass
+    if norm not in NORMS:
+        raise ValueError(f'Unknown norm {norm!r}; choose one of {sorted(NORMS)}.')
+    return NORMS[norm](eps=eps, dtype=dtype, name=name, **kw)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Regularisers.
+# ----------------------------------------------------------------------------------------------------------------
+def drop_path(x: Array, rate: float | Array, rng: Array) -> Array:
+    """Stochastic depth: zeroes whole examples of a residual branch, rescales the survivors."""
+    keep = 1.0 - rate
+    shape = (x.shape[0],) + (1,) * (x.ndim - 1)
+    mask = jax.random.bernoulli(rng, keep, shape)
+    return jnp.where(mask, x / jnp.maximum(keep, 1e-12).astype(x.dtype), jnp.zeros_like(x))
+
+
+class DropPath(nn.Module):
+    """Stochastic depth module; `rate` may be a traced scalar (a per-layer rate under `nn.scan`)."""
+
+    rate: float | Array = 0.0  # Probability of dropping the branch for an example.
+
+    @nn.compact
+    def __call__(self, x: Array, deterministic: bool) -> Array:
+        if deterministic or (isinstance(self.rate, (int, float)) and self.rate == 0.0):
+            return x
+        return drop_path(x, self.rate, self.make_rng('dropout'))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# MLP and attention.
+# ----------------------------------------------------------------------------------------------------------------
+class MlpBlock(nn.Module):
+    """Transformer MLP: Dense -> activation -> Dropout -> Dense -> Dropout (names Dense_0, Dense_1)."""
+
+    mlp_dim: int  # Hidden width.
+    out_dim: Optional[int] = None  # Output width; defaults to the input width.
+    dropout_rate: float = 0.0  # Dropout after the activation and after the second dense.
+    activation: str = 'gelu'  # See ACTIVATIONS ('gelu' = tanh approximation, as the ViT release).
+    dtype: Dtype = jnp.float32  # Compute dtype.
+    kernel_init: Initializer = nn.initializers.xavier_uniform()  # Dense kernels.
+    bias_init: Initializer = nn.initializers.normal(stddev=1e-6)  # Dense biases (the release uses N(0, 1e-6)).
+
+    @nn.compact
+    def __call__(self, x: Array, deterministic: bool = True) -> Array:
+        out_dim = self.out_dim or x.shape[-1]
+        dense = functools.partial(nn.Dense, dtype=self.dtype, kernel_init=self.kernel_init, bias_init=self.bias_init)
+        x = dense(self.mlp_dim, name='Dense_0')(x)
+        x = get_activation(self.activation)(x)
+        x = nn.Dropout(self.dropout_rate)(x, deterministic=deterministic)
+        x = dense(out_dim, name='Dense_1')(x)
+        return nn.Dropout(self.dropout_rate)(x, deterministic=deterministic)
+
+
+def dot_product_attention(q: Array, k: Array, v: Array, *, scale: float, bias: Optional[Array] = None,
+                          dropout_rate: float = 0.0, deterministic: bool = True,
+                          dropout_rng: Optional[Array] = None, return_weights: bool = False
+                          ) -> tuple[Array, Optional[Array]]:
+    """Scaled dot-product attention on [B, T, heads, head_dim] inputs.
+
+    Uses `jax.nn.dot_product_attention` (fused where the backend has a kernel) unless attention-probability dropout
+    is active or the weights are requested, in which case the weights are materialised.
+
+    Returns:
+      (output [B, Tq, heads, head_dim], weights [B, heads, Tq, Tk] or None).
+    """
+    need_dropout = dropout_rate > 0.0 and not deterministic
+    if not need_dropout and not return_weights:
+        # jax.nn.dot_product_attention needs matching dtypes.
+        out = jax.nn.dot_product_attention(q, k, v.astype(q.dtype), bias=bias, scale=scale)
+        return out, None
+    logits = jnp.einsum('bqhd,bkhd->bhqk', q * jnp.asarray(scale, q.dtype), k)
+    if bias is not None:
+        logits = logits + bias
+    weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(q.dtype)
+    probs = weights
+    if need_dropout:
+        keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, probs.shape)
+        probs = jnp.where(keep, probs / (1.0 - dropout_rate), 0.0).astype(q.dtype)
+    out = jnp.einsum('bhqk,bkhd->bqhd', probs, v)
+    return out, weights
+
+
+class MultiHeadAttention(nn.Module):
+    """Multi-head attention with the ViT release layout (query/key/value/out DenseGeneral kernels).
+
+    Kernels: query/key/value (D_in, heads, head_dim), out (heads, head_dim, D_out). Hooks for families that differ:
+    `scale` (CvT: 1/sqrt(stage dim)), `qkv_bias` (CCT/T2T: off), `kv_input` (cross-attention), `qkv_transform` (a
+    module applied to the input before the key/value projections, e.g. CvT's convolutional projection), and `bias`
+    (additive attention bias, e.g. relative position bias).
+    """
+
+    num_heads: int  # Number of heads.
+    qkv_features: Optional[int] = None  # Total width of q/k/v (defaults to the input width).
+    out_features: Optional[int] = None  # Output width (defaults to the input width).
+    qkv_bias: bool = True  # Bias on the q/k/v projections.
+    out_bias: bool = True  # Bias on the output projection.
+    scale: Optional[float] = None  # Query scale; default 1/sqrt(head_dim).
+    attention_dropout_rate: float = 0.0  # Dropout on the attention probabilities.
+    dtype: Dtype = jnp.float32  # Compute dtype.
+    kernel_init: Initializer = nn.initializers.xavier_uniform()  # Projection kernels.
+
+    @nn.compact
+    def __call__(self, x_q: Array, x_kv: Optional[Array] = None, *, bias: Optional[Array] = None,
+                 deterministic: bool = True) -> Array:
+        x_kv = x_q if x_kv is None else x_kv
+        features = self.qkv_features or x_q.shape[-1]
+        if features % self.num_heads:
+            raise ValueError(f'qkv width {features} is not divisible by num_heads={self.num_heads}.')
+        head_dim = features // self.num_heads
+        proj = functools.partial(nn.DenseGeneral, features=(self.num_heads, head_dim), dtype=self.dtype,
+                                 kernel_init=self.kernel_init, use_bias=self.qkv_bias)
+        q = proj(name='query')(x_q)
+        k = proj(name='key')(x_kv)
+        v = proj(name='value')(x_kv)
+        scale = self.scale if self.scale is not None else head_dim**-0.5
+        want_weights = self.is_mutable_collection('intermediates')
+        rng = None
+        if self.attention_dropout_rate > 0.0 and not deterministic:
+            rng = self.make_rng('dropout')
+        out, weights = dot_product_attention(q, k, v, scale=scale, bias=bias,
+                                             dropout_rate=self.attention_dropout_rate, deterministic=deterministic,
+                                             dropout_rng=rng, return_weights=want_weights)
+        if weights is not None:
+            self.sow('intermediates', 'attention_weights', weights)
+        return nn.DenseGeneral(features=self.out_features or x_q.shape[-1], axis=(-2, -1), dtype=self.dtype,
+                               kernel_init=self.kernel_init, use_bias=self.out_bias, name='out')(out)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Encoder.
+# ----------------------------------------------------------------------------------------------------------------
+class Encoder1DBlock(nn.Module):
+    """Transformer encoder block (names as the ViT release).
+
+    norm_style:
+      'pre': x + Attn(LN(x)); x + MLP(LN(x))          (ViT, most families)
+      'cct': x + Attn(LN(x)); x = LN(x); x + MLP(x)   (the official Compact Transformers encoder layer, where the
+             residual stream itself is normalised before the MLP).
+    """
+
+    num_heads: int  # Attention heads.
+    mlp_dim: int  # MLP hidden width.
+    dropout_rate: float = 0.0  # Dropout after attention and inside the MLP.
+    attention_dropout_rate: float = 0.0  # Dropout on attention probabilities.
+    drop_path_rate: float | Array = 0.0  # Stochastic depth of both residual branches.
+    norm: str = 'layernorm'  # Token normaliser (see NORMS).
+    norm_eps: float = 1e-6  # Normaliser epsilon (ViT 1e-6; PyTorch ports 1e-5).
+    norm_style: str = 'pre'  # 'pre' or 'cct'; see the class docstring.
+    activation: str = 'gelu'  # MLP activation.
+    qkv_bias: bool = True  # Bias on q/k/v.
+    attention_scale: Optional[float] = None  # Query scale; default 1/sqrt(head_dim).
+    layer_scale: Optional[float] = None  # LayerScale init (CaiT/BEiT); None disables.
+    dtype: Dtype = jnp.float32  # Compute dtype.
+
+    @nn.compact
+    def __call__(self, x: Array, train: bool = False, attn_bias: Optional[Array] = None) -> Array:
+        deterministic = not train
+        norm = functools.partial(make_norm, self.norm, eps=self.norm_eps, dtype=self.dtype)
+        y = norm(name='LayerNorm_0')(x)
+        y = MultiHeadAttention(num_heads=self.num_heads, qkv_bias=self.qkv_bias, scale=self.attention_scale,
+                               attention_dropout_rate=self.attention_dropout_rate, dtype=self.dtype,
+                               name='MultiHeadDotProductAttention_1')(y, bias=attn_bias, deterministic=deterministic)
+        y = nn.Dropout(self.dropout_rate)(y, deterministic=deterministic)
+        if self.layer_scale is not None:
+            y = y * self.param('gamma_1', nn.initializers.constant(self.layer_scale), (x.shape[-1],)).astype(y.dtype)
+        x = x + DropPath(self.drop_path_rate)(y, deterministic)
+        if self.norm_style == 'cct':
+            x = norm(name='LayerNorm_2')(x)
+            y = x
+        elif self.norm_style == 'pre':
+            y = norm(name='LayerNorm_2')(x)
+        else:
+            raise ValueError(f"norm_style must be 'pre' or 'cct', got {self.norm_style!r}.")
+        y = MlpBlock(mlp_dim=self.mlp_dim, dropout_rate=self.dropout_rate, activation=self.activation,
+                     dtype=self.dtype, name='MlpBlock_3')(y, deterministic=deterministic)
+        if self.layer_scale is not None:
+            y = y * self.param('gamma_2', nn.initializers.constant(self.layer_scale), (x.shape[-1],)).astype(y.dtype)
+        return x + DropPath(self.drop_path_rate)(y, deterministic)
+
+
+class _ScanBlock(nn.Module):
+    """Adapter so `nn.scan` can thread a per-layer stochastic-depth rate through an `Encoder1DBlock`."""
+
+    block_kwargs: dict  # Arguments of Encoder1DBlock (minus drop_path_rate).
+    remat_policy: Optional[str] = None  # jax.checkpoint_policies name, or None for no remat.
+
+    @nn.compact
+    def __call__(self, x: Array, rate: Array, train: bool):
+        block_cls = Encoder1DBlock
+        if self.remat_policy is not None:
+            block_cls = nn.remat(Encoder1DBlock, prevent_cse=False, static_argnums=(2,),
+                                 policy=_remat_policy(self.remat_policy))
+        x = block_cls(drop_path_rate=rate, name='block', **self.block_kwargs)(x, train)
+        return x, x
+
+
+def _remat_policy(name: str):
+    if name in ('none', 'full', 'nothing_saveable'):
+        return jax.checkpoint_policies.nothing_saveable
+    policy = getattr(jax.checkpoint_policies, name, None)
+    if policy is None:
+        raise ValueError(f'Unknown remat policy {name!r}; use a jax.checkpoint_policies name.')
+    return policy
+
+
+class Encoder(nn.Module):
+    """A stack of `Encoder1DBlock`s followed by a final norm (`encoder_norm`).
+
+    Blocks are `encoderblock_{i}`; with `scan=True` one `encoderblock` holds every layer's parameters stacked on a
+    leading axis (faster compiles; `checkpoint` converts between the two layouts). Stochastic depth ramps linearly
+    from 0 to `drop_path_rate` over the depth (the DeiT/CCT convention).
+    """
+
+    num_layers: int  # Depth.
+    num_heads: int  # Attention heads.
+    mlp_dim: int  # MLP hidden width.
+    dropout_rate: float = 0.0  # Dropout inside blocks.
+    attention_dropout_rate: float = 0.0  # Attention-probability dropout.
+    drop_path_rate: float = 0.0  # Stochastic depth at the last layer (linear ramp from 0).
+    norm: str = 'layernorm'  # Token normaliser.
+    norm_eps: float = 1e-6  # Normaliser epsilon.
+    norm_style: str = 'pre'  # 'pre' or 'cct'.
+    final_norm: bool = True  # Apply `encoder_norm` at the end.
+    activation: str = 'gelu'  # MLP activation.
+    qkv_bias: bool = True  # q/k/v bias.
+    attention_scale: Optional[float] = None  # Query scale; default 1/sqrt(head_dim).
+    layer_scale: Optional[float] = None  # LayerScale init; None disables.
+    scan: bool = False  # Scan over layers (one compiled block).
+    remat_policy: Optional[str] = None  # Rematerialise each block with this jax.checkpoint_policies name.
+    dtype: Dtype = jnp.float32  # Compute dtype.
+
+    def _block_kwargs(self) -> dict:
+        return dict(num_heads=self.num_heads, mlp_dim=self.mlp_dim, dropout_rate=self.dropout_rate,
+                    attention_dropout_rate=self.attention_dropout_rate, norm=self.norm, norm_eps=self.norm_eps,
+                    norm_style=self.norm_style, activation=self.activation, qkv_bias=self.qkv_bias,
+                    attention_scale=self.attention_scale, layer_scale=self.layer_scale, dtype=self.dtype)
+
+    @nn.compact
+    def __call__(self, x: Array, train: bool = False) -> tuple[Array, dict[str, Array]]:
+        out = {}
+        rates = np.linspace(0.0, self.drop_path_rate, self.num_layers) if self.num_layers > 1 else np.array(
+            [self.drop_path_rate])
+        if self.scan:
+            scanned = nn.scan(_ScanBlock, variable_axes={'params': 0, 'intermediates': 0, 'batch_stats': 0},
+                              split_rngs={'params': True, 'dropout': True}, in_axes=(0, nn.broadcast),
+                              length=self.num_layers)
+            x, per_layer = scanned(self._block_kwargs(), self.remat_policy, name='encoderblock')(
+                x, jnp.asarray(rates, jnp.float32), train)
+            for i in range(self.num_layers):
+                out[f'block_{i:02d}'] = per_layer[i]
+        else:
+            block_cls = Encoder1DBlock
+            if self.remat_policy is not None:
+                block_cls = nn.remat(Encoder1DBlock, prevent_cse=True, static_argnums=(2,),
+                                     policy=_remat_policy(self.remat_policy))
+            for i in range(self.num_layers):
+                x = block_cls(drop_path_rate=float(rates[i]), name=f'encoderblock_{i}', **self._block_kwargs())(
+                    x, train)
+                out[f'block_{i:02d}'] = x
+        if self.final_norm:
+            x = make_norm(self.norm, eps=self.norm_eps, dtype=self.dtype, name='encoder_norm')(x)
+        return x, out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Position embeddings.
+# ----------------------------------------------------------------------------------------------------------------
+class AddPositionEmbs(nn.Module):
+    """Adds a learned position embedding `pos_embedding` of shape (1, T, D) (release init N(0, 0.02))."""
+
+    posemb_init: Initializer = nn.initializers.normal(stddev=0.02)  # Initializer.
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        if x.ndim != 3:
+            raise ValueError(f'AddPositionEmbs expects [B, T, D] tokens, got shape {x.shape}.')
+        pe = self.param('pos_embedding', self.posemb_init, (1, x.shape[1], x.shape[2]))
+        return x + pe.astype(x.dtype)
+
+
+def posemb_sincos_1d(length: int, dim: int, temperature: float = 10_000.0) -> np.ndarray:
+    """The Transformer sinusoid table (sin on even, cos on odd channels) of shape (1, length, dim); T2T/CCT style."""
+    pos = np.arange(length)[:, None]
+    i = np.arange(dim)[None, :]
+    angle = pos / np.power(temperature, 2 * (i // 2) / dim)
+    table = np.where(i % 2 == 0, np.sin(angle), np.cos(angle))
+    return table[None].astype(np.float32)
+
+
+def posemb_sincos_2d(h: int, w: int, dim: int, temperature: float = 10_000.0) -> np.ndarray:
+    """2-D sin-cos position embedding (MoCo v3 / MAE style) of shape (1, h*w, dim)."""
+    if dim % 4:
+        raise ValueError(f'2-D sincos position embedding needs dim divisible by 4, got {dim}.')
+    y, x = np.mgrid[:h, :w]
+    omega = 1.0 / temperature ** (np.arange(dim // 4) / (dim // 4 - 1 if dim > 4 else 1))
+    y = y.reshape(-1)[:, None] * omega[None]
+    x = x.reshape(-1)[:, None] * omega[None]
+    pe = np.concatenate([np.sin(x), np.cos(x), np.sin(y), np.cos(y)], axis=1)
+    return pe[None].astype(np.float32)
+
+
+def resample_grid(grid: np.ndarray | Array, new_hw: Sequence[int]) -> np.ndarray:
+    """Resamples a [h, w, D] grid of embeddings to `new_hw` like the ViT release (scipy zoom, order 1)."""
+    import scipy.ndimage
+
+    grid = np.asarray(grid, np.float32)
+    h, w = grid.shape[:2]
+    if (h, w) == tuple(new_hw):
+        return grid
+    zoom = (new_hw[0] / h, new_hw[1] / w, 1)
+    out = scipy.ndimage.zoom(grid, zoom, order=1)
+    if out.shape[:2] != tuple(new_hw):  # scipy rounds the output size; never happens for integer grids.
+        raise ValueError(f'Resampling {grid.shape} to {new_hw} gave {out.shape}.')
+    return out
+
+
+def resample_posemb(posemb: np.ndarray | Array, new_len: int, *, num_prefix_tokens: int = 1,
+                    old_hw: Optional[Sequence[int]] = None, new_hw: Optional[Sequence[int]] = None) -> np.ndarray:
+    """Resamples a (1, prefix + h*w, D) position embedding to (1, new_len, D).
+
+    The prefix tokens (class token, distillation token ...) keep their embedding; the grid is resampled with
+    `resample_grid`. Grids default to square; pass `old_hw` / `new_hw` for non-square grids.
+    """
+    posemb = np.asarray(posemb)
+    if posemb.shape[1] == new_len and (old_hw is None or new_hw is None or tuple(old_hw) == tuple(new_hw)):
+        return posemb
+    prefix, grid = posemb[:, :num_prefix_tokens], posemb[0, num_prefix_tokens:]
+    n_old, n_new = grid.shape[0], new_len - num_prefix_tokens
+    old_hw = tuple(old_hw) if old_hw is not None else _square(n_old, 'old')
+    new_hw = tuple(new_hw) if new_hw is not None else _square(n_new, 'new')
+    if old_hw[0] * old_hw[1] != n_old or new_hw[0] * new_hw[1] != n_new:
+        raise ValueError(f'Grid sizes {old_hw} -> {new_hw} do not match token counts {n_old} -> {n_new}.')
+    grid = resample_grid(grid.reshape(old_hw[0], old_hw[1], -1), new_hw).reshape(1, n_new, -1)
+    return np.concatenate([prefix, grid], axis=1).astype(posemb.dtype)
+
+
+def _square(n: int, what: str) -> tuple[int, int]:
+    s = int(round(np.sqrt(n)))
+    if s * s != n:
+        raise ValueError(f'The {what} position-embedding grid has {n} tokens, which is not square; pass old_hw/new_hw.')
+    return s, s
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Patch embeddings (stems).
+# ----------------------------------------------------------------------------------------------------------------
+def patch_embed(x: Array, features: int, patch_size: Sequence[int] = (16, 16), dtype: Dtype = jnp.float32,
+                name: str = 'embedding') -> Array:
+    """Linear patch embedding: a conv with kernel = stride = patch (the release's `embedding`), returned as NHWD.
+
+    Call it inside a parent's `@nn.compact` method so the conv lands in the parent's scope under `name`.
+    """
+    ph, pw = patch_size
+    if x.shape[1] % ph or x.shape[2] % pw:
+        raise ValueError(f'Image size {tuple(x.shape[1:3])} is not divisible by the patch size {(ph, pw)}.')
+    return nn.Conv(features, (ph, pw), strides=(ph, pw), padding='VALID', dtype=dtype, name=name)(x)
+
+
+class ConvStem(nn.Module):
+    """The ViT_C convolutional stem ("Early Convolutions Help Transformers See Better", pycls `ViTStemConv`).
+
+    3x3 convs (no bias) each followed by BatchNorm and ReLU, then a 1x1 conv with bias to the embedding width.
+    """
+
+    features: int  # Output width D.
+    channels: Sequence[int] = (48, 96, 192, 384)  # Widths of the 3x3 convs.
+    strides: Sequence[int] = (2, 2, 2, 2)  # Strides of the 3x3 convs (product 16).
+    bn_momentum: float = 0.9  # Flax BatchNorm momentum (PyTorch 0.1).
+    bn_eps: float = 1e-5  # BatchNorm epsilon.
+    dtype: Dtype = jnp.float32  # Compute dtype.
+
+    @nn.compact
+    def __call__(self, x: Array, train: bool = False) -> Array:
+        for i, (c, s) in enumerate(zip(self.channels, self.strides)):
+            x = nn.Conv(c, (3, 3), strides=(s, s), padding=((1, 1), (1, 1)), use_bias=False, dtype=self.dtype,
+                        kernel_init=nn.initializers.variance_scaling(2.0, 'fan_out', 'normal'), name=f'conv_{i}')(x)
+            x = nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum, epsilon=self.bn_eps,
+                             dtype=self.dtype, name=f'bn_{i}')(x)
+            x = nn.relu(x)
+        return nn.Conv(self.features, (1, 1), dtype=self.dtype,
+                       kernel_init=nn.initializers.variance_scaling(1.0, 'fan_out', 'normal'), name='embedding')(x)
+
+
+class MAPHead(nn.Module):
+    """Multihead attention pooling (big_vision): a learned probe attends over the tokens."""
+
+    num_heads: int  # Attention heads.
+    mlp_dim: Optional[int] = None  # MLP width (default 4 * D).
+    norm_eps: float = 1e-6  # LayerNorm epsilon.
+    dtype: Dtype = jnp.float32  # Compute dtype.
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        b, _, d = x.shape
+        probe = self.param('probe', nn.initializers.xavier_uniform(), (1, 1, d))
+        probe = jnp.tile(probe, [b, 1, 1]).astype(x.dtype)
+        x = MultiHeadAttention(num_heads=self.num_heads, dtype=self.dtype, name='MultiHeadDotProductAttention_0')(
+            probe, x)
+        y = nn.LayerNorm(epsilon=self.norm_eps, dtype=self.dtype, name='LayerNorm_0')(x)
+        x = x + MlpBlock(mlp_dim=self.mlp_dim or 4 * d, dtype=self.dtype, name='MlpBlock_0')(y)
+        return x[:, 0]
+
+
+def check_images(x: Array, *, channels: int = 3, ndim: int = 4, what: str = 'images',
+                 multiple_of: Optional[Sequence[int]] = None, name: str = 'model') -> None:
+    """Raises a clear ValueError when an image batch does not fit a model (checked at trace time)."""
+    layout = 'NHWC' if ndim == 4 else 'NTHWC'
+    if x.ndim != ndim:
+        raise ValueError(f'{name} expects {what} as a float {layout} array of rank {ndim}, got shape {tuple(x.shape)}.'
+                         + (' Add a batch axis (x[None]).' if x.ndim == ndim - 1 else ''))
+    if x.shape[-1] != channels:
+        hint = ' It looks like NCHW; transpose to NHWC.' if x.shape[1] == channels else ''
+        raise ValueError(f'{name} expects {channels} channels in the last axis ({layout}), got shape '
+                         f'{tuple(x.shape)}.{hint}')
+    if multiple_of is not None:
+        hw = x.shape[-3:-1]
+        if any(s % m for s, m in zip(hw, multiple_of)):
+            raise ValueError(f'{name}: image size {tuple(hw)} is not a multiple of {tuple(multiple_of)} '
+                             f'(the patch grid). Resize or pad the images, or build the model with that image_size.')

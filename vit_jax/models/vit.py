@@ -1,0 +1,250 @@
+"""Vision Transformer (Dosovitskiy et al., 2021), its ResNet hybrids, and ViT_P / ViT_C (Xiao et al., 2021).
+
+One module, three stems: `stem='patch'` (linear patch embedding), `stem='resnet'` (BiT ResNet then a 1x1 patch
+embedding on its feature map) and `stem='conv'` (the ViT_C stack of 3x3 convs with BatchNorm). Parameter names are
+the release's: `embedding`, `cls`, `Transformer/posembed_input/pos_embedding`, `Transformer/encoderblock_{i}`,
+`Transformer/encoder_norm`, `pre_logits`, `head`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from vit_jax.models import layers, register
+from vit_jax.models.resnet import resnet_stem
+
+Array = jax.Array
+
+
+def to_2tuple(x: int | Sequence[int]) -> tuple[int, int]:
+    """An int or a pair as an (h, w) pair."""
+    if isinstance(x, int):
+        return (x, x)
+    x = tuple(int(v) for v in x)
+    if len(x) != 2:
+        raise ValueError(f'Expected an int or an (h, w) pair, got {x}.')
+    return x
+
+
+class VisionTransformer(nn.Module):
+    """ViT for classification; returns `(logits, out)` where `out` holds named intermediates."""
+
+    num_classes: Optional[int] = 1000  # Head width; None or 0 drops the head (features in `pre_logits`).
+    image_size: int | Sequence[int] = 224  # Input resolution (fixes the position-embedding grid).
+    patch_size: int | Sequence[int] = 16  # Patch size of the embedding (1 for hybrids on the ResNet map).
+    hidden_size: int = 768  # Token width D.
+    mlp_dim: int = 3072  # MLP hidden width.
+    num_heads: int = 12  # Attention heads.
+    num_layers: int = 12  # Encoder depth.
+    stem: str = 'patch'  # 'patch', 'resnet' (BiT hybrid) or 'conv' (ViT_C).
+    resnet_layers: Sequence[int] = (3, 4, 9)  # Units per ResNet stage (stem='resnet').
+    resnet_width: float = 1.0  # ResNet width factor (stem='resnet').
+    conv_channels: Sequence[int] = (48, 96, 192, 384)  # ViT_C 3x3 conv widths (stem='conv').
+    conv_strides: Sequence[int] = (2, 2, 2, 2)  # ViT_C 3x3 conv strides (stem='conv').
+    classifier: str = 'token'  # 'token', 'gap', 'map', 'unpooled' or 'token_unpooled'.
+    posemb: str = 'learn'  # 'learn', 'sincos2d' or 'none'.
+    representation_size: Optional[int] = None  # Width of the tanh `pre_logits` layer (pre-training head).
+    dropout_rate: float = 0.0  # Dropout after the position embedding and inside blocks.
+    attention_dropout_rate: float = 0.0  # Dropout on attention probabilities.
+    drop_path_rate: float = 0.0  # Stochastic depth at the last block (linear ramp).
+    norm: str = 'layernorm'  # Token normaliser ('layernorm', 'dtn', ...).
+    norm_eps: float = 1e-6  # Normaliser epsilon (release 1e-6; pycls 1e-5).
+    activation: str = 'gelu'  # MLP activation ('gelu' = tanh approx, release; 'gelu_exact' for PyTorch ports).
+    qkv_bias: bool = True  # Bias on q/k/v projections.
+    head_bias_init: float = 0.0  # Initial head bias (the head kernel is zero-initialised).
+    scan: bool = False  # Scan over encoder layers.
+    remat_policy: Optional[str] = None  # Rematerialisation policy of each block (jax.checkpoint_policies name).
+    dtype: Any = jnp.float32  # Compute dtype (parameters stay float32).
+
+    @property
+    def grid_size(self) -> tuple[int, int]:
+        """The token grid (h, w) at `image_size`."""
+        h, w = to_2tuple(self.image_size)
+        if self.stem == 'patch':
+            ph, pw = to_2tuple(self.patch_size)
+            return h // ph, w // pw
+        stride = self.total_stride
+        return h // stride, w // stride
+
+    @property
+    def total_stride(self) -> int:
+        """Pixels per token along each side."""
+        ph, _ = to_2tuple(self.patch_size)
+        if self.stem == 'resnet':
+            return 4 * 2 ** max(len(self.resnet_layers) - 1, 0) * ph
+        if self.stem == 'conv':
+            s = 1
+            for v in self.conv_strides:
+                s *= v
+            return s
+        return ph
+
+    def input_shape(self, batch: int = 1) -> tuple[int, ...]:
+        """Shape of a batch this model accepts at its configured resolution."""
+        return (batch, *to_2tuple(self.image_size), 3)
+
+    @nn.compact
+    def __call__(self, images: Array, *, train: bool = False) -> tuple[Array, dict[str, Array]]:
+        layers.check_images(images, name=f'{type(self).__name__}', multiple_of=(self.total_stride,) * 2)
+        if tuple(images.shape[1:3]) != to_2tuple(self.image_size) and self.posemb == 'learn':
+            raise ValueError(
+                f'This model was built for image_size={to_2tuple(self.image_size)} but got images of '
+                f'{tuple(images.shape[1:3])}. Build it with get_model(..., image_size={tuple(images.shape[1:3])}); '
+                'checkpoint.load_pretrained resamples the position embeddings of a checkpoint to the new grid.')
+        out = {}
+        x = images.astype(self.dtype)
+        if self.stem == 'resnet':
+            x = resnet_stem(x, self.resnet_layers, self.resnet_width, dtype=self.dtype)
+            x = layers.patch_embed(x, self.hidden_size, to_2tuple(self.patch_size), dtype=self.dtype)
+        elif self.stem == 'conv':
+            x = layers.ConvStem(self.hidden_size, self.conv_channels, self.conv_strides, dtype=self.dtype,
+                                name='stem')(x, train=train)
+        elif self.stem == 'patch':
+            x = layers.patch_embed(x, self.hidden_size, to_2tuple(self.patch_size), dtype=self.dtype)
+        else:
+            raise ValueError(f"stem must be 'patch', 'resnet' or 'conv', got {self.stem!r}.")
+        b, h, w, d = x.shape
+        x = x.reshape(b, h * w, d)
+        out['stem'] = x
+
+        use_cls = self.classifier in ('token', 'token_unpooled')
+        if use_cls:
+            cls = self.param('cls', nn.initializers.zeros, (1, 1, d))
+            x = jnp.concatenate([jnp.tile(cls.astype(x.dtype), [b, 1, 1]), x], axis=1)
+
+        x, enc_out = _Transformer(
+            num_layers=self.num_layers, num_heads=self.num_heads, mlp_dim=self.mlp_dim, posemb=self.posemb,
+            grid=(h, w), num_prefix=int(use_cls), dropout_rate=self.dropout_rate,
+            attention_dropout_rate=self.attention_dropout_rate, drop_path_rate=self.drop_path_rate, norm=self.norm,
+            norm_eps=self.norm_eps, activation=self.activation, qkv_bias=self.qkv_bias, scan=self.scan,
+            remat_policy=self.remat_policy, dtype=self.dtype, name='Transformer')(x, train=train)
+        out.update({f'encoder/{k}': v for k, v in enc_out.items()})
+        out['encoded'] = x
+        out['tokens_2d'] = x[:, int(use_cls):].reshape(b, h, w, d)
+
+        if self.classifier == 'token':
+            x = x[:, 0]
+        elif self.classifier == 'gap':
+            x = jnp.mean(x, axis=1)
+        elif self.classifier == 'map':
+            x = layers.MAPHead(num_heads=self.num_heads, mlp_dim=self.mlp_dim, norm_eps=self.norm_eps,
+                               dtype=self.dtype, name='MAPHead_0')(x)
+        elif self.classifier not in ('unpooled', 'token_unpooled'):
+            raise ValueError(f"classifier must be 'token', 'gap', 'map', 'unpooled' or 'token_unpooled', "
+                             f'got {self.classifier!r}.')
+
+        if self.representation_size is not None:
+            x = jnp.tanh(nn.Dense(self.representation_size, dtype=self.dtype, name='pre_logits')(x))
+        out['pre_logits'] = x
+        if self.num_classes:
+            x = nn.Dense(self.num_classes, dtype=self.dtype, kernel_init=nn.initializers.zeros,
+                         bias_init=nn.initializers.constant(self.head_bias_init), name='head')(x)
+        out['logits'] = x
+        return x.astype(jnp.float32), out
+
+
+class _Transformer(nn.Module):
+    """Position embedding + dropout + Encoder, under the release's `Transformer` scope."""
+
+    num_layers: int
+    num_heads: int
+    mlp_dim: int
+    posemb: str
+    grid: tuple[int, int]
+    num_prefix: int
+    dropout_rate: float
+    attention_dropout_rate: float
+    drop_path_rate: float
+    norm: str
+    norm_eps: float
+    activation: str
+    qkv_bias: bool
+    scan: bool
+    remat_policy: Optional[str]
+    dtype: Any
+
+    @nn.compact
+    def __call__(self, x: Array, train: bool) -> tuple[Array, dict[str, Array]]:
+        if self.posemb == 'learn':
+            x = layers.AddPositionEmbs(name='posembed_input')(x)
+        elif self.posemb == 'sincos2d':
+            pe = layers.posemb_sincos_2d(*self.grid, x.shape[-1])
+            pe = jnp.concatenate([jnp.zeros((1, self.num_prefix, x.shape[-1])), pe], axis=1)
+            x = x + pe.astype(x.dtype)
+        elif self.posemb != 'none':
+            raise ValueError(f"posemb must be 'learn', 'sincos2d' or 'none', got {self.posemb!r}.")
+        x = nn.Dropout(self.dropout_rate)(x, deterministic=not train)
+        return _encoder_in_scope(self, x, train)
+
+
+def _encoder_in_scope(parent: _Transformer, x: Array, train: bool):
+    # The release puts encoderblock_{i} and encoder_norm directly under `Transformer`; calling the Encoder's body
+    # through `nn.share_scope` keeps those names without an extra `Encoder_0` level.
+    enc = layers.Encoder(
+        num_layers=parent.num_layers, num_heads=parent.num_heads, mlp_dim=parent.mlp_dim,
+        dropout_rate=parent.dropout_rate, attention_dropout_rate=parent.attention_dropout_rate,
+        drop_path_rate=parent.drop_path_rate, norm=parent.norm, norm_eps=parent.norm_eps,
+        activation=parent.activation, qkv_bias=parent.qkv_bias, scan=parent.scan, remat_policy=parent.remat_policy,
+        dtype=parent.dtype)
+    nn.share_scope(parent, enc)
+    return enc(x, train=train)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Registered variants.
+# ----------------------------------------------------------------------------------------------------------------
+# (hidden, mlp, heads, layers) per size, as in the ViT release / DeiT / AugReg.
+VIT_SIZES = {
+    'Ti': (192, 768, 3, 12),
+    'S': (384, 1536, 6, 12),
+    'B': (768, 3072, 12, 12),
+    'L': (1024, 4096, 16, 24),
+    'H': (1280, 5120, 16, 32),
+}
+
+
+def _vit_kwargs(size: str, patch: int) -> dict:
+    hidden, mlp, heads, depth = VIT_SIZES[size]
+    return dict(hidden_size=hidden, mlp_dim=mlp, num_heads=heads, num_layers=depth, patch_size=patch)
+
+
+for _size in VIT_SIZES:
+    for _patch in (8, 14, 16, 32):
+        register(f'ViT-{_size}/{_patch}', VisionTransformer, aliases=(f'ViT-{_size}_{_patch}',),
+                 paper='vit', **_vit_kwargs(_size, _patch))
+
+# ResNet hybrids of the release: R50 with stages (3, 4, 9) (stage 4's units moved into stage 3), R26 (2, 2, 2, 2).
+register('R50+ViT-B/16', VisionTransformer, aliases=('R50+ViT-B_16',), paper='vit', stem='resnet',
+         resnet_layers=(3, 4, 9), **_vit_kwargs('B', 1))
+register('R26+ViT-S/32', VisionTransformer, aliases=('R26+ViT-S_32',), paper='vit', stem='resnet',
+         resnet_layers=(2, 2, 2, 2), **_vit_kwargs('S', 1))
+register('R26+ViT-B/32', VisionTransformer, aliases=('R26+ViT-B_32',), paper='vit', stem='resnet',
+         resnet_layers=(2, 2, 2, 2), **_vit_kwargs('B', 1))
+register('R50+ViT-L/32', VisionTransformer, aliases=('R50+ViT-L_32',), paper='vit', stem='resnet',
+         resnet_layers=(3, 4, 6, 3), **_vit_kwargs('L', 1))
+register('R+ViT-Ti/16', VisionTransformer, aliases=('R+ViT-Ti_16',), paper='vit', stem='resnet',
+         resnet_layers=(), **_vit_kwargs('Ti', 8))
+
+# "Early Convolutions Help Transformers See Better", table 1: ViT_P (patchify stem) and ViT_C (conv stem, one
+# block fewer). pycls uses LayerNorm eps 1e-5 and exact GELU.
+_EARLY_CONV = {
+    # name: (D, mlp ratio, heads, blocks of ViT_P, conv channels, conv strides)
+    '1GF': (192, 3, 3, 12, (24, 48, 96, 192), (2, 2, 2, 2)),
+    '4GF': (384, 3, 6, 12, (48, 96, 192, 384), (2, 2, 2, 2)),
+    '18GF': (768, 4, 12, 12, (64, 128, 128, 256, 256, 512), (2, 2, 1, 2, 1, 2)),
+    '36GF': (1024, 4, 16, 14, (64, 128, 128, 256, 256, 512), (2, 2, 1, 2, 1, 2)),
+}
+for _name, (_d, _r, _h, _l, _ch, _st) in _EARLY_CONV.items():
+    _common = dict(hidden_size=_d, mlp_dim=_d * _r, num_heads=_h, norm_eps=1e-5, activation='gelu_exact',
+                   paper='early_conv')
+    register(f'ViTP-{_name}', VisionTransformer, patch_size=16, num_layers=_l, **_common)
+    register(f'ViTC-{_name}', VisionTransformer, stem='conv', num_layers=_l - 1, conv_channels=_ch,
+             conv_strides=_st, **_common)
+
+# A tiny ViT for tests and the quickstart.
+register('ViT-testing', VisionTransformer, paper='test', hidden_size=32, mlp_dim=64, num_heads=2, num_layers=2,
+         patch_size=4, image_size=32)
