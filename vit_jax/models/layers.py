@@ -183,20 +183,27 @@ class MultiHeadAttention(nn.Module):
     attention_dropout_rate: float = 0.0  # Dropout on the attention probabilities.
     dtype: Dtype = jnp.float32  # Compute dtype.
     kernel_init: Initializer = nn.initializers.xavier_uniform()  # Projection kernels.
+    # Factory of a module `(x_q, x_kv, deterministic=) -> (q_in, k_in, v_in)` applied before the q/k/v projections
+    # (CvT's convolutional projection); built under the name 'qkv_transform'. None: q_in = x_q, k_in = v_in = x_kv.
+    qkv_transform: Optional[Callable[..., nn.Module]] = None
 
     @nn.compact
     def __call__(self, x_q: Array, x_kv: Optional[Array] = None, *, bias: Optional[Array] = None,
                  deterministic: bool = True) -> Array:
         x_kv = x_q if x_kv is None else x_kv
+        out_features = self.out_features or x_q.shape[-1]
         features = self.qkv_features or x_q.shape[-1]
         if features % self.num_heads:
             raise ValueError(f'qkv width {features} is not divisible by num_heads={self.num_heads}.')
         head_dim = features // self.num_heads
         proj = functools.partial(nn.DenseGeneral, features=(self.num_heads, head_dim), dtype=self.dtype,
                                  kernel_init=self.kernel_init, use_bias=self.qkv_bias)
+        x_k = x_v = x_kv
+        if self.qkv_transform is not None:
+            x_q, x_k, x_v = self.qkv_transform(name='qkv_transform')(x_q, x_kv, deterministic=deterministic)
         q = proj(name='query')(x_q)
-        k = proj(name='key')(x_kv)
-        v = proj(name='value')(x_kv)
+        k = proj(name='key')(x_k)
+        v = proj(name='value')(x_v)
         scale = self.scale if self.scale is not None else head_dim**-0.5
         want_weights = self.is_mutable_collection('intermediates')
         rng = None
@@ -207,7 +214,7 @@ class MultiHeadAttention(nn.Module):
                                              dropout_rng=rng, return_weights=want_weights)
         if weights is not None:
             self.sow('intermediates', 'attention_weights', weights)
-        return nn.DenseGeneral(features=self.out_features or x_q.shape[-1], axis=(-2, -1), dtype=self.dtype,
+        return nn.DenseGeneral(features=out_features, axis=(-2, -1), dtype=self.dtype,
                                kernel_init=self.kernel_init, use_bias=self.out_bias, name='out')(out)
 
 
@@ -236,14 +243,20 @@ class Encoder1DBlock(nn.Module):
     attention_scale: Optional[float] = None  # Query scale; default 1/sqrt(head_dim).
     layer_scale: Optional[float] = None  # LayerScale init (CaiT/BEiT); None disables.
     dtype: Dtype = jnp.float32  # Compute dtype.
+    kernel_init: Optional[Initializer] = None  # Attention and MLP kernels; None keeps xavier_uniform (the release).
+    bias_init: Optional[Initializer] = None  # MLP biases; None keeps N(0, 1e-6) (the release).
+    qkv_transform: Optional[Callable[..., nn.Module]] = None  # See MultiHeadAttention (CvT conv projection).
 
     @nn.compact
     def __call__(self, x: Array, train: bool = False, attn_bias: Optional[Array] = None) -> Array:
         deterministic = not train
         norm = functools.partial(make_norm, self.norm, eps=self.norm_eps, dtype=self.dtype)
+        k_init = {} if self.kernel_init is None else {'kernel_init': self.kernel_init}
+        b_init = {} if self.bias_init is None else {'bias_init': self.bias_init}
         y = norm(name='LayerNorm_0')(x)
         y = MultiHeadAttention(num_heads=self.num_heads, qkv_bias=self.qkv_bias, scale=self.attention_scale,
                                attention_dropout_rate=self.attention_dropout_rate, dtype=self.dtype,
+                               qkv_transform=self.qkv_transform, **k_init,
                                name='MultiHeadDotProductAttention_1')(y, bias=attn_bias, deterministic=deterministic)
         y = nn.Dropout(self.dropout_rate)(y, deterministic=deterministic)
         if self.layer_scale is not None:
@@ -257,7 +270,7 @@ class Encoder1DBlock(nn.Module):
         else:
             raise ValueError(f"norm_style must be 'pre' or 'cct', got {self.norm_style!r}.")
         y = MlpBlock(mlp_dim=self.mlp_dim, dropout_rate=self.dropout_rate, activation=self.activation,
-                     dtype=self.dtype, name='MlpBlock_3')(y, deterministic=deterministic)
+                     dtype=self.dtype, **k_init, **b_init, name='MlpBlock_3')(y, deterministic=deterministic)
         if self.layer_scale is not None:
             y = y * self.param('gamma_2', nn.initializers.constant(self.layer_scale), (x.shape[-1],)).astype(y.dtype)
         return x + DropPath(self.drop_path_rate)(y, deterministic)
@@ -313,12 +326,15 @@ class Encoder(nn.Module):
     scan: bool = False  # Scan over layers (one compiled block).
     remat_policy: Optional[str] = None  # Rematerialise each block with this jax.checkpoint_policies name.
     dtype: Dtype = jnp.float32  # Compute dtype.
+    kernel_init: Optional[Initializer] = None  # Attention and MLP kernels; None keeps xavier_uniform (the release).
+    bias_init: Optional[Initializer] = None  # MLP biases; None keeps N(0, 1e-6) (the release).
 
     def _block_kwargs(self) -> dict:
         return dict(num_heads=self.num_heads, mlp_dim=self.mlp_dim, dropout_rate=self.dropout_rate,
                     attention_dropout_rate=self.attention_dropout_rate, norm=self.norm, norm_eps=self.norm_eps,
                     norm_style=self.norm_style, activation=self.activation, qkv_bias=self.qkv_bias,
-                    attention_scale=self.attention_scale, layer_scale=self.layer_scale, dtype=self.dtype)
+                    attention_scale=self.attention_scale, layer_scale=self.layer_scale, dtype=self.dtype,
+                    kernel_init=self.kernel_init, bias_init=self.bias_init)
 
     @nn.compact
     def __call__(self, x: Array, train: bool = False) -> tuple[Array, dict[str, Array]]:
