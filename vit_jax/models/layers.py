@@ -59,7 +59,11 @@ NORMS: dict[str, Callable[..., nn.Module]] = {}
 
 
 def register_norm(name: str):
-    """Decorator: registers a norm factory `f(eps=..., dtype=..., name=..., **kw) -> nn.Module`."""
+    """Decorator: registers a norm factory `f(eps=..., dtype=..., name=..., **kw) -> nn.Module`.
+
+    Blocks pass `num_heads` (the attention heads of the block) in `kw`; a factory that has no use for it must accept
+    and ignore it (as 'layernorm' does).
+    """
 
     def wrap(fn):
         NORMS[name] = fn
@@ -250,7 +254,8 @@ class Encoder1DBlock(nn.Module):
     @nn.compact
     def __call__(self, x: Array, train: bool = False, attn_bias: Optional[Array] = None) -> Array:
         deterministic = not train
-        norm = functools.partial(make_norm, self.norm, eps=self.norm_eps, dtype=self.dtype)
+        # Per-head norms (DTN) read `num_heads`; LayerNorm ignores it.
+        norm = functools.partial(make_norm, self.norm, eps=self.norm_eps, dtype=self.dtype, num_heads=self.num_heads)
         k_init = {} if self.kernel_init is None else {'kernel_init': self.kernel_init}
         b_init = {} if self.bias_init is None else {'bias_init': self.bias_init}
         y = norm(name='LayerNorm_0')(x)
@@ -359,7 +364,8 @@ class Encoder(nn.Module):
                     x, train)
                 out[f'block_{i:02d}'] = x
         if self.final_norm:
-            x = make_norm(self.norm, eps=self.norm_eps, dtype=self.dtype, name='encoder_norm')(x)
+            x = make_norm(self.norm, eps=self.norm_eps, dtype=self.dtype, name='encoder_norm',
+                          num_heads=self.num_heads)(x)
         return x, out
 
 
