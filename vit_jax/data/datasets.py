@@ -1,0 +1,377 @@
+"""Data sources: built-in datasets (a registry), image folders and TFDS, each giving examples in a fixed order.
+
+A source is the raw, finite, deterministic list of examples of one base split (`train`, `test` ...); slicing
+(`train[:90%]`), per-process sharding, shuffling, repeating, decoding and preprocessing are done on top of it by
+`vit_jax.data.get_dataset`.
+
+Register a built-in dataset::
+
+    from vit_jax import data
+
+    @data.register_dataset('my_set', flip=False)        # keyword arguments: data-config defaults for this dataset
+    def my_set(split, *, data_dir=None):
+        ...                                             # one base split: 'train' or 'test' ...
+        return tf_dataset, num_classes, num_examples    # examples {'image': uint8 HxWx3 (or encoded bytes),
+                                                        #           'label': int}, always in the same order
+
+With `prefix=True` the name takes an argument: `register_dataset('folder', prefix=True)` serves
+'folder:/path/to/root', and the function receives `arg='/path/to/root'`. A function may also accept `data_config`.
+It may return a `Source` for more control (e.g. `decode_errors='skip'` for user files).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import difflib
+import functools
+import hashlib
+import inspect
+import logging
+import os
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+log = logging.getLogger(__name__)
+
+
+class DatasetNotPreparedError(FileNotFoundError):
+    """A TFDS dataset that has not been downloaded and prepared in the data_dir."""
+
+
+@dataclasses.dataclass
+class Source:
+    """The examples of one base split, in a fixed order.
+
+    Attributes:
+        dataset: finite tf.data.Dataset of dicts with 'label' (int) and either 'image' (uint8 HxWxC, or encoded
+            JPEG/PNG bytes) or 'image_path' (a file to read); other keys pass through.
+        num_classes: number of classes.
+        num_examples: number of examples of `dataset`.
+        decode_errors: 'raise' or 'skip' (examples whose image fails to decode are dropped and counted).
+        num_skipped: examples already left out when the source was built (e.g. unreadable files).
+        defaults: data-config defaults of this dataset (explicit config values win).
+        class_names: optional class names, index = label.
+        select: optional `fn(start, stop) -> tf.data.Dataset` giving examples [start, stop) cheaply (without
+            reading the ones before); `dataset.skip(start).take(stop - start)` otherwise.
+    """
+
+    dataset: tf.data.Dataset
+    num_classes: int
+    num_examples: int
+    decode_errors: str = 'raise'
+    num_skipped: int = 0
+    defaults: dict = dataclasses.field(default_factory=dict)
+    class_names: list[str] | None = None
+    select: Callable[[int, int], tf.data.Dataset] | None = None
+
+    def range(self, start: int, stop: int) -> tf.data.Dataset:
+        """Examples [start, stop) of the split."""
+        if self.select is not None:
+            return self.select(start, stop)
+        return self.dataset.skip(start).take(stop - start)
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetEntry:
+    """A registered built-in dataset."""
+
+    name: str
+    fn: Callable[..., Any]
+    prefix: bool
+    defaults: dict
+
+
+_DATASETS: dict[str, DatasetEntry] = {}
+
+
+def register_dataset(name: str, *, prefix: bool = False, **defaults: Any) -> Callable[[Callable], Callable]:
+    """Decorator registering a built-in dataset `fn(split, *, data_dir=None, [arg], [data_config])`.
+
+    Args:
+        name: dataset name used in config.dataset ('digits'), or a prefix ('folder' for 'folder:/path') when
+            `prefix=True`.
+        prefix: the name takes an argument after ':' passed to `fn` as `arg`.
+        **defaults: data-config defaults for this dataset (e.g. flip=False); explicit config values win.
+
+    `fn` returns `(tf.data.Dataset, num_classes, num_examples)` or a `Source`, for one base split name.
+    """
+
+    def deco(fn: Callable) -> Callable:
+        if name in _DATASETS:
+            raise ValueError(f'Dataset {name!r} is registered twice.')
+        _DATASETS[name] = DatasetEntry(name, fn, prefix, dict(defaults))
+        return fn
+
+    return deco
+
+
+_EXTENSIONS = ('vit_jax.data.video',)  # Modules that register more datasets, if present.
+_extensions_loaded = False
+
+
+def _load_extensions() -> None:
+    global _extensions_loaded
+    if _extensions_loaded:
+        return
+    _extensions_loaded = True
+    import importlib
+
+    for mod in _EXTENSIONS:
+        try:
+            importlib.import_module(mod)
+        except ModuleNotFoundError as e:
+            if e.name != mod:
+                raise
+
+
+def list_datasets() -> list[str]:
+    """Names of the built-in datasets ('folder:' style prefixes end with ':')."""
+    _load_extensions()
+    return sorted(n + (':' if e.prefix else '') for n, e in _DATASETS.items())
+
+
+def find_builtin(name: str) -> tuple[DatasetEntry, str | None] | None:
+    """(entry, arg) when `name` is a built-in ('digits') or a prefixed one ('folder:/x'); None otherwise."""
+    _load_extensions()
+    if name in _DATASETS and not _DATASETS[name].prefix:
+        return _DATASETS[name], None
+    if ':' in name:
+        head, arg = name.split(':', 1)
+        if head in _DATASETS and _DATASETS[head].prefix:
+            return _DATASETS[head], arg
+    if name in _DATASETS:  # A prefix dataset named without its argument.
+        raise ValueError(f'Dataset {name!r} needs an argument: {name}:ARG (e.g. folder:/path/to/images).')
+    return None
+
+
+def call_builtin(entry: DatasetEntry, arg: str | None, split: str, *, data_dir: str | None,
+                 data_config: Mapping[str, Any]) -> Source:
+    """Calls a registered dataset function for one base split and normalises its result to a `Source`."""
+    params = inspect.signature(entry.fn).parameters
+    takes_all = any(p.kind == p.VAR_KEYWORD for p in params.values())
+    kwargs = {}
+    for key, value in (('data_dir', data_dir), ('arg', arg), ('data_config', data_config)):
+        if takes_all or key in params:
+            kwargs[key] = value
+    if entry.prefix and 'arg' not in kwargs:
+        raise TypeError(f'Dataset function {entry.fn.__name__} is registered with prefix=True but takes no `arg`.')
+    out = entry.fn(split, **kwargs)
+    if not isinstance(out, Source):
+        ds, num_classes, num_examples = out
+        out = Source(ds, int(num_classes), int(num_examples))
+    out.defaults = {**entry.defaults, **out.defaults}
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Built-in: the UCI handwritten digits shipped with scikit-learn.
+
+DIGITS_TEST_FRACTION = 0.2  # Held-out test fraction (stratified); fixed, independent of any training seed.
+DIGITS_SPLIT_SEED = 0  # Seed of the fixed train/test partition (part of the dataset's definition).
+DIGITS_UPSAMPLE = 4  # 8x8 -> 32x32 by pixel repetition (no new information; finer crops for augmentation).
+
+
+@functools.lru_cache(maxsize=1)
+def digits_arrays() -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """{'train'|'test': (images uint8 [N, 32, 32, 3], labels int32 [N], indices into load_digits [N])}.
+
+    The 1797 8x8 images with 17 grey levels (0..16, 0 = background) are scaled to 0..255 as round(v * 255 / 16)
+    (16 -> 255 exactly), repeated to 3 channels and upsampled 4x by pixel repetition. The test split is a
+    stratified 20% (360 images; 1437 train) drawn with a fixed seed: it never depends on the training seed.
+    Each split is in the (fixed, pseudo-random) order of the partition, so 'train[:90%]' is a random subset.
+    """
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = load_digits()
+    images = np.round(digits.images.astype(np.float64) * (255.0 / 16.0)).astype(np.uint8)  # [1797, 8, 8]
+    images = np.repeat(np.repeat(images, DIGITS_UPSAMPLE, axis=1), DIGITS_UPSAMPLE, axis=2)
+    images = np.repeat(images[..., None], 3, axis=-1)
+    labels = digits.target.astype(np.int32)
+    idx_train, idx_test = train_test_split(np.arange(len(labels)), test_size=DIGITS_TEST_FRACTION,
+                                           stratify=labels, random_state=DIGITS_SPLIT_SEED)
+    return {name: (images[idx], labels[idx], idx) for name, idx in (('train', idx_train), ('test', idx_test))}
+
+
+@register_dataset('digits', flip=False)
+def digits(split: str) -> Source:
+    """UCI handwritten digits (scikit-learn `load_digits`): 10 classes, 1437 train / 360 test, 32x32 RGB uint8.
+
+    No download needed. Horizontal flips are off by default (a mirrored digit is another glyph).
+    """
+    arrays = digits_arrays()
+    if split not in arrays:
+        raise ValueError(f"The 'digits' dataset has splits 'train' and 'test', not {split!r}.")
+    images, labels, _ = arrays[split]
+
+    def select(start: int, stop: int) -> tf.data.Dataset:
+        return tf.data.Dataset.from_tensor_slices({'image': images[start:stop], 'label': labels[start:stop]})
+
+    return Source(select(0, len(labels)), 10, len(labels), select=select,
+                  class_names=[str(i) for i in range(10)])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Built-in: image folders, root/{train,test}/<class>/*.{jpg,jpeg,png}.
+
+IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png')
+_PIL_FORMATS = ('JPEG', 'MPO', 'PNG')
+
+
+def _list_class_files(class_dir: str) -> list[str]:
+    files = []
+    for dirpath, dirnames, filenames in os.walk(class_dir, followlinks=True):
+        dirnames.sort()
+        for fn in filenames:
+            if fn.lower().endswith(IMAGE_EXTENSIONS) and not fn.startswith('.'):
+                files.append(os.path.join(dirpath, fn))
+    return files
+
+
+def _classes(split_dir: str) -> list[str]:
+    return sorted(d for d in os.listdir(split_dir)
+                  if os.path.isdir(os.path.join(split_dir, d)) and not d.startswith('.'))
+
+
+def _check_file(path: str) -> str | None:
+    """None when `path` opens as a JPEG or PNG image (header only); the reason otherwise."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            if im.format not in _PIL_FORMATS:
+                return f'format {im.format}'
+    except Exception as e:  # noqa: BLE001 - any failure to open means "not an image we can use".
+        return f'{type(e).__name__}: {e}'
+    return None
+
+
+def _order_key(root: str, path: str) -> str:
+    """A fixed pseudo-random order (hash of the relative path), so that slices like 'train[:90%]' mix classes."""
+    return hashlib.sha1(os.path.relpath(path, root).encode('utf-8')).hexdigest()
+
+
+@functools.lru_cache(maxsize=16)
+def _scan_folder(root: str, split: str, check: bool, mtime: float) -> tuple[list[str], list[int], list[str],
+                                                                            list[tuple[str, str]]]:
+    del mtime  # Part of the cache key only.
+    split_dir = os.path.join(root, split)
+    train_dir = os.path.join(root, 'train')
+    classes = _classes(train_dir) if os.path.isdir(train_dir) else _classes(split_dir)
+    if not classes:
+        where = train_dir if os.path.isdir(train_dir) else split_dir
+        raise ValueError(f'Image folder {root!r}: no class directories in {where!r}. '
+                         'Expected ROOT/train/<class>/*.jpg (and optionally ROOT/test/<class>/*.jpg).')
+    extra = sorted(set(_classes(split_dir)) - set(classes))
+    if extra:
+        raise ValueError(f'Image folder {root!r}: classes {extra} in {split!r} are not in train/ '
+                         f'(train classes: {classes}).')
+    items = []
+    for label, cls in enumerate(classes):
+        cdir = os.path.join(split_dir, cls)
+        if os.path.isdir(cdir):
+            items.extend((f, label) for f in _list_class_files(cdir))
+    items.sort(key=lambda t: _order_key(root, t[0]))
+    bad: list[tuple[str, str]] = []
+    if check and items:
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            reasons = list(pool.map(_check_file, [f for f, _ in items]))
+        bad = [(f, r) for (f, _), r in zip(items, reasons) if r is not None]
+        items = [it for it, r in zip(items, reasons) if r is None]
+    return [f for f, _ in items], [lbl for _, lbl in items], classes, bad
+
+
+@register_dataset('folder', prefix=True)
+def folder(split: str, *, arg: str, data_config: Mapping[str, Any]) -> Source:
+    """Your own images: 'folder:/path/to/root' with root/train/<class>/*.jpg and root/test/<class>/*.jpg.
+
+    JPEG and PNG files (any extension case: .jpg .jpeg .png) in each class directory (subdirectories included);
+    grayscale and RGBA images are converted to RGB. Classes are the train/ subdirectories in alphabetical order
+    (label 0 = first). test/ is optional: without it use a slice of train as held-out data (e.g. train split
+    'train[:90%]', eval split 'train[90%:]'; files are in a fixed pseudo-random order, so slices mix classes).
+
+    Files that are not readable JPEG/PNG images are skipped and counted: at construction (the header of every
+    file is checked; data config `check_images=False` turns this off) and while reading (files whose content
+    fails to decode, e.g. truncated). `Dataset.num_skipped` reports the total.
+    """
+    root = os.path.abspath(os.path.expanduser(arg))
+    if not os.path.isdir(root):
+        raise FileNotFoundError(f'Image folder {root!r} does not exist. Expected ROOT/train/<class>/*.jpg and '
+                                'optionally ROOT/test/<class>/*.jpg.')
+    split_dir = os.path.join(root, split)
+    if not os.path.isdir(split_dir):
+        have = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
+        raise FileNotFoundError(
+            f'Image folder {root!r} has no {split!r} directory (it has: {have}). Expected {split_dir}/<class>/*.jpg. '
+            "Without a test/ directory, hold out part of train instead: e.g. train split 'train[:90%]' and eval "
+            "split 'train[90%:]'.")
+    check = data_config.get('check_images', None)
+    check = True if check is None else bool(check)
+    files, labels, classes, bad = _scan_folder(root, split, check, os.path.getmtime(split_dir))
+    if bad:
+        shown = '; '.join(f'{f} ({r})' for f, r in bad[:5])
+        log.warning('Image folder %s/%s: skipped %d unreadable file(s): %s%s', root, split, len(bad), shown,
+                    ' ...' if len(bad) > 5 else '')
+    if not files:
+        raise ValueError(f'Image folder {split_dir!r} has no readable .jpg/.jpeg/.png images in its class '
+                         f'directories ({classes}).' + (f' {len(bad)} file(s) could not be read.' if bad else ''))
+    files_a = np.array(files)
+    labels_a = np.array(labels, np.int32)
+
+    def select(start: int, stop: int) -> tf.data.Dataset:
+        return tf.data.Dataset.from_tensor_slices({'image_path': files_a[start:stop], 'label': labels_a[start:stop]})
+
+    return Source(select(0, len(files)), len(classes), len(files), decode_errors='skip', num_skipped=len(bad),
+                  class_names=classes, select=select)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# TFDS.
+
+
+def tfds_builder(name: str, data_dir: str | None):
+    """The TFDS builder of `name`, with clear errors for unknown and unprepared datasets."""
+    import tensorflow_datasets as tfds
+
+    try:
+        builder = tfds.builder(name, data_dir=data_dir)
+    except tfds.core.registered.DatasetNotFoundError:
+        builtins = ', '.join(repr(n) for n in list_datasets())
+        close = difflib.get_close_matches(name, tfds.list_builders() + list(_DATASETS), n=3, cutoff=0.6)
+        hint = f' Did you mean: {", ".join(close)}?' if close else ''
+        raise ValueError(f'Unknown dataset {name!r}: not a built-in dataset ({builtins}) nor a TFDS dataset.'
+                         f'{hint} Use a TFDS name (e.g. cifar10, imagenet2012, oxford_iiit_pet), the built-in '
+                         "'digits', or your own images with 'folder:/path/to/root'.") from None
+    if not builder.is_prepared():
+        raise DatasetNotPreparedError(not_prepared_message(name, builder, data_dir))
+    return builder
+
+
+def not_prepared_message(name: str, builder: Any, data_dir: str | None) -> str:
+    """How to prepare a TFDS dataset, and the built-in alternative."""
+    import tensorflow_datasets as tfds
+
+    root = data_dir or tfds.core.constants.DATA_DIR
+    dd = f'--data_dir={data_dir} ' if data_dir else ''
+    dd_py = f', data_dir={data_dir!r}' if data_dir else ''
+    lines = [
+        f'TFDS dataset {name!r} is not prepared in data_dir {root!r} (expected {builder.data_dir}).',
+        'Prepare it once (this downloads it) and point config.data.data_dir at the same directory:',
+        f'    tfds build {name} {dd}'.rstrip(),
+        f'    python -c "import tensorflow_datasets as tfds; tfds.builder({name!r}{dd_py}).download_and_prepare()"',
+    ]
+    manual = getattr(builder, 'MANUAL_DOWNLOAD_INSTRUCTIONS', None)
+    if manual:
+        lines += [
+            f'{name} needs a manual download first: put its files in {os.path.join(str(root), "downloads", "manual")}'
+            f' or pass --manual_dir=DIR to tfds build (python: download_and_prepare(download_config='
+            'tfds.download.DownloadConfig(manual_dir=DIR))). TFDS says: ' + ' '.join(str(manual).split()),
+        ]
+    lines.append("No download possible? Train on the built-in dataset 'digits' (config.dataset='digits', no "
+                 "download) or on your own images with config.dataset='folder:/path/to/root' "
+                 '(root/train/<class>/*.jpg, root/test/<class>/*.jpg).')
+    return '\n'.join(lines)
