@@ -1,0 +1,172 @@
+"""Config files, command-line overrides and validation, with errors that name the problem and the fix.
+
+    config = config_utils.load('configs/vit_b16.py:cifar10')
+    config_utils.override(config, 'optimizer.momentum', '0.8')   # strings are parsed as Python literals
+    config_utils.validate(config)
+"""
+
+from __future__ import annotations
+
+import ast
+import difflib
+import importlib.util
+import os
+from typing import Any, Sequence
+
+import ml_collections
+
+REQUIRED_KEYS = ('seed', 'model', 'dataset', 'batch_size', 'total_steps', 'log_every', 'eval_every',
+                 'checkpoint_every', 'keep_checkpoints', 'optimizer', 'lr', 'evals', 'objective')
+
+
+class ConfigError(ValueError):
+    """A configuration problem, found before any compilation."""
+
+
+def load(spec: str) -> ml_collections.ConfigDict:
+    """Loads `path.py[:arg]` by calling its `get_config(arg)` (or `get_config()` without an argument)."""
+    path, arg = (spec.split(':', 1) + [None])[:2] if ':' in spec else (spec, None)
+    if not os.path.exists(path):
+        here = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), path)
+        if os.path.exists(here):
+            path = here
+        else:
+            raise ConfigError(f'Config file {path!r} not found (run from the repository root, or pass a full path).')
+    module_spec = importlib.util.spec_from_file_location(f'_vit_jax_config_{abs(hash(path))}', path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    if not hasattr(module, 'get_config'):
+        raise ConfigError(f'{path} has no get_config() function.')
+    config = module.get_config(arg) if arg is not None else module.get_config()
+    if not isinstance(config, ml_collections.ConfigDict):
+        config = ml_collections.ConfigDict(config)
+    return config
+
+
+def _suggest(key: str, options: Sequence[str]) -> str:
+    close = difflib.get_close_matches(key, list(options), n=3, cutoff=0.5)
+    return f' Did you mean: {", ".join(close)}?' if close else ''
+
+
+def _parse(value: Any, like: Any, key: str) -> Any:
+    if not isinstance(value, str) or isinstance(like, str):
+        return value
+    try:
+        parsed = ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        parsed = value
+    if like is None or parsed is None:
+        return parsed
+    if isinstance(like, bool) and not isinstance(parsed, bool):
+        raise ConfigError(f'--config.{key} expects a bool (True/False), got {value!r}.')
+    if isinstance(like, (int, float)) and not isinstance(like, bool):
+        if not isinstance(parsed, (int, float)) or isinstance(parsed, bool):
+            raise ConfigError(f'--config.{key} expects a number, got {value!r}.')
+        return float(parsed) if isinstance(like, float) else parsed
+    if isinstance(like, (tuple, list)) and isinstance(parsed, (tuple, list)):
+        return type(like)(parsed)
+    return parsed
+
+
+def override(config: ml_collections.ConfigDict, dotted_key: str, value: Any) -> None:
+    """Sets `config.a.b = value` after checking that the key exists (close matches listed otherwise).
+
+    Keys under `config.model` may be any field of the model (checked when the model is built).
+    """
+    parts = dotted_key.split('.')
+    node = config
+    for i, p in enumerate(parts[:-1]):
+        if p not in node:
+            where = '.'.join(parts[:i]) or 'config'
+            raise ConfigError(f'Unknown config key {".".join(parts[:i + 1])!r}.{_suggest(p, node.keys())} '
+                              f'Keys of {where}: {", ".join(sorted(node.keys()))}.')
+        node = node[p]
+        if not isinstance(node, (ml_collections.ConfigDict, dict)):
+            raise ConfigError(f'{".".join(parts[:i + 1])} is a {type(node).__name__}, not a section.')
+    last = parts[-1]
+    open_section = parts[0] in ('model', 'evals', 'data', 'objective') and len(parts) >= 2
+    if last not in node and not open_section:
+        where = '.'.join(parts[:-1]) or 'config'
+        raise ConfigError(f'Unknown config key {dotted_key!r}.{_suggest(last, node.keys())} '
+                          f'Keys of {where}: {", ".join(sorted(node.keys()))}.')
+    like = node[last] if last in node else None
+    parsed = _parse(value, like, dotted_key)
+    if isinstance(node, ml_collections.ConfigDict):
+        with node.unlocked():
+            node[last] = parsed
+    else:
+        node[last] = parsed
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+    """Checks keys and types that every training config needs, before anything is compiled."""
+    missing = [k for k in REQUIRED_KEYS if k not in config]
+    if missing:
+        raise ConfigError(f'The config lacks required keys: {", ".join(missing)}. See configs/quickstart.py.')
+    if 'name' not in config.model:
+        raise ConfigError('config.model.name is required (a registered model name; see models.list_models()).')
+    for key in ('batch_size', 'total_steps', 'log_every'):
+        v = config[key]
+        if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
+            raise ConfigError(f'config.{key} must be a positive integer, got {v!r}.')
+    for key in ('eval_every', 'checkpoint_every', 'keep_checkpoints'):
+        v = config[key]
+        if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+            raise ConfigError(f'config.{key} must be a non-negative integer, got {v!r}.')
+    if not isinstance(config.dataset, str):
+        raise ConfigError(f'config.dataset must be a string (a TFDS name, "digits" or "folder:/path"), '
+                          f'got {config.dataset!r}.')
+    base_lr = config.lr.get('base', None)
+    if not isinstance(base_lr, (int, float)) or isinstance(base_lr, bool):
+        raise ConfigError(f'config.lr.base must be a number, got {base_lr!r}.')
+    accum = config.optimizer.get('accum_steps', 1) or 1
+    if config.batch_size % accum:
+        raise ConfigError(f'batch_size={config.batch_size} is not divisible by optimizer.accum_steps={accum}.')
+    from vit_jax import models
+
+    models.get_entry(config.model.name)  # Unknown model names fail here, with the registered list.
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """Defaults shared by every training config (each config file overrides what its recipe needs)."""
+    c = ml_collections.ConfigDict()
+    c.trainer = 'train'  # The one trainer.
+    c.seed = 0  # Seeds init, data order, augmentation and dropout.
+    c.model = ml_collections.ConfigDict({'name': 'ViT-B/16'})  # Registered name + field overrides.
+    c.dataset = 'digits'  # 'digits', a TFDS name, or 'folder:/path' (train/<class>/*.jpg, test/<class>/*.jpg).
+    c.data = ml_collections.ConfigDict(dict(
+        data_dir=None,  # TFDS data_dir (None: TFDS default, ~/tensorflow_datasets).
+        train_split='train',  # Split used for training.
+        train_pp='inception_crop',  # Train preprocessing: 'inception_crop', 'resize_crop', 'resize'.
+        eval_pp='resize',  # Eval preprocessing: 'resize' (the ViT release) or 'resize_crop'.
+        value_range=(-1.0, 1.0),  # Pixel range fed to the model.
+        flip=True,  # Random horizontal flips in training.
+        shuffle_buffer=10_000,  # tf.data shuffle buffer.
+    ))
+    c.batch_size = 512  # Global batch over all devices and processes.
+    c.eval_batch_size = 0  # 0: same as batch_size.
+    c.total_steps = 10_000  # Optimizer updates.
+    c.log_every = 50  # Steps between training-metric logs.
+    c.eval_every = 1000  # Steps between evaluations (0: only at the end).
+    c.checkpoint_every = 1000  # Steps between checkpoints (0: only at the end).
+    c.keep_checkpoints = 3  # Checkpoints kept.
+    c.on_nonfinite = 'stop'  # 'stop' or 'skip' when a loss or gradient is not finite.
+    c.tensorboard = True  # Also write TensorBoard events.
+    c.optimizer = ml_collections.ConfigDict(dict(
+        name='sgd',  # 'sgd', 'adam', 'adamw', 'lamb'.
+        momentum=0.9, nesterov=False, b1=0.9, b2=0.999, eps=1e-8,
+        weight_decay=0.0,  # Decoupled for adamw/lamb, L2 for sgd.
+        wd_mask='all',  # 'all', 'no_bias_norm', 'kernels' or a regex of parameter names.
+        grad_clip_norm=1.0,  # Global-norm clipping (0/None: off).
+        accum_steps=1,  # Micro-batches per update (memory), same result as one big batch.
+        ema_decay=None,  # EMA of weights used by the evaluators (e.g. 0.9999), or None.
+        freeze=None,  # Regex of parameters kept frozen.
+        accumulator_dtype=None,  # Momentum dtype for SGD (the release uses 'bfloat16').
+    ))
+    c.lr = ml_collections.ConfigDict(dict(base=0.03, warmup_steps=500, decay='cosine', end=0.0))
+    c.objective = ml_collections.ConfigDict(dict(type='classification', label_smoothing=0.0, loss='softmax'))
+    c.evals = ml_collections.ConfigDict(dict(val=dict(type='classification', split='test', every=0)))
+    c.init_from = ml_collections.ConfigDict(dict(path=None, dont_load=('head/.*',)))
+    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))  # Device mesh axes.
+    c.sharding_rules = ()  # ((regex, 'replicate' | 'fsdp' | (axis, ...)), ...) per-parameter overrides.
+    return c

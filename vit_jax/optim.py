@@ -1,0 +1,125 @@
+"""Optax pipelines and learning-rate schedules built from a config.
+
+    config.optimizer = dict(name='sgd', momentum=0.9, weight_decay=0.0, wd_mask='no_bias_norm', grad_clip_norm=1.0,
+                            accum_steps=1, ema_decay=None)
+    config.lr = dict(base=0.03, warmup_steps=500, decay='cosine', end=0.0)
+
+The chain is: clip by global norm -> optimizer (SGD+momentum / Adam / AdamW / LAMB) -> learning rate, with
+decoupled weight decay restricted by a mask. Gradient accumulation (`accum_steps`) splits each global batch into
+micro-batches inside the train step (see `objectives.base`), so `total_steps` always counts optimizer updates.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import traverse_util
+
+
+def lr_schedule(lr_config: Any, total_steps: int) -> optax.Schedule:
+    """Linear warm-up from 0 then 'cosine' / 'linear' / 'constant' / 'rsqrt' decay to `end` at `total_steps`."""
+    base = float(lr_config.get('base', 1e-3))
+    warmup = int(lr_config.get('warmup_steps', 0))
+    decay = lr_config.get('decay', 'cosine')
+    end = float(lr_config.get('end', 0.0))
+    decay_steps = max(total_steps - warmup, 1)
+
+    def schedule(step):
+        step = jnp.asarray(step, jnp.float32)
+        warm = jnp.minimum(1.0, (step + 1.0) / warmup) if warmup > 0 else 1.0
+        t = jnp.clip((step - warmup) / decay_steps, 0.0, 1.0)
+        if decay == 'cosine':
+            f = end / base + (1 - end / base) * 0.5 * (1.0 + jnp.cos(jnp.pi * t)) if base else 0.0
+        elif decay == 'linear':
+            f = 1.0 - t * (1.0 - end / base) if base else 0.0
+        elif decay == 'constant':
+            f = 1.0
+        elif decay == 'rsqrt':
+            f = jnp.sqrt(jnp.maximum(warmup, 1) / jnp.maximum(step, jnp.maximum(warmup, 1)))
+        else:
+            raise ValueError(f"lr.decay must be 'cosine', 'linear', 'constant' or 'rsqrt', got {decay!r}.")
+        return base * warm * f
+
+    return schedule
+
+
+def _path_str(path: tuple) -> str:
+    return '/'.join(str(getattr(k, 'key', getattr(k, 'name', k))) for k in path)
+
+
+def weight_decay_mask(params: Any, mask: str | Callable | None) -> Any:
+    """A boolean tree: which parameters get weight decay.
+
+    'all': every parameter; 'no_bias_norm': kernels and embeddings only (no biases, norm scales, cls/pos
+    embeddings: the convention of DeiT / pycls / CCT); 'kernels': only `kernel` leaves; a regex: names matching it.
+    """
+    if mask is None or mask == 'all':
+        return jax.tree_util.tree_map(lambda _: True, params)
+    if callable(mask):
+        return mask(params)
+
+    def decide(path, leaf):
+        name = _path_str(path)
+        last = name.split('/')[-1]
+        if mask == 'kernels':
+            return last == 'kernel'
+        if mask == 'no_bias_norm':
+            if getattr(leaf, 'ndim', 2) <= 1:
+                return False  # Biases and norm scales/offsets.
+            return not re.search(r'(^|/)(cls|pos_embedding|pos_embed|posemb|cls_token|.*token)$', name)
+        return re.search(mask, name) is not None
+
+    return jax.tree_util.tree_map_with_path(decide, params)
+
+
+def make(config: Any, params: Any, total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    """The optax transformation and the schedule described by `config.optimizer` and `config.lr`."""
+    opt = config.optimizer
+    schedule = lr_schedule(config.lr, total_steps)
+    name = opt.get('name', 'sgd')
+    wd = float(opt.get('weight_decay', 0.0) or 0.0)
+    mask = weight_decay_mask(params, opt.get('wd_mask', 'all'))
+    chain = []
+    clip = opt.get('grad_clip_norm', None)
+    if clip:
+        chain.append(optax.clip_by_global_norm(float(clip)))
+    if name == 'sgd':
+        momentum = opt.get('momentum', 0.9)
+        if wd:
+            chain.append(optax.add_decayed_weights(wd, mask))  # Coupled L2, as classic SGD.
+        if momentum:
+            acc_dtype = opt.get('accumulator_dtype', None)
+            chain.append(optax.trace(decay=float(momentum), nesterov=bool(opt.get('nesterov', False)),
+                                     accumulator_dtype=jnp.dtype(acc_dtype) if acc_dtype else None))
+    elif name in ('adam', 'adamw'):
+        chain.append(optax.scale_by_adam(b1=float(opt.get('b1', 0.9)), b2=float(opt.get('b2', 0.999)),
+                                         eps=float(opt.get('eps', 1e-8))))
+        if wd:
+            if name == 'adam':
+                raise ValueError("optimizer.name='adam' with weight_decay: use 'adamw' (decoupled decay).")
+            chain.append(optax.add_decayed_weights(wd, mask))
+    elif name == 'lamb':
+        chain.append(optax.scale_by_adam(b1=float(opt.get('b1', 0.9)), b2=float(opt.get('b2', 0.999)),
+                                         eps=float(opt.get('eps', 1e-6))))
+        if wd:
+            chain.append(optax.add_decayed_weights(wd, mask))
+        chain.append(optax.scale_by_trust_ratio())
+    else:
+        raise ValueError(f"optimizer.name must be 'sgd', 'adam', 'adamw' or 'lamb', got {name!r}.")
+    chain.append(optax.scale_by_learning_rate(schedule))
+    freeze = opt.get('freeze', None)
+    tx = optax.chain(*chain)
+    if freeze:
+        labels = jax.tree_util.tree_map_with_path(
+            lambda p, _: 'frozen' if re.search(freeze, _path_str(p)) else 'train', params)
+        tx = optax.multi_transform({'train': tx, 'frozen': optax.set_to_zero()}, labels)
+    return tx, schedule
+
+
+def flat_names(tree: Any) -> list[str]:
+    """'/'-joined names of every leaf of a nested dict."""
+    return ['/'.join(k) for k in traverse_util.flatten_dict(tree)]

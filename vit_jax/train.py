@@ -1,0 +1,272 @@
+"""The one trainer: state, sharding, loop, checkpoints, metrics, evaluators, progress.
+
+    from vit_jax import train
+    result = train.train_and_evaluate(config, workdir)   # {'step': ..., 'val/accuracy': ..., 'checkpoint': ...}
+
+Methods plug in through `config.objective.type` (loss, metrics, train step) and `config.evals` (evaluators); this
+loop does not change per paper. Everything is `jax.jit` over a ('data', 'fsdp') device mesh with NamedShardings.
+Running the same command on the same workdir resumes from the latest checkpoint with the same batches and RNG.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import os
+import signal
+import time
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vit_jax import checkpoint, config_utils, evaluators, models, objectives, sharding
+from vit_jax.evaluators.base import Context
+
+log = logging.getLogger(__name__)
+
+
+class MetricWriter:
+    """Writes `metrics.jsonl` (one JSON object per logged step) and TensorBoard events; process 0 only."""
+
+    def __init__(self, workdir: str, tensorboard: bool = True):
+        self.enabled = jax.process_index() == 0
+        self.path = os.path.join(workdir, 'metrics.jsonl')
+        self._tb = None
+        if self.enabled and tensorboard:
+            try:
+                import tensorflow as tf
+
+                self._tb = tf.summary.create_file_writer(os.path.join(workdir, 'tensorboard'))
+            except Exception as e:  # TensorBoard is a nicety; metrics.jsonl is the record.
+                log.warning('TensorBoard writer unavailable: %s', e)
+
+    def write(self, step: int, metrics: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        row = {'step': int(step)}
+        row.update({k: _to_py(v) for k, v in metrics.items()})
+        with open(self.path, 'a') as f:
+            f.write(json.dumps(row) + '\n')
+        if self._tb is not None:
+            import tensorflow as tf
+
+            with self._tb.as_default():
+                for k, v in row.items():
+                    if k != 'step' and isinstance(v, (int, float)):
+                        tf.summary.scalar(k, v, step=int(step))
+            self._tb.flush()
+
+
+def _to_py(v: Any) -> Any:
+    v = np.asarray(v)
+    return v.item() if v.size == 1 else v.tolist()
+
+
+def _fmt_time(seconds: float) -> str:
+    seconds = int(max(seconds, 0))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f'{h}h{m:02d}m' if h else f'{m}m{s:02d}s'
+
+
+class _Preemption:
+    """Turns SIGTERM into a flag the loop checks: the trainer then saves a checkpoint and exits cleanly."""
+
+    def __init__(self):
+        self.requested = False
+        self._old = None
+
+    def __enter__(self):
+        try:
+            self._old = signal.signal(signal.SIGTERM, self._handle)
+        except ValueError:  # Not the main thread (e.g. inside a notebook worker): no handler.
+            self._old = None
+        return self
+
+    def _handle(self, signum, frame):
+        log.warning('SIGTERM received: saving a checkpoint and stopping.')
+        self.requested = True
+
+    def __exit__(self, *exc):
+        if self._old is not None:
+            signal.signal(signal.SIGTERM, self._old)
+
+
+def default_workdir(config: Any) -> str:
+    """A fresh folder under ./workdirs named after the model and the time."""
+    name = str(config.model.name).replace('/', '_').replace('+', '_')
+    return os.path.join('workdirs', f'{name}-{datetime.datetime.now():%Y%m%d-%H%M%S}')
+
+
+def build_model(config: Any):
+    """The model named by `config.model.name` with the other `config.model` fields as overrides."""
+    kw = dict(config.model)
+    name = kw.pop('name')
+    return models.get_model(name, **kw)
+
+
+def model_image_size(model: Any) -> tuple[int, int]:
+    """The (h, w) the model expects (from its input shape: NHWC or NTHWC)."""
+    shape = models.input_shape(model, 1)
+    return tuple(shape[-3:-1])
+
+
+def train_and_evaluate(config: Any, workdir: Optional[str] = None) -> dict[str, Any]:
+    """Trains `config` in `workdir` (resuming if it holds checkpoints) and returns the final figures."""
+    from vit_jax import data
+
+    config_utils.validate(config)
+    workdir = os.path.abspath(workdir or default_workdir(config))
+    os.makedirs(workdir, exist_ok=True)
+    is_main = jax.process_index() == 0
+    if is_main:
+        with open(os.path.join(workdir, 'config.json'), 'w') as f:
+            f.write(config.to_json_best_effort(indent=2))
+
+    mesh = sharding.make_mesh(config.get('mesh', None))
+    global_bs = int(config.batch_size)
+    sharding.local_batch_size(global_bs, mesh)  # Checks divisibility before anything compiles.
+    model = build_model(config)
+    objective = objectives.build(config, model)
+    image_size = model_image_size(model)
+    total_steps = int(config.total_steps)
+
+    def make_dataset(split, *, batch_size, train=False, dataset=None, data_config=None, start_step=0, **kw):
+        dcfg = dict(config.get('data', {}) or {})
+        dcfg.update(dict(data_config or {}))
+        return data.get_dataset(dataset or config.dataset, split, data_config=dcfg,
+                                batch_size=batch_size // jax.process_count(), image_size=image_size, train=train,
+                                seed=int(config.seed), process_index=jax.process_index(),
+                                process_count=jax.process_count(), start_step=start_step, **kw)
+
+    # ---- State: shapes first, then sharded initialisation (nothing is materialised on one device). ----
+    fake_batch = {'image': jax.ShapeDtypeStruct(models.input_shape(model, 1), jnp.float32)}
+    rng = jax.random.PRNGKey(int(config.seed))
+    state_shapes = jax.eval_shape(objective.init_state, rng, fake_batch)
+    state_sharding = sharding.infer_state_sharding(state_shapes, mesh, config.get('sharding_rules', ()) or ())
+    init_fn = jax.jit(objective.init_state, out_shardings=state_sharding, static_argnums=())
+    abstract_state = jax.tree_util.tree_map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                                            state_shapes, state_sharding)
+
+    ckpt = checkpoint.Manager(workdir, keep=int(config.get('keep_checkpoints', 3)))
+    start_step = 0
+    if ckpt.latest_step() is not None:
+        state, start_step = ckpt.restore(abstract_state)
+        print(f'Resuming from {ckpt.directory}/{start_step}.', flush=True)
+    else:
+        state = init_fn(rng, {'image': jnp.zeros(fake_batch['image'].shape)})
+        init_cfg = config.get('init_from', None)
+        if init_cfg is not None and init_cfg.get('path', None):
+            params = checkpoint.load_pretrained(jax.device_get(state.params), init_cfg.path,
+                                                dont_load=tuple(init_cfg.get('dont_load', ()) or ()))
+            params = jax.device_put(params, state_sharding.params)
+            state = state.replace(params=params,
+                                  ema_params=params if state.ema_params is not None else None,
+                                  opt_state=jax.jit(objective.tx.init, out_shardings=state_sharding.opt_state)(
+                                      params))
+            print(f'Initialised from {init_cfg.path}.', flush=True)
+    if objective.tx is None:  # Restored without calling init_state: build the optimizer from the shapes.
+        objective.make_optimizer(state_shapes.params)
+
+    n_params = sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(state_shapes.params))
+    if is_main:
+        print(f'{config.model.name}: {n_params:,} parameters; {jax.device_count()} devices, mesh '
+              f'{dict(mesh.shape)}; batch {global_bs}; {total_steps} steps; workdir {workdir}', flush=True)
+
+    train_step = jax.jit(objective.train_step, in_shardings=(state_sharding, sharding.batch_sharding(mesh)),
+                         out_shardings=(state_sharding, sharding.replicated(mesh)), donate_argnums=(0,))
+    ctx = Context(config=config, model=model, objective=objective, mesh=mesh, image_size=image_size,
+                  make_dataset=make_dataset)
+    evals = evaluators.build_all(config.get('evals', None), ctx)
+    writer = MetricWriter(workdir, tensorboard=bool(config.get('tensorboard', True)))
+
+    def run_evals(step: int, final: bool = False) -> dict[str, float]:
+        results = {}
+        for name, ev in evals.items():
+            if final or (ev.every and step % ev.every == 0):
+                t0 = time.time()
+                for k, v in ev.run(state).items():
+                    results[f'{name}/{k}'] = v
+                results[f'{name}/seconds'] = time.time() - t0
+        if results:
+            writer.write(step, results)
+            if is_main:
+                shown = ', '.join(f'{k} {v:.4f}' for k, v in results.items()
+                                  if isinstance(v, float) and not k.endswith('seconds'))
+                print(f'[eval] step {step}: {shown}', flush=True)
+        return results
+
+    log_every = max(int(config.get('log_every', 50)), 1)
+    ckpt_every = int(config.get('checkpoint_every', 0) or 0)
+    on_nonfinite = config.get('on_nonfinite', 'stop')
+    train_ds = make_dataset(config.data.get('train_split', 'train'), batch_size=global_bs, train=True,
+                            start_step=start_step)
+    train_iter = iter(train_ds)
+    step = start_step
+    pending: list[tuple[int, dict]] = []
+    t_window, steps_window, t_start = time.time(), 0, time.time()
+    skipped_updates = 0
+    last_eval: dict[str, float] = {}
+    preempted = False
+    with _Preemption() as preemption:
+        while step < total_steps:
+            batch = sharding.to_global(next(train_iter), mesh)
+            state, metrics = train_step(state, batch)
+            step += 1
+            steps_window += 1
+            pending.append((step, metrics))
+            if step % log_every == 0 or step == total_steps:
+                fetched = jax.device_get([m for _, m in pending])
+                for (s, _), m in zip(pending, fetched):
+                    if m.get('nonfinite', 0.0) > 0:
+                        bad = [k for k, v in m.items() if not np.all(np.isfinite(v))] or ['l2_grads']
+                        if on_nonfinite == 'skip':
+                            skipped_updates += 1
+                            continue
+                        ckpt.wait()
+                        raise FloatingPointError(
+                            f'Non-finite {", ".join(bad)} at step {s}: the update was not applied and training '
+                            f'stopped. The last good checkpoint is in {ckpt.directory} (step {ckpt.latest_step()}). '
+                            "Lower the learning rate or set --config.on_nonfinite=skip to skip such updates.")
+                mean = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[-1]}
+                mean.pop('nonfinite', None)
+                dt = time.time() - t_window
+                mean['img_per_sec'] = steps_window * global_bs / max(dt, 1e-9)
+                mean['skipped_updates'] = skipped_updates
+                writer.write(step, {f'train/{k}': v for k, v in mean.items()})
+                if is_main:
+                    eta = (total_steps - step) * dt / max(steps_window, 1)
+                    extra = ''.join(f' | {k} {mean[k]:.4f}' for k in ('accuracy',) if k in mean)
+                    print(f'step {step}/{total_steps} | loss {mean["loss"]:.4f}{extra} | lr {mean["lr"]:.3g} | '
+                          f'{mean["img_per_sec"]:.0f} img/s | ETA {_fmt_time(eta)}', flush=True)
+                pending, t_window, steps_window = [], time.time(), 0
+            if step < total_steps:
+                last_eval = run_evals(step) or last_eval
+            if ckpt_every and step % ckpt_every == 0 and step < total_steps:
+                ckpt.save(step, state)
+            if preemption.requested:
+                ckpt.save(step, state, force=True)
+                ckpt.wait()
+                preempted = True
+                break
+    result: dict[str, Any] = {'step': step, 'workdir': workdir, 'preempted': preempted}
+    if not preempted:
+        last_eval = run_evals(step, final=True) or last_eval
+        if ckpt.latest_step() != step:
+            ckpt.save(step, state, force=True)
+    ckpt.wait()
+    result.update(last_eval)
+    result['checkpoint'] = os.path.join(ckpt.directory, str(ckpt.latest_step()))
+    result['seconds'] = time.time() - t_start
+    result['state'] = state
+    if is_main:
+        figures = ', '.join(f'{k} {v:.4f}' for k, v in last_eval.items()
+                            if isinstance(v, float) and not k.endswith('seconds'))
+        status = 'Preempted' if preempted else 'Done'
+        print(f'{status} at step {step} in {_fmt_time(result["seconds"])}. {figures}\n'
+              f'Checkpoint: {result["checkpoint"]}\nMetrics: {writer.path}', flush=True)
+    ckpt.close()
+    return result
