@@ -337,15 +337,21 @@ def tfds_builder(name: str, data_dir: str | None):
     """The TFDS builder of `name`, with clear errors for unknown and unprepared datasets."""
     import tensorflow_datasets as tfds
 
-    try:
-        builder = tfds.builder(name, data_dir=data_dir)
-    except tfds.core.registered.DatasetNotFoundError:
+    def unknown() -> ValueError:
         builtins = ', '.join(repr(n) for n in list_datasets())
         close = difflib.get_close_matches(name, tfds.list_builders() + list(_DATASETS), n=3, cutoff=0.6)
         hint = f' Did you mean: {", ".join(close)}?' if close else ''
-        raise ValueError(f'Unknown dataset {name!r}: not a built-in dataset ({builtins}) nor a TFDS dataset.'
-                         f'{hint} Use a TFDS name (e.g. cifar10, imagenet2012, oxford_iiit_pet), the built-in '
-                         "'digits', or your own images with 'folder:/path/to/root'.") from None
+        return ValueError(f'Unknown dataset {name!r}: not a built-in dataset ({builtins}) nor a TFDS dataset.'
+                          f'{hint} Use a TFDS name (e.g. cifar10, imagenet2012, oxford_iiit_pet), the built-in '
+                          "'digits', or your own images with 'folder:/path/to/root'.")
+
+    base = name.split(':', 1)[0].split('/', 1)[0]
+    if ':' not in name and base not in tfds.list_builders():  # Do not let TFDS look for it online.
+        raise unknown()
+    try:
+        builder = tfds.builder(name, data_dir=data_dir)
+    except tfds.core.registered.DatasetNotFoundError:
+        raise unknown() from None
     if not builder.is_prepared():
         raise DatasetNotPreparedError(not_prepared_message(name, builder, data_dir))
     return builder
@@ -360,7 +366,9 @@ def not_prepared_message(name: str, builder: Any, data_dir: str | None) -> str:
     dd_py = f', data_dir={data_dir!r}' if data_dir else ''
     lines = [
         f'TFDS dataset {name!r} is not prepared in data_dir {root!r} (expected {builder.data_dir}).',
-        'Prepare it once (this downloads it) and point config.data.data_dir at the same directory:',
+        ('Prepare it once (this downloads it); config.data.data_dir must point at the same directory:' if data_dir
+         else 'Prepare it once (this downloads it) into the default data_dir (or add --data_dir=DIR and set '
+              'config.data.data_dir=DIR):'),
         f'    tfds build {name} {dd}'.rstrip(),
         f'    python -c "import tensorflow_datasets as tfds; tfds.builder({name!r}{dd_py}).download_and_prepare()"',
     ]
