@@ -357,3 +357,22 @@ def test_register_dataset_plugs_in():
     imgs = np.concatenate([b['image'][b['mask']] for b in ds])
     np.testing.assert_allclose(imgs[:, 0, 0, 0], [0, 10, 20, 30])
     assert data.get_dataset(name, 'train', batch_size=4, image_size=5, train=True).config['flip'] is False
+
+
+def test_batch_ops_plug_in():
+    if 'vit_jax_test_batch_noise' not in preprocess.list_ops():
+
+        @preprocess.register('vit_jax_test_batch_noise', random=True, batch=True)
+        def noise(batch, ctx, scale=1.0):
+            batch['image'] = batch['image'] + scale * tf.random.stateless_uniform(tf.shape(batch['image']),
+                                                                                  ctx.seed)
+            return batch
+
+    kw = dict(data_config={'train_pp': 'resize', 'train_batch_pp': 'vit_jax_test_batch_noise(0.5)'},
+              batch_size=8, image_size=8, train=True, seed=2)
+    full = _take(data.get_dataset('digits', 'train', **kw), 3)
+    assert full[0]['image'].max() > 1.0  # The noise was added after value_range.
+    _assert_batches_equal(full[2:], _take(data.get_dataset('digits', 'train', start_step=2, **kw), 1))
+    with pytest.raises(ValueError, match='batch ops'):
+        data.get_dataset('digits', 'train', data_config={'train_pp': 'vit_jax_test_batch_noise'}, batch_size=8,
+                         image_size=8, train=True)

@@ -54,6 +54,7 @@ DEFAULTS = {  # Data-config defaults (a dataset's own defaults override these; e
     'image_key': 'image',  # TFDS feature holding the image.
     'label_key': 'label',  # TFDS feature holding the class label.
     'check_images': True,  # Image folders: check every file's header at construction (skip and count bad ones).
+    'train_batch_pp': None,  # Optional pipe string of batch ops applied to training batches (e.g. mixup).
 }
 AUTO_CACHE_MAX_EXAMPLES = 100_000
 
@@ -190,6 +191,10 @@ def _stateless_seed(*values: Any) -> tf.Tensor:
 
 
 def _finalize(example: dict, image_size: tuple[int, int], pipe: str) -> dict:
+    if 'label' in example:
+        example['label'] = tf.cast(example['label'], tf.int32)
+    if 'image' not in example:
+        return example
     image = example['image']
     if image.dtype != tf.float32:
         image = tf.cast(image, tf.float32)
@@ -201,8 +206,6 @@ def _finalize(example: dict, image_size: tuple[int, int], pipe: str) -> dict:
                              'resize_crop, inception_crop, random_shift ...).')
         image = tf.ensure_shape(image, want)
     example['image'] = image
-    if 'label' in example:
-        example['label'] = tf.cast(example['label'], tf.int32)
     return example
 
 
@@ -394,6 +397,16 @@ def get_dataset(name: str, split: str, *, data_config: Any = None, batch_size: i
     num_batches = None
     if train:
         ds = ds.batch(batch_size, drop_remainder=True)
+        if cfg.get('train_batch_pp'):
+            batch_fn = preprocess.build(cfg['train_batch_pp'], image_size=image_size, train=True, config=cfg,
+                                        batch=True)
+            batch_seed = _stateless_seed(seed, pi, 3)
+
+            def batch_pp(step, batch):
+                return batch_fn(batch, tf.random.experimental.stateless_fold_in(batch_seed, step))
+
+            ds = ds.enumerate(start=start_step).map(batch_pp, num_parallel_calls=tf.data.AUTOTUNE,
+                                                    deterministic=True)
     else:
         ds = ds.map(lambda ex: {**ex, 'mask': tf.constant(True)})
         ds = ds.batch(batch_size)

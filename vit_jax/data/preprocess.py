@@ -23,8 +23,9 @@ Add an op::
         return example
 
 `random=True` marks ops that draw from ``ctx.seed`` in training; unless `eval_ok=True` they are refused in
-evaluation pipelines (where ``ctx.seed`` is None). Image ops below are also
-available as plain functions (``inception_crop_image``, ``resize_image`` ...) for reuse.
+evaluation pipelines (where ``ctx.seed`` is None). `batch=True` registers a batch op (every value has a leading
+batch axis, e.g. mixup), used in the data config's ``train_batch_pp`` with one seed per training step.
+Image ops below are also available as plain functions (``inception_crop_image``, ``resize_image`` ...).
 """
 
 from __future__ import annotations
@@ -63,25 +64,28 @@ class OpEntry:
     fn: Callable[..., Example]
     random: bool  # Gets a per-example ctx.seed in training.
     eval_ok: bool  # Usable in evaluation pipelines (where ctx.seed is None).
+    batch: bool = False  # Works on whole batches (leading batch axis), e.g. mixup; used in train_batch_pp.
 
 
 _OPS: dict[str, OpEntry] = {}
 
 
-def register(name: str, *, random: bool = False,
-             eval_ok: bool | None = None) -> Callable[[Callable[..., Example]], Callable[..., Example]]:
+def register(name: str, *, random: bool = False, eval_ok: bool | None = None,
+             batch: bool = False) -> Callable[[Callable[..., Example]], Callable[..., Example]]:
     """Decorator: registers `fn(example, ctx, *args, **kwargs) -> example` as the op `name`.
 
     Args:
         name: the op's name in pipe strings.
         random: the op draws random numbers in training from `ctx.seed`.
         eval_ok: the op may appear in evaluation pipelines, where `ctx.seed` is None (default: `not random`).
+        batch: the op works on a whole batch (every value has a leading batch axis; e.g. mixup). Batch ops go in
+            the data config's `train_batch_pp` and get one seed per batch (from the seed and the step).
     """
 
     def deco(fn: Callable[..., Example]) -> Callable[..., Example]:
         if name in _OPS:
             raise ValueError(f'Preprocessing op {name!r} is registered twice.')
-        _OPS[name] = OpEntry(name, fn, random, (not random) if eval_ok is None else eval_ok)
+        _OPS[name] = OpEntry(name, fn, random, (not random) if eval_ok is None else eval_ok, batch)
         return fn
 
     return deco
@@ -160,7 +164,8 @@ def parse(pipe: str | Sequence[str]) -> list[OpCall]:
 
 
 def build(pipe: str | Sequence[str], *, image_size: tuple[int, int], train: bool,
-          config: Mapping[str, Any] | None = None) -> Callable[[Example, tf.Tensor | None], Example]:
+          config: Mapping[str, Any] | None = None,
+          batch: bool = False) -> Callable[[Example, tf.Tensor | None], Example]:
     """Returns `fn(example, seed) -> example` applying the ops of `pipe` in order.
 
     Args:
@@ -168,12 +173,18 @@ def build(pipe: str | Sequence[str], *, image_size: tuple[int, int], train: bool
         image_size: (height, width) of the model input.
         train: training pipeline (random ops allowed) or evaluation.
         config: data config (op option defaults such as crop_pct, inception_crop_area, value_range).
+        batch: a pipeline of batch ops (train_batch_pp) instead of per-example ops.
 
     `seed` (shape [2] int32, stateless) is required when `pipe` has random ops; each op gets its own seed folded
     from it. Every op is looked up now, so a typo fails before any data is read.
     """
     calls = parse(pipe)
     entries = [get_op(c.name) for c in calls]
+    wrong = [e.name for e in entries if e.batch != batch]
+    if wrong:
+        where = ('per-example ops; put them in train_pp/eval_pp' if batch
+                 else 'batch ops; put them in the data config key train_batch_pp')
+        raise ValueError(f'Preprocessing ops {wrong} in {pipe!r} are {where}.')
     if not train:
         bad = [e.name for e in entries if not e.eval_ok]
         if bad:
@@ -306,6 +317,8 @@ def decode(example: Example, ctx: Context, channels: int = 3) -> Example:
     del ctx
     if 'image_path' in example:
         example['image'] = tf.io.read_file(example.pop('image_path'))
+    if 'image' not in example:  # E.g. a video dataset: its own ops decode it.
+        return example
     image = example['image']
     if image.dtype == tf.string:
         example['image'] = decode_image(image, channels)
