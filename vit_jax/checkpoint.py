@@ -2,11 +2,25 @@
 
     params = checkpoint.load_npz(path)            # flat '/'-joined keys, the original ViT release format
     checkpoint.save_npz(path, params)
+    params = checkpoint.load_params('workdirs/run1')             # the params of a run's latest Orbax checkpoint
     params = checkpoint.load_pretrained(init_params, path, dont_load=('head/.*',))
+
+`path` everywhere may be a `.npz` file, a run's workdir (its latest checkpoint), its `checkpoints/` directory or one
+`checkpoints/<step>` directory; a suffix `:a/b` selects a subtree (`model.npz:img`, `workdir:ema_params`,
+`workdir:params/encoder`).
+
+Names: this project's modules use the names of the original ViT release (`Transformer/encoderblock_{i}/
+LayerNorm_0`, `MultiHeadDotProductAttention_1`, `LayerNorm_2`, `MlpBlock_3/Dense_{0,1}`, `encoder_norm`,
+`posembed_input/pos_embedding`, `embedding`, `cls`, `head`, `pre_logits`). Files written with linen's per-class
+numbering (`LayerNorm_1`, `MultiHeadDotProductAttention_0`, `MlpBlock_0`: the linen version of the release and
+big_vision), big_vision's scanned blocks (`encoderblock/LayerNorm_0` with a layer axis) and hybrid GroupNorm
+parameters stored with singleton axes (flax < 0.3.6) are mapped onto those names when loaded. Loading never
+unpickles.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -20,13 +34,26 @@ from flax import traverse_util
 log = logging.getLogger(__name__)
 
 
+class CheckpointMismatchError(ValueError):
+    """A checkpoint that does not fit the model; `missing`, `unexpected` and `mismatched` list every offending key."""
+
+    def __init__(self, message: str, missing: Sequence[str] = (), unexpected: Sequence[str] = (),
+                 mismatched: Sequence[str] = ()):
+        super().__init__(message)
+        self.missing = list(missing)
+        self.unexpected = list(unexpected)
+        self.mismatched = list(mismatched)
+
+
 # ----------------------------------------------------------------------------------------------------------------
-# .npz parameter files.
+# Flat <-> nested.
 # ----------------------------------------------------------------------------------------------------------------
-def flatten(tree: Any) -> dict[str, np.ndarray]:
+def flatten(tree: Any) -> dict[str, Any]:
     """Nested dict -> {'a/b/c': array}."""
     tree = flax.core.unfreeze(tree) if isinstance(tree, flax.core.FrozenDict) else tree
-    return {'/'.join(k): v for k, v in traverse_util.flatten_dict(tree).items()}
+    if not tree:
+        return {}
+    return {'/'.join(str(p) for p in k): v for k, v in traverse_util.flatten_dict(tree).items()}
 
 
 def unflatten(flat: dict[str, Any]) -> dict:
@@ -34,9 +61,26 @@ def unflatten(flat: dict[str, Any]) -> dict:
     return traverse_util.unflatten_dict({tuple(k.split('/')): v for k, v in flat.items()})
 
 
+# ----------------------------------------------------------------------------------------------------------------
+# .npz parameter files.
+# ----------------------------------------------------------------------------------------------------------------
 def save_npz(path: str, params: Any) -> None:
-    """Writes parameters as a flat `.npz` (atomically: a temporary file renamed into place)."""
-    flat = {k: np.asarray(jax.device_get(v)) for k, v in flatten(params).items()}
+    """Writes parameters as a flat `.npz` of '/'-joined names (atomically: a temporary file renamed into place).
+
+    bfloat16 / float16 leaves are written as float32 (exact; plain numpy cannot store bfloat16 without pickles).
+    """
+    if not str(path).endswith('.npz'):
+        raise ValueError(f'save_npz writes .npz files; got {path!r}.')
+    flat = {}
+    for k, v in flatten(params).items():
+        a = np.asarray(jax.device_get(v))
+        if a.dtype.kind == 'V' or a.dtype.name in ('bfloat16', 'float16'):
+            a = a.astype(np.float32)
+        if a.dtype == object:
+            raise TypeError(f'save_npz: parameter {k!r} is not a numeric array ({type(v).__name__}).')
+        flat[k] = a
+    if not flat:
+        raise ValueError('save_npz: no parameters to write (empty tree).')
     d = os.path.dirname(os.path.abspath(path))
     os.makedirs(d, exist_ok=True)
     tmp = os.path.join(d, f'.{os.path.basename(path)}.tmp.npz')
@@ -44,31 +88,41 @@ def save_npz(path: str, params: Any) -> None:
     os.replace(tmp, path)
 
 
-# Pre-linen (and linen auto-numbered) module names inside an encoder block -> the release names used here.
-_BLOCK_RENAMES = {
-    # big_vision / linen auto-numbering: LayerNorm_0, LayerNorm_1, MultiHeadDotProductAttention_0, MlpBlock_0.
-    'linen': {'LayerNorm_0': 'LayerNorm_0', 'LayerNorm_1': 'LayerNorm_2',
-              'MultiHeadDotProductAttention_0': 'MultiHeadDotProductAttention_1', 'MlpBlock_0': 'MlpBlock_3'},
-}
+# Linen per-class numbering inside an encoder block -> the release's pre-linen numbering.
+_LINEN_TO_RELEASE = {'LayerNorm_0': 'LayerNorm_0', 'LayerNorm_1': 'LayerNorm_2',
+                     'MultiHeadDotProductAttention_0': 'MultiHeadDotProductAttention_1', 'MlpBlock_0': 'MlpBlock_3'}
+_BLOCK_RE = re.compile(r'^(.*?(?:^|/)encoderblock(?:_\d+)?)/(.+)$')
+_GN_RE = re.compile(r'(^|/)gn[^/]*/(scale|bias)$')
 
 
-def _normalise_keys(flat: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Maps older layouts onto the names of this project's modules.
+def normalise_keys(flat: dict[str, Any]) -> dict[str, Any]:
+    """Maps the key layouts of other ViT writers onto this project's names (see the module docstring).
 
-    - Encoder blocks saved with linen auto-numbering (`LayerNorm_1`, `MultiHeadDotProductAttention_0`,
-      `MlpBlock_0`) get the release's pre-linen names (`LayerNorm_2`, `MultiHeadDotProductAttention_1`,
-      `MlpBlock_3`).
-    - GroupNorm scale/bias stored with singleton axes (1, 1, 1, C) (flax < 0.3.6) are squeezed to (C,).
+    Decided per encoder block: a block whose children include `LayerNorm_1`, `MultiHeadDotProductAttention_0` or
+    `MlpBlock_0` uses linen numbering and is renamed; big_vision's scanned `encoderblock/<module>` gets this
+    project's `encoderblock/block/<module>`; GroupNorm `gn*/scale|bias` with extra singleton axes are squeezed.
     """
+    children: dict[str, set] = {}
+    for k in flat:
+        m = _BLOCK_RE.match(k)
+        if m:
+            children.setdefault(m.group(1), set()).add(m.group(2).split('/', 1)[0])
+    linen_blocks = {b for b, c in children.items()
+                    if c & {'LayerNorm_1', 'MultiHeadDotProductAttention_0', 'MlpBlock_0'}}
     out = {}
-    linen_style = any(re.search(r'encoderblock(_\d+)?/MlpBlock_0/', k) for k in flat)
     for k, v in flat.items():
-        if linen_style and re.search(r'encoderblock(_\d+)?/', k):
-            parts = k.split('/')
-            parts = [_BLOCK_RENAMES['linen'].get(p, p) for p in parts]
-            k = '/'.join(parts)
-        if re.search(r'(^|/)gn[^/]*/(scale|bias)$', k) and v.ndim > 1:
-            v = v.reshape(-1)
+        m = _BLOCK_RE.match(k)
+        if m:
+            block, rest = m.group(1), m.group(2)
+            first, _, tail = rest.partition('/')
+            if block in linen_blocks:
+                first = _LINEN_TO_RELEASE.get(first, first)
+            if block.endswith('/encoderblock') or block == 'encoderblock':
+                if first != 'block':  # big_vision scan: no adapter scope.
+                    first = f'block/{first}'
+            k = f'{block}/{first}' + (f'/{tail}' if tail else '')
+        if _GN_RE.search(k) and getattr(v, 'ndim', 0) > 1 and int(np.prod(v.shape)) == v.shape[-1]:
+            v = np.reshape(v, (-1,))
         out[k] = v
     return out
 
@@ -77,12 +131,129 @@ def load_npz(path: str) -> dict:
     """Loads a flat `.npz` parameter file (never unpickles) into a nested dict with this project's names."""
     if not os.path.exists(path):
         raise FileNotFoundError(f'No parameter file at {path!r}.')
+    if os.path.isdir(path):
+        raise IsADirectoryError(f'{path!r} is a directory; load_npz reads a .npz file (use load_params for a '
+                                'workdir or an Orbax checkpoint).')
     try:
         with np.load(path, allow_pickle=False) as f:
+            if not hasattr(f, 'files'):
+                raise ValueError('it holds a single array (.npy), not named parameters')
             flat = {k: f[k] for k in f.files}
     except ValueError as e:
-        raise ValueError(f'{path!r} is not a plain .npz parameter file (object arrays are refused): {e}') from e
-    return unflatten(_normalise_keys(flat))
+        raise ValueError(f'{path!r} is not a plain .npz parameter file ({e}). Parameter files are written by '
+                         'checkpoint.save_npz or `python -m vit_jax.convert`; pickled/object arrays are refused.'
+                         ) from None
+    except (OSError, EOFError) as e:
+        raise ValueError(f'{path!r} could not be read as a .npz parameter file ({type(e).__name__}: {e}).') from None
+    if not flat:
+        raise ValueError(f'{path!r} holds no parameters.')
+    return unflatten(normalise_keys(flat))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Reading parameters from any supported source.
+# ----------------------------------------------------------------------------------------------------------------
+def _split_subtree(path: str) -> tuple[str, Optional[str]]:
+    if ':' in path and not os.path.exists(path):
+        head, sub = path.rsplit(':', 1)
+        if head:
+            return head, sub.strip('/') or None
+    return path, None
+
+
+def _select(tree: dict, sub: str, where: str) -> Any:
+    node = tree
+    done = []
+    for part in sub.split('/'):
+        if not isinstance(node, dict) or part not in node:
+            have = sorted(node) if isinstance(node, dict) else []
+            raise KeyError(f'{where} has no subtree {sub!r}: {"/".join(done) or "the top level"} has '
+                           f'{", ".join(have) or "no children"}.')
+        node = node[part]
+        done.append(part)
+    if not isinstance(node, dict):
+        raise ValueError(f'{where}:{sub} is a single array, not a parameter tree.')
+    return node
+
+
+def find_checkpoint_step(path: str) -> str:
+    """The Orbax step directory for a workdir, its `checkpoints/` directory or a step directory (latest step)."""
+    path = os.path.abspath(path)
+    if os.path.isdir(os.path.join(path, 'default')):
+        return path
+    for c in (os.path.join(path, 'checkpoints'), path):
+        if os.path.isdir(c):
+            steps = [int(d) for d in os.listdir(c) if d.isdigit() and os.path.isdir(os.path.join(c, d, 'default'))]
+            if steps:
+                return os.path.join(c, str(max(steps)))
+    if not os.path.exists(path):
+        raise FileNotFoundError(f'No checkpoint at {path!r}: expected a .npz file, a run workdir, its checkpoints/ '
+                                'directory or a checkpoints/<step> directory.')
+    raise FileNotFoundError(f'No Orbax checkpoint found under {path!r} (expected <workdir>/checkpoints/<step>/default/'
+                            ' as written by vit_jax.train, or pass a .npz parameter file).')
+
+
+def _restore_state_dict(step_dir: str) -> dict:
+    import orbax.checkpoint as ocp
+
+    try:
+        restored = ocp.StandardCheckpointer().restore(os.path.join(step_dir, 'default'))
+    except Exception as e:  # Truncated / foreign directories: say which one.
+        raise ValueError(f'The Orbax checkpoint {step_dir!r} could not be restored ({type(e).__name__}: '
+                         f'{str(e)[:300]}).') from None
+    return jax.tree_util.tree_map(np.asarray, restored)
+
+
+def restore_params(path: str, item: str = 'params') -> dict:
+    """`item` ('params' or 'ema_params') of an Orbax train-state checkpoint (workdir, checkpoints/, or a step dir)."""
+    step_dir = find_checkpoint_step(path)
+    state = _restore_state_dict(step_dir)
+    if item not in state or state[item] is None:
+        have = sorted(k for k, v in state.items() if v is not None)
+        raise ValueError(f'The checkpoint {step_dir!r} holds no {item!r}; it has: {", ".join(have)}.')
+    return state[item]
+
+
+def workdir_model_config(path: str) -> Optional[dict]:
+    """The `config.model` of the run that wrote a checkpoint (from its workdir's config.json), or None."""
+    try:
+        step_dir = find_checkpoint_step(path)
+    except FileNotFoundError:
+        return None
+    for d in (os.path.dirname(os.path.dirname(step_dir)), os.path.dirname(step_dir)):
+        f = os.path.join(d, 'config.json')
+        if os.path.isfile(f):
+            try:
+                with open(f) as fh:
+                    model = json.load(fh).get('model')
+                return dict(model) if isinstance(model, dict) else None
+            except (OSError, ValueError):
+                return None
+    return None
+
+
+def load_params(path: str) -> dict:
+    """Reads parameters from a `.npz` file or from an Orbax train-state checkpoint written by `train.py`.
+
+    `path` may be a `.npz` file, a workdir (its latest checkpoint), its `checkpoints/` directory or a step
+    directory. A suffix `:a/b` selects a subtree: for `.npz` files a subtree of the file (`model.npz:img`); for
+    Orbax checkpoints `:ema_params` (the EMA weights), `:params/encoder` or just `:encoder` (a subtree of params).
+    """
+    path, sub = _split_subtree(str(path))
+    if path.endswith('.npz') or os.path.isfile(path):
+        params = load_npz(path)
+        return _select(params, sub, path) if sub else params
+    step_dir = find_checkpoint_step(path)
+    state = _restore_state_dict(step_dir)
+    top = sub.split('/', 1)[0] if sub else 'params'
+    if top in state and top in ('params', 'ema_params', 'extra'):
+        if state[top] is None:
+            raise ValueError(f'The checkpoint {step_dir!r} holds no {top!r} (the run kept none).')
+        tree, rest = state[top], (sub.split('/', 1)[1] if sub and '/' in sub else None)
+    else:
+        tree, rest = state.get('params'), sub
+    tree = flax.core.unfreeze(tree) if isinstance(tree, flax.core.FrozenDict) else tree
+    return _select(tree, rest, f'{step_dir} params') if rest else tree
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -90,111 +261,186 @@ def load_npz(path: str) -> dict:
 # ----------------------------------------------------------------------------------------------------------------
 def _scan_to_loop(flat: dict[str, np.ndarray], init_flat: dict[str, Any]) -> dict[str, np.ndarray]:
     """Converts between `encoderblock/block/...` (stacked, scan=True) and `encoderblock_{i}/...` as `init` needs."""
-    init_scanned = any('/encoderblock/block/' in k for k in init_flat)
-    src_scanned = any('/encoderblock/block/' in k for k in flat)
+    init_scanned = any('encoderblock/block/' in k for k in init_flat)
+    src_scanned = any('encoderblock/block/' in k for k in flat)
     if init_scanned == src_scanned:
         return flat
     out = {}
     if src_scanned:  # Stacked -> per layer.
         for k, v in flat.items():
-            if '/encoderblock/block/' in k:
+            if 'encoderblock/block/' in k:
                 for i in range(v.shape[0]):
-                    out[k.replace('/encoderblock/block/', f'/encoderblock_{i}/')] = v[i]
+                    out[k.replace('encoderblock/block/', f'encoderblock_{i}/', 1)] = v[i]
             else:
                 out[k] = v
         return out
     groups: dict[str, dict[int, np.ndarray]] = {}
     for k, v in flat.items():
-        m = re.search(r'/encoderblock_(\d+)/', k)
+        m = re.search(r'(^|/)encoderblock_(\d+)/', k)
         if m:
-            key = k.replace(m.group(0), '/encoderblock/block/')
-            groups.setdefault(key, {})[int(m.group(1))] = v
+            key = k[:m.start()] + m.group(1) + 'encoderblock/block/' + k[m.end():]
+            groups.setdefault(key, {})[int(m.group(2))] = v
         else:
             out[k] = v
     for k, d in groups.items():
+        if sorted(d) != list(range(len(d))):
+            raise ValueError(f'Cannot stack {k}: the checkpoint has blocks {sorted(d)}, not 0..{len(d) - 1}.')
         out[k] = np.stack([d[i] for i in sorted(d)])
     return out
 
 
-def _posemb_key(k: str) -> bool:
-    return k.endswith('pos_embedding') or k.endswith('posembed_input/pos_embedding')
+def _is_posemb(k: str) -> bool:
+    return k.rsplit('/', 1)[-1] in ('pos_embedding', 'pos_embed', 'posemb')
 
 
-def load_params(path: str) -> dict:
-    """Reads parameters from a `.npz` file or from an Orbax train-state checkpoint written by `train.py`.
+def _as_grid(g: Any) -> Optional[tuple[int, int]]:
+    if g is None:
+        return None
+    if isinstance(g, (int, np.integer)):
+        return int(g), int(g)
+    try:
+        h, w = (int(x) for x in g)
+    except (TypeError, ValueError):
+        return None
+    return (h, w) if h > 0 and w > 0 else None
 
-    `path` may be a workdir (its latest checkpoint), a checkpoint step directory, or a `.npz` file. A suffix
-    `:a/b` selects a subtree (e.g. `model.npz:img` or a workdir's `params/encoder`).
+
+def _square(n: int) -> Optional[tuple[int, int]]:
+    s = int(round(np.sqrt(n))) if n > 0 else 0
+    return (s, s) if s > 0 and s * s == n else None
+
+
+def _same_aspect(n: int, like: tuple[int, int]) -> Optional[tuple[int, int]]:
+    """The (h, w) with h * w == n and h / w == like[0] / like[1], if there is one."""
+    for h in range(1, n + 1):
+        if n % h == 0 and h * like[1] == (n // h) * like[0]:
+            return h, n // h
+    return None
+
+
+def posemb_grids(n_old: int, n_new: int, old_grid: Any = None, new_grid: Any = None
+                 ) -> tuple[int, tuple[int, int], tuple[int, int]]:
+    """(prefix tokens, old grid, new grid) for resampling a position embedding of n_old tokens to n_new.
+
+    Known grids are used when they fit the token counts (the prefix is what remains: 1 with a class token, 0
+    without); otherwise grids are square, or have the aspect ratio of the other (known or square) grid.
     """
-    sub = None
-    if ':' in path and not os.path.exists(path):
-        path, sub = path.rsplit(':', 1)
-    if path.endswith('.npz'):
-        params = load_npz(path)
-    else:
-        params = restore_params(path)
-    if sub:
-        for part in sub.strip('/').split('/'):
-            if part not in params:
-                raise KeyError(f'{path!r} has no subtree {sub!r}; top-level keys: {sorted(params)}.')
-            params = params[part]
-    return params
+    old_g, new_g = _as_grid(old_grid), _as_grid(new_grid)
+    prefixes = []
+    for g, n in ((new_g, n_new), (old_g, n_old)):
+        if g is not None and 0 <= n - g[0] * g[1] <= 8:
+            prefixes.append(n - g[0] * g[1])
+    candidates = [prefixes[0]] if prefixes else [1, 0, 2]
+    for p in candidates:
+        a, b = n_old - p, n_new - p
+        if a <= 0 or b <= 0:
+            continue
+        og = old_g if old_g is not None and old_g[0] * old_g[1] == a else None
+        ng = new_g if new_g is not None and new_g[0] * new_g[1] == b else None
+        og = og or _square(a) or (_same_aspect(a, ng) if ng else None)
+        ng = ng or _square(b) or (_same_aspect(b, og) if og else None)
+        og = og or (_same_aspect(a, ng) if ng else None)
+        if og and ng:
+            return p, og, ng
+    raise ValueError(
+        f'Cannot tell the token grids of a position embedding resampled from {n_old} to {n_new} tokens '
+        f'(old grid {old_grid}, new grid {new_grid}). Pass old_grid=(h, w) and new_grid=(h, w) to load_pretrained '
+        '(the model\'s `grid_size`; in configs: config.init_from.old_grid).')
+
+
+def _grid_of_model_config(model_cfg: Optional[dict]) -> Optional[tuple[int, int]]:
+    if not model_cfg or 'name' not in model_cfg:
+        return None
+    try:
+        from vit_jax import models
+
+        kw = {k: (tuple(v) if isinstance(v, list) else v) for k, v in model_cfg.items() if k != 'name'}
+        kw.pop('dtype', None)
+        return _as_grid(getattr(models.get_model(model_cfg['name'], **kw), 'grid_size', None))
+    except Exception:  # A model of another version or family: fall back to inference.
+        return None
 
 
 def load_pretrained(init_params: Any, path: str | dict, dont_load: Sequence[str] = (),
-                    resample_posemb: bool = True) -> Any:
+                    resample_posemb: bool = True, *, old_grid: Any = None, new_grid: Any = None) -> dict:
     """Merges pretrained weights into a freshly initialised parameter tree.
 
-    Keys matching a regex of `dont_load` keep their init value (e.g. a new zero-initialised head). Any other
-    missing, unexpected or mis-shaped key is an error that lists them all. Position embeddings whose token count
-    differs are resampled to the new grid (the class token kept), so a 224-px checkpoint fine-tunes at 384 px.
+    Args:
+      init_params: the model's freshly initialised `params` (fixes every name and shape of the result).
+      path: a `.npz` file, a run workdir / Orbax checkpoint, either with a `:subtree` suffix (see `load_params`),
+        or an already loaded (nested or '/'-flat) parameter dict.
+      dont_load: regexes of '/'-joined names (matched at the start of the name, e.g. 'head/.*'): such parameters
+        keep their fresh init value (a new zero-initialised head), and such checkpoint entries may be absent from
+        the model (e.g. 'pre_logits/.*' when the new model has no pre-logits layer).
+      resample_posemb: resample position embeddings whose token count differs (the ViT release's rule:
+        `scipy.ndimage.zoom` order 1 on the grid, prefix tokens such as the class token kept).
+      old_grid, new_grid: (h, w) token grids of the checkpoint and the model, for non-square grids. When omitted
+        they are taken from the run's config.json (Orbax workdirs) or inferred (square, or the other grid's
+        aspect ratio).
+
+    Returns:
+      A nested dict of numpy arrays with exactly the structure, shapes and dtypes of `init_params`.
+
+    Raises:
+      CheckpointMismatchError: listing every missing, unexpected and mis-shaped key.
     """
     from vit_jax.models import layers
 
-    loaded = load_params(path) if isinstance(path, str) else path
+    if isinstance(path, str):
+        loaded = load_params(path)
+        where = path
+        source = _split_subtree(path)[0]
+        if old_grid is None and not os.path.isfile(source):
+            old_grid = _grid_of_model_config(workdir_model_config(source))
+    else:
+        loaded, where = path, '<params>'
+    flat_loaded = flatten(loaded)  # Nested or already '/'-flat.
     init_flat = flatten(init_params)
-    flat = _scan_to_loop(_normalise_keys({k: np.asarray(v) for k, v in flatten(loaded).items()}), init_flat)
-    skip = lambda k: any(re.fullmatch(p, k) or re.match(p, k) for p in dont_load)  # noqa: E731
+    flat = _scan_to_loop(normalise_keys({k: np.asarray(v) for k, v in flat_loaded.items()}), init_flat)
+    patterns = [re.compile(p) for p in dont_load]
+    skip = lambda k: any(p.match(k) for p in patterns)  # noqa: E731
+    for p in patterns:
+        if not any(p.match(k) for k in list(init_flat) + list(flat)):
+            log.warning('dont_load pattern %r matches no parameter of the model or the checkpoint.', p.pattern)
     missing = [k for k in init_flat if k not in flat and not skip(k)]
     unexpected = [k for k in flat if k not in init_flat and not skip(k)]
     mismatched, merged = [], {}
     for k, init_v in init_flat.items():
         if skip(k) or k not in flat:
-            merged[k] = init_v
+            merged[k] = np.asarray(init_v)
             continue
         v = flat[k]
         if tuple(v.shape) != tuple(init_v.shape):
-            if resample_posemb and _posemb_key(k) and v.ndim == 3 and v.shape[-1] == init_v.shape[-1]:
-                prefix = _num_prefix(v.shape[1], init_v.shape[1])
-                log.info('Resampling %s from %s to %s.', k, v.shape, init_v.shape)
-                v = layers.resample_posemb(v, init_v.shape[1], num_prefix_tokens=prefix)
+            if (resample_posemb and _is_posemb(k) and v.ndim == 3 and init_v.ndim == 3 and v.shape[0] == 1
+                    and v.shape[-1] == init_v.shape[-1]):
+                try:
+                    prefix, og, ng = posemb_grids(v.shape[1], init_v.shape[1], old_grid, new_grid)
+                except ValueError as e:
+                    mismatched.append(f'{k}: checkpoint {tuple(v.shape)} vs model {tuple(init_v.shape)} ({e})')
+                    continue
+                log.info('Resampling %s from %s (grid %s) to %s (grid %s).', k, v.shape, og, init_v.shape, ng)
+                v = layers.resample_posemb(v, init_v.shape[1], num_prefix_tokens=prefix, old_hw=og, new_hw=ng)
             else:
                 mismatched.append(f'{k}: checkpoint {tuple(v.shape)} vs model {tuple(init_v.shape)}')
                 continue
-        merged[k] = np.asarray(v, dtype=getattr(init_v, 'dtype', v.dtype))
-    problems = []
-    if missing:
-        problems.append(f'missing in the checkpoint ({len(missing)}): {", ".join(missing[:20])}'
-                        + (' ...' if len(missing) > 20 else ''))
-    if unexpected:
-        problems.append(f'not in the model ({len(unexpected)}): {", ".join(unexpected[:20])}'
-                        + (' ...' if len(unexpected) > 20 else ''))
-    if mismatched:
-        problems.append(f'shape mismatch ({len(mismatched)}): {"; ".join(mismatched[:20])}')
-    if problems:
-        raise ValueError(f'The checkpoint {path if isinstance(path, str) else "<params>"} does not match the model: '
-                         + ' | '.join(problems) + '. Use dont_load=(regex, ...) for keys the model should keep '
-                         "freshly initialised (e.g. 'head/.*' for a new head).")
+        merged[k] = np.asarray(v, dtype=np.asarray(init_v).dtype)
+    if missing or unexpected or mismatched:
+        lines = [f'The checkpoint {where} does not match the model:']
+        if missing:
+            lines.append(f'  missing in the checkpoint ({len(missing)}):')
+            lines += [f'    {k}' for k in missing]
+        if unexpected:
+            lines.append(f'  in the checkpoint but not in the model ({len(unexpected)}):')
+            lines += [f'    {k}' for k in unexpected]
+        if mismatched:
+            lines.append(f'  shape mismatch ({len(mismatched)}):')
+            lines += [f'    {k}' for k in mismatched]
+        lines.append("Check the model name and options (width, depth, patch size, classifier, representation_size) "
+                     "against the checkpoint. Parameters the new model should keep freshly initialised, or checkpoint "
+                     "entries it has no use for, go in dont_load=(regex, ...), e.g. ('head/.*', 'pre_logits/.*') for "
+                     "a new head (config.init_from.dont_load).")
+        raise CheckpointMismatchError('\n'.join(lines), missing, unexpected, mismatched)
     return unflatten(merged)
-
-
-def _num_prefix(n_old: int, n_new: int) -> int:
-    """Number of non-grid tokens (0 or 1) that makes both token counts square grids."""
-    for prefix in (1, 0, 2):
-        a, b = n_old - prefix, n_new - prefix
-        if a > 0 and b > 0 and int(np.sqrt(a)) ** 2 == a and int(np.sqrt(b)) ** 2 == b:
-            return prefix
-    raise ValueError(f'Cannot resample a position embedding of {n_old} tokens to {n_new} as square grids.')
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -250,20 +496,9 @@ class Manager:
         self._mngr.close()
 
 
-def restore_params(path: str) -> dict:
-    """The `params` of an Orbax train-state checkpoint (a workdir, its `checkpoints/` dir, or one step dir)."""
-    ocp = _ocp()
-    path = os.path.abspath(path)
-    candidates = [path, os.path.join(path, 'checkpoints')]
-    for c in candidates:
-        if os.path.isdir(c) and any(d.isdigit() for d in os.listdir(c)):
-            step = max(int(d) for d in os.listdir(c) if d.isdigit())
-            path = os.path.join(c, str(step))
-            break
-    item = os.path.join(path, 'default')
-    if not os.path.isdir(item):
-        raise FileNotFoundError(f'No Orbax checkpoint found at {path!r} (expected <workdir>/checkpoints/<step>/).')
-    restored = ocp.StandardCheckpointer().restore(item)
-    if 'params' not in restored:
-        raise ValueError(f'{path!r} holds no params; keys: {sorted(restored)}.')
-    return jax.tree_util.tree_map(np.asarray, restored['params'])
+def model_grid(model: Any) -> Optional[tuple[int, int]]:
+    """The (h, w) token grid of a model that defines `grid_size` (ViT family), else None."""
+    try:
+        return _as_grid(getattr(model, 'grid_size', None))
+    except Exception:  # A property that cannot be computed for this configuration.
+        return None
