@@ -1,0 +1,379 @@
+"""BEiT-style Vision Transformer (Bao et al., 2022): the backbone of BEiT and PeCo pretraining.
+
+Differences from the plain ViT (`vit.py`), each an option:
+- relative position bias added to the attention logits, one table shared by all layers (`rel_pos_bias='shared'`,
+  BEiT pretraining) or one per layer (`'per_layer'`, BEiT fine-tuning), with the three extra entries for the class
+  token (cls->token, token->cls, cls->cls); no absolute position embedding by default (`abs_posemb=False`);
+- LayerScale on both residual branches (`layer_scale`: 0.1 for base, 1e-5 for large);
+- a learned `mask_token` that replaces the embeddings of masked patches *before* any position information is
+  added (the class token is never masked): `model.apply(v, images, mask=bool[B, N])`;
+- a masked-image-modelling head (`vocab_size`: `mim_norm` LayerNorm then the `mim_head` Dense over the visual
+  vocabulary, `out['mim_logits']` of shape [B, N, vocab_size]);
+- mean-pooling classifier with `fc_norm` (`classifier='gap'`, the BEiT fine-tuning head).
+
+The blocks are the shared `layers.Encoder1DBlock` (the relative bias enters through its `attn_bias` argument), so
+parameter names follow the ViT release: `embedding`, `cls`, `mask_token`, `Transformer/encoderblock_{i}/...`,
+`Transformer/rel_pos_bias` (shared) or `Transformer/encoderblock_{i}_rel_pos_bias` (per layer).
+BEiT has no key bias; this block has one, which the converter sets to zero. A bias on the keys adds the same
+value to every logit of a query row, so it changes neither the output nor any gradient (its own gradient is
+exactly zero), and it stays at zero in training: the model is BEiT's exactly, with 768 inert parameters per layer.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Optional, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vit_jax import convert
+from vit_jax.models import layers, register
+from vit_jax.models.vit import to_2tuple
+
+Array = jax.Array
+
+# BEiT initialises Linear layers, the cls/mask tokens and the LM head with a truncated normal clipped at +-1 std
+# (specs: not timm's +-2 std).
+beit_trunc_normal = nn.initializers.truncated_normal(stddev=0.02, lower=-1.0, upper=1.0)
+
+
+def relative_position_index(grid: Sequence[int]) -> np.ndarray:
+    """The [N+1, N+1] index into a BEiT relative-position table for a (h, w) grid plus a class token.
+
+    Entries 0 .. (2h-1)(2w-1)-1 are patch-to-patch offsets; the last three are cls->token, token->cls, cls->cls.
+    """
+    h, w = int(grid[0]), int(grid[1])
+    num_rel = (2 * h - 1) * (2 * w - 1) + 3
+    coords = np.stack(np.meshgrid(np.arange(h), np.arange(w), indexing='ij')).reshape(2, -1)  # [2, N]
+    rel = (coords[:, :, None] - coords[:, None, :]).transpose(1, 2, 0)  # [N, N, 2]
+    rel[:, :, 0] += h - 1
+    rel[:, :, 1] += w - 1
+    rel[:, :, 0] *= 2 * w - 1
+    index = np.zeros((h * w + 1, h * w + 1), np.int32)
+    index[1:, 1:] = rel.sum(-1)
+    index[0, 0:] = num_rel - 3
+    index[0:, 0] = num_rel - 2
+    index[0, 0] = num_rel - 1
+    return index
+
+
+class RelativePositionBias(nn.Module):
+    """BEiT's relative position bias: a learned table [(2h-1)(2w-1)+3, heads] -> bias [1, heads, N+1, N+1]."""
+
+    grid: tuple[int, int]  # Patch grid (h, w).
+    num_heads: int  # Attention heads.
+
+    @nn.compact
+    def __call__(self) -> Array:
+        h, w = self.grid
+        num_rel = (2 * h - 1) * (2 * w - 1) + 3
+        table = self.param('relative_position_bias_table', nn.initializers.zeros, (num_rel, self.num_heads))
+        index = relative_position_index(self.grid)
+        n = index.shape[0]
+        bias = table[index.reshape(-1)].reshape(n, n, self.num_heads)
+        return jnp.transpose(bias, (2, 0, 1))[None]
+
+
+def resample_rel_pos_table(table: np.ndarray, old_grid: Sequence[int], new_grid: Sequence[int]) -> np.ndarray:
+    """Resamples a relative-position table to another grid (bilinear on the (2h-1)x(2w-1) offsets, cls rows kept)."""
+    import scipy.ndimage
+
+    table = np.asarray(table, np.float32)
+    oh, ow = 2 * old_grid[0] - 1, 2 * old_grid[1] - 1
+    nh, nw = 2 * new_grid[0] - 1, 2 * new_grid[1] - 1
+    sub = table[:oh * ow].reshape(oh, ow, -1)
+    if (oh, ow) != (nh, nw):
+        sub = scipy.ndimage.zoom(sub, (nh / oh, nw / ow, 1), order=1)
+    return np.concatenate([sub.reshape(nh * nw, -1), table[oh * ow:]], axis=0)
+
+
+class BEiT(nn.Module):
+    """BEiT backbone (masked-image-modelling head optional); returns `(logits, out)`.
+
+    `__call__(images, *, train=False, mask=None)`: `mask` is a boolean [B, N] (True = masked patch) in row-major
+    grid order; masked patch embeddings are replaced by `mask_token`.
+    """
+
+    num_classes: Optional[int] = 1000  # Classification head width; None/0: no head.
+    image_size: int | Sequence[int] = 224  # Input resolution.
+    patch_size: int | Sequence[int] = 16  # Patch size.
+    hidden_size: int = 768  # Token width D.
+    mlp_dim: int = 3072  # MLP hidden width.
+    num_heads: int = 12  # Attention heads.
+    num_layers: int = 12  # Depth.
+    rel_pos_bias: str = 'shared'  # 'shared' (one table, BEiT pretraining), 'per_layer' (fine-tuning) or 'none'.
+    abs_posemb: bool = False  # Learned absolute position embedding (BEiT default: off).
+    layer_scale: Optional[float] = 0.1  # LayerScale init (0.1 base, 1e-5 large); None disables.
+    use_mask_token: bool = True  # Create `mask_token` (needed to accept `mask`).
+    vocab_size: Optional[int] = None  # Masked-image-modelling head over this many visual tokens; None: no head.
+    classifier: str = 'token'  # 'token' (cls + encoder_norm) or 'gap' (mean of patches + fc_norm, BEiT fine-tuning).
+    final_norm: Optional[bool] = None  # `encoder_norm` after the blocks; None: not for 'gap' (BEiT), else yes.
+    dropout_rate: float = 0.0  # Dropout after the embeddings and inside blocks.
+    attention_dropout_rate: float = 0.0  # Attention-probability dropout.
+    drop_path_rate: float = 0.1  # Stochastic depth at the last block (linear ramp from 0).
+    norm_eps: float = 1e-6  # LayerNorm epsilon (BEiT 1e-6; HuggingFace configs 1e-12).
+    activation: str = 'gelu_exact'  # MLP activation (PyTorch nn.GELU).
+    remat_policy: Optional[str] = None  # Rematerialise each block with this jax.checkpoint_policies name.
+    dtype: Any = jnp.float32  # Compute dtype.
+
+    @property
+    def grid_size(self) -> tuple[int, int]:
+        """The patch grid (h, w)."""
+        (h, w), (ph, pw) = to_2tuple(self.image_size), to_2tuple(self.patch_size)
+        return h // ph, w // pw
+
+    @property
+    def num_patches(self) -> int:
+        """Patches per image."""
+        h, w = self.grid_size
+        return h * w
+
+    @nn.compact
+    def __call__(self, images: Array, *, train: bool = False, mask: Optional[Array] = None
+                 ) -> tuple[Array, dict[str, Array]]:
+        layers.check_images(images, name='BEiT', multiple_of=to_2tuple(self.patch_size))
+        if tuple(images.shape[1:3]) != to_2tuple(self.image_size):
+            raise ValueError(f'This BEiT was built for image_size={to_2tuple(self.image_size)} but got images of '
+                             f'{tuple(images.shape[1:3])}; build it with image_size={tuple(images.shape[1:3])} '
+                             '(beit.resample_rel_pos_table resamples relative-position tables).')
+        out = {}
+        dense_init = dict(kernel_init=beit_trunc_normal)
+        x = layers.patch_embed(images.astype(self.dtype), self.hidden_size, to_2tuple(self.patch_size),
+                               dtype=self.dtype)
+        b, h, w, d = x.shape
+        x = x.reshape(b, h * w, d)
+        out['stem'] = x
+        if mask is not None:
+            if not self.use_mask_token:
+                raise ValueError('This BEiT has use_mask_token=False, so it cannot take a mask.')
+            if mask.shape != (b, h * w):
+                raise ValueError(f'mask must be a boolean [B, N] = {(b, h * w)} array, got shape {mask.shape}.')
+        if self.use_mask_token:
+            mask_token = self.param('mask_token', beit_trunc_normal, (1, 1, d))
+            if mask is not None:  # Before any position information (absolute or relative).
+                w_m = mask[..., None].astype(x.dtype)
+                x = x * (1.0 - w_m) + mask_token.astype(x.dtype) * w_m
+        cls = self.param('cls', beit_trunc_normal, (1, 1, d))
+        x = jnp.concatenate([jnp.tile(cls.astype(x.dtype), [b, 1, 1]), x], axis=1)
+        x, enc_out = _BEiTTransformer(
+            num_layers=self.num_layers, num_heads=self.num_heads, mlp_dim=self.mlp_dim, grid=(h, w),
+            rel_pos_bias=self.rel_pos_bias, abs_posemb=self.abs_posemb, layer_scale=self.layer_scale,
+            final_norm=(self.classifier != 'gap') if self.final_norm is None else self.final_norm,
+            dropout_rate=self.dropout_rate, attention_dropout_rate=self.attention_dropout_rate,
+            drop_path_rate=self.drop_path_rate, norm_eps=self.norm_eps, activation=self.activation,
+            remat_policy=self.remat_policy, dtype=self.dtype, name='Transformer')(x, train)
+        out.update({f'encoder/{k}': v for k, v in enc_out.items()})
+        out['encoded'] = x
+        out['tokens_2d'] = x[:, 1:].reshape(b, h, w, d)
+        if self.vocab_size:
+            y = nn.LayerNorm(epsilon=self.norm_eps, dtype=self.dtype, name='mim_norm')(x[:, 1:])
+            out['mim_logits'] = nn.Dense(self.vocab_size, dtype=self.dtype, name='mim_head', **dense_init)(
+                y).astype(jnp.float32)
+        if self.classifier == 'token':
+            pooled = x[:, 0]
+        elif self.classifier == 'gap':
+            pooled = nn.LayerNorm(epsilon=self.norm_eps, dtype=self.dtype, name='fc_norm')(jnp.mean(x[:, 1:], 1))
+        else:
+            raise ValueError(f"classifier must be 'token' or 'gap', got {self.classifier!r}.")
+        out['pre_logits'] = pooled
+        logits = pooled
+        if self.num_classes:
+            logits = nn.Dense(self.num_classes, dtype=self.dtype, kernel_init=nn.initializers.zeros, name='head')(
+                pooled)
+        out['logits'] = logits
+        return logits.astype(jnp.float32), out
+
+
+class _BEiTTransformer(nn.Module):
+    """Optional absolute position embedding, dropout, blocks with relative bias, final norm (`Transformer` scope)."""
+
+    num_layers: int
+    num_heads: int
+    mlp_dim: int
+    grid: tuple[int, int]
+    rel_pos_bias: str
+    abs_posemb: bool
+    layer_scale: Optional[float]
+    final_norm: bool
+    dropout_rate: float
+    attention_dropout_rate: float
+    drop_path_rate: float
+    norm_eps: float
+    activation: str
+    remat_policy: Optional[str]
+    dtype: Any
+
+    @nn.compact
+    def __call__(self, x: Array, train: bool) -> tuple[Array, dict[str, Array]]:
+        if self.rel_pos_bias not in ('shared', 'per_layer', 'none'):
+            raise ValueError(f"rel_pos_bias must be 'shared', 'per_layer' or 'none', got {self.rel_pos_bias!r}.")
+        if self.abs_posemb:
+            x = layers.AddPositionEmbs(posemb_init=beit_trunc_normal, name='posembed_input')(x)
+        x = nn.Dropout(self.dropout_rate)(x, deterministic=not train)
+        shared = None
+        if self.rel_pos_bias == 'shared':
+            shared = RelativePositionBias(self.grid, self.num_heads, name='rel_pos_bias')()
+        rates = np.linspace(0.0, self.drop_path_rate, self.num_layers) if self.num_layers > 1 else np.array(
+            [self.drop_path_rate])
+        block_cls = layers.Encoder1DBlock
+        if self.remat_policy is not None:
+            block_cls = nn.remat(layers.Encoder1DBlock, prevent_cse=True, static_argnums=(2,),
+                                 policy=layers._remat_policy(self.remat_policy))
+        out = {}
+        for i in range(self.num_layers):
+            bias = shared
+            if self.rel_pos_bias == 'per_layer':
+                bias = RelativePositionBias(self.grid, self.num_heads, name=f'encoderblock_{i}_rel_pos_bias')()
+            x = block_cls(num_heads=self.num_heads, mlp_dim=self.mlp_dim, dropout_rate=self.dropout_rate,
+                          attention_dropout_rate=self.attention_dropout_rate, drop_path_rate=float(rates[i]),
+                          norm_eps=self.norm_eps, activation=self.activation, layer_scale=self.layer_scale,
+                          dtype=self.dtype, kernel_init=beit_trunc_normal, bias_init=nn.initializers.zeros,
+                          name=f'encoderblock_{i}')(x, train, None if bias is None else bias.astype(x.dtype))
+            out[f'block_{i:02d}'] = x
+        if self.final_norm:
+            x = nn.LayerNorm(epsilon=self.norm_eps, dtype=self.dtype, name='encoder_norm')(x)
+        return x, out
+
+
+def rescale_init(params: Any, num_layers: Optional[int] = None) -> Any:
+    """BEiT's init "fix": divides each block's attention-output and MLP-output kernels by sqrt(2 * layer_id).
+
+    Apply once to freshly initialised parameters (the MIM objective does, `objective.rescale_init=True`).
+    """
+    params = jax.tree_util.tree_map(lambda v: v, params)  # Shallow copy of the containers.
+    tr = dict(params['Transformer'])
+    i = 0
+    while f'encoderblock_{i}' in tr and (num_layers is None or i < num_layers):
+        blk = dict(tr[f'encoderblock_{i}'])
+        s = 1.0 / np.sqrt(2.0 * (i + 1))
+        att = dict(blk['MultiHeadDotProductAttention_1'])
+        att['out'] = dict(att['out'], kernel=att['out']['kernel'] * s)
+        mlp = dict(blk['MlpBlock_3'])
+        mlp['Dense_1'] = dict(mlp['Dense_1'], kernel=mlp['Dense_1']['kernel'] * s)
+        blk['MultiHeadDotProductAttention_1'], blk['MlpBlock_3'] = att, mlp
+        tr[f'encoderblock_{i}'] = blk
+        i += 1
+    return {**params, 'Transformer': tr}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Registered variants (BEiT paper: base/large at patch 16; layer-scale 0.1 for base, 1e-5 for large).
+# ----------------------------------------------------------------------------------------------------------------
+_SIZES = {'S': (384, 1536, 6, 12, 0.1), 'B': (768, 3072, 12, 12, 0.1), 'L': (1024, 4096, 16, 24, 1e-5)}
+for _s, (_d, _m, _h, _l, _ls) in _SIZES.items():
+    register(f'BEiT-{_s}/16', BEiT, aliases=(f'BEiT-{_s}_16',), paper='beit', hidden_size=_d, mlp_dim=_m,
+             num_heads=_h, num_layers=_l, layer_scale=_ls, patch_size=16)
+register('BEiT-testing', BEiT, paper='test', hidden_size=32, mlp_dim=64, num_heads=2, num_layers=2, patch_size=4,
+         image_size=16, num_classes=10)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# HuggingFace converter.
+# ----------------------------------------------------------------------------------------------------------------
+@convert.hf_converter('BeitModel', 'BeitForMaskedImageModeling', 'BeitForImageClassification')
+def from_hf_beit(hf_model: Any) -> tuple[BEiT, dict]:
+    """HuggingFace BeitModel / BeitForMaskedImageModeling / BeitForImageClassification -> (BEiT, variables).
+
+    Inputs differ in layout only (HuggingFace NCHW, here NHWC); HuggingFace's `bool_masked_pos` is `mask`.
+    - BeitModel: `out['encoded']` equals `last_hidden_state` (its `layernorm` is `encoder_norm`, absent when
+      `use_mean_pooling`); `out['pre_logits']` equals `pooler_output` (mean pooling + `fc_norm`, or the cls token).
+    - BeitForMaskedImageModeling: `out['mim_logits']` equals `logits`.
+    - BeitForImageClassification: the returned logits equal `logits`.
+    """
+    cfg = hf_model.config
+    kind = type(hf_model).__name__
+    sd = dict(hf_model.state_dict())
+    prefix = 'beit.' if any(k.startswith('beit.') for k in sd) else ''
+    if cfg.num_channels != 3:
+        raise ValueError(f'Only 3-channel BEiTs convert (config.num_channels={cfg.num_channels}).')
+    if getattr(cfg, 'head_dim', None) not in (None, cfg.hidden_size // cfg.num_attention_heads):
+        raise ValueError('BEiT configs with a custom head_dim are not supported.')
+    if cfg.use_shared_relative_position_bias:
+        rel = 'shared'
+    elif cfg.use_relative_position_bias:
+        rel = 'per_layer'
+    else:
+        rel = 'none'
+    mean_pool = bool(cfg.use_mean_pooling)
+    has_head = kind == 'BeitForImageClassification' and cfg.num_labels > 0
+    is_mim = kind == 'BeitForMaskedImageModeling'
+    has_pool = kind != 'BeitForMaskedImageModeling' and f'{prefix}pooler.layernorm.weight' in sd
+    classifier = 'gap' if (mean_pool and (has_pool or has_head)) else 'token'
+    ls = float(cfg.layer_scale_init_value)
+    model = BEiT(
+        num_classes=cfg.num_labels if has_head else 0, image_size=cfg.image_size, patch_size=cfg.patch_size,
+        hidden_size=cfg.hidden_size, mlp_dim=cfg.intermediate_size, num_heads=cfg.num_attention_heads,
+        num_layers=cfg.num_hidden_layers, rel_pos_bias=rel, abs_posemb=bool(cfg.use_absolute_position_embeddings),
+        layer_scale=ls if ls > 0 else None, use_mask_token=f'{prefix}embeddings.mask_token' in sd,
+        vocab_size=cfg.vocab_size if is_mim else None, classifier=classifier, final_norm=not mean_pool,
+        dropout_rate=float(cfg.hidden_dropout_prob), attention_dropout_rate=float(cfg.attention_probs_dropout_prob),
+        drop_path_rate=float(cfg.drop_path_rate), norm_eps=float(cfg.layer_norm_eps),
+        activation=convert.hf_activation(cfg.hidden_act))
+    heads, d = cfg.num_attention_heads, cfg.hidden_size
+    e = f'{prefix}embeddings'
+    tr: dict[str, Any] = {}
+    if cfg.use_absolute_position_embeddings:
+        tr['posembed_input'] = {'pos_embedding': convert.to_numpy(sd[f'{e}.position_embeddings'])}
+    if rel == 'shared':
+        tr['rel_pos_bias'] = {'relative_position_bias_table': convert.to_numpy(
+            sd[f'{prefix}shared_position_bias.relative_position_bias_table'])}
+    for i in range(cfg.num_hidden_layers):
+        lp = f'{prefix}layers.{i}'
+        att = {n: convert.attention_in(sd, f'{lp}.attention.{t}_proj', heads) for n, t in
+               (('query', 'q'), ('key', 'k'), ('value', 'v'))}
+        att['key'].setdefault('bias', np.zeros((heads, d // heads), np.float32))  # BEiT has no key bias.
+        att['out'] = convert.attention_out(sd, f'{lp}.attention.o_proj', heads)
+        blk = {
+            'LayerNorm_0': convert.norm(sd, f'{lp}.layernorm_before'),
+            'MultiHeadDotProductAttention_1': att,
+            'LayerNorm_2': convert.norm(sd, f'{lp}.layernorm_after'),
+            'MlpBlock_3': {'Dense_0': convert.linear(sd, f'{lp}.mlp.fc1'),
+                           'Dense_1': convert.linear(sd, f'{lp}.mlp.fc2')},
+        }
+        if ls > 0:
+            blk['gamma_1'] = convert.to_numpy(sd[f'{lp}.lambda_1'])
+            blk['gamma_2'] = convert.to_numpy(sd[f'{lp}.lambda_2'])
+        tr[f'encoderblock_{i}'] = blk
+        if rel == 'per_layer':
+            tr[f'encoderblock_{i}_rel_pos_bias'] = {'relative_position_bias_table': convert.to_numpy(
+                sd[f'{lp}.relative_position_bias.relative_position_bias_table'])}
+    if not mean_pool:
+        tr['encoder_norm'] = convert.norm(sd, f'{prefix}layernorm')
+    params: dict[str, Any] = {
+        'embedding': convert.conv(sd, f'{e}.patch_embeddings.projection'),
+        'cls': convert.to_numpy(sd[f'{e}.cls_token']),
+        'Transformer': tr,
+    }
+    if model.use_mask_token:
+        params['mask_token'] = convert.to_numpy(sd[f'{e}.mask_token'])
+    if is_mim:
+        params['mim_norm'] = convert.norm(sd, 'layernorm')
+        params['mim_head'] = convert.linear(sd, 'lm_head')
+    if classifier == 'gap':
+        params['fc_norm'] = convert.norm(sd, f'{prefix}pooler.layernorm')
+    if has_head:
+        params['head'] = convert.linear(sd, 'classifier')
+    variables = {'params': jax.tree_util.tree_map(jnp.asarray, params)}
+    _check_tree(model, variables)
+    return model, variables
+
+
+def _check_tree(model: nn.Module, variables: dict) -> None:
+    """Raises if the converted tree differs from the model's own (names or shapes)."""
+    shapes = jax.eval_shape(functools.partial(model.init, train=False), jax.random.PRNGKey(0),
+                            jnp.zeros((1, *to_2tuple(model.image_size), 3), jnp.float32))
+    want = {k: v.shape for k, v in convert_flat(shapes['params']).items()}
+    got = {k: v.shape for k, v in convert_flat(variables['params']).items()}
+    if want != got:
+        diff = sorted(set(want.items()) ^ set(got.items()))
+        raise ValueError(f'Converted BEiT parameters do not match the model: {diff[:10]}')
+
+
+def convert_flat(tree: Any) -> dict[str, Any]:
+    """'/'-joined flat view of a nested dict."""
+    from flax import traverse_util
+
+    return {'/'.join(k): v for k, v in traverse_util.flatten_dict(tree).items()}
