@@ -49,14 +49,15 @@ DEFAULTS = {  # Data-config defaults (a dataset's own defaults override these; e
     'inception_crop_area': (0.05, 1.0),  # Area range of inception_crop (the ViT release: 5%-100%).
     'crop_pct': 0.875,  # resize_crop: crop size / resized short side.
     'shuffle_buffer': 10_000,  # Examples in the shuffle buffer (capped at the process's share of the split).
-    'cache': None,  # Cache the raw (undecoded) examples in memory; None: when the share has <= 100k examples.
+    'cache': None,  # Cache the raw (undecoded) examples in memory; None: auto (share <= 1 GiB or <= 100k examples).
     'prefetch': 2,  # Batches prefetched.
     'image_key': 'image',  # TFDS feature holding the image.
     'label_key': 'label',  # TFDS feature holding the class label.
     'check_images': True,  # Image folders: check every file's header at construction (skip and count bad ones).
     'train_batch_pp': None,  # Optional pipe string of batch ops applied to training batches (e.g. mixup).
 }
-AUTO_CACHE_MAX_EXAMPLES = 100_000
+AUTO_CACHE_MAX_EXAMPLES = 100_000  # Auto cache when the size in bytes is unknown.
+AUTO_CACHE_MAX_BYTES = 1 << 30  # Auto cache when the share's stored size is known.
 
 
 def _to_dict(config: Any) -> dict:
@@ -86,6 +87,7 @@ class _Plan:
     num_skipped: int = 0
     defaults: dict = dataclasses.field(default_factory=dict)
     class_names: list[str] | None = None
+    local_bytes: int | None = None  # Stored (encoded) size of this process's share, when known.
 
 
 def _split_names(split: str) -> list[str]:
@@ -170,8 +172,13 @@ def _tfds_plan(name: str, split: str, cfg: Mapping[str, Any], pi: int, pc: int) 
     if not hasattr(label_feature, 'num_classes'):
         raise ValueError(f'TFDS feature {label_key!r} of {name!r} is not a ClassLabel; set config.data.label_key.')
     names = getattr(label_feature, 'names', None)
+    try:
+        split_bytes = int(info.splits[split].num_bytes)
+    except (KeyError, ValueError, TypeError, AttributeError):
+        split_bytes = 0
+    local_bytes = split_bytes * counts[pi] // max(num_examples, 1) if split_bytes > 0 else None
     return _Plan(raw, int(label_feature.num_classes), int(num_examples), [int(c) for c in counts],
-                 class_names=list(names) if names else None)
+                 class_names=list(names) if names else None, local_bytes=local_bytes)
 
 
 def _plan(name: str, split: str, cfg: Mapping[str, Any], pi: int, pc: int) -> _Plan:
@@ -346,7 +353,10 @@ def get_dataset(name: str, split: str, *, data_config: Any = None, batch_size: i
     cfg = {**DEFAULTS, **plan.defaults, **user_cfg}
     n_local = plan.local_counts[pi]
     cache = cfg.get('cache')
-    cache = (n_local <= AUTO_CACHE_MAX_EXAMPLES) if cache is None else bool(cache)
+    if cache is None:
+        cache = (plan.local_bytes <= AUTO_CACHE_MAX_BYTES if plan.local_bytes is not None
+                 else n_local <= AUTO_CACHE_MAX_EXAMPLES)
+    cache = cfg['cache'] = bool(cache)
     raw = plan.raw.cache() if cache else plan.raw
 
     pipe = _pipe(cfg, train)
