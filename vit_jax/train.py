@@ -179,7 +179,7 @@ def train_and_evaluate(config: Any, workdir: Optional[str] = None) -> dict[str, 
     train_step = jax.jit(objective.train_step, in_shardings=(state_sharding, sharding.batch_sharding(mesh)),
                          out_shardings=(state_sharding, sharding.replicated(mesh)), donate_argnums=(0,))
     ctx = Context(config=config, model=model, objective=objective, mesh=mesh, image_size=image_size,
-                  make_dataset=make_dataset)
+                  make_dataset=make_dataset, workdir=workdir)
     evals = evaluators.build_all(config.get('evals', None), ctx)
     writer = MetricWriter(workdir, tensorboard=bool(config.get('tensorboard', True)))
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Optional
 
 import jax
 import numpy as np
@@ -22,6 +22,8 @@ class Context:
     image_size: tuple[int, int]
     # make_dataset(split, *, batch_size, train=False, dataset=None, data_config=None) -> vit_jax.data dataset.
     make_dataset: Callable[..., Any]
+    # The run's folder: evaluators that write files (plots, curves) put them under it. None outside a run.
+    workdir: Optional[str] = None
 
 
 class Evaluator:
