@@ -45,6 +45,7 @@ def test_digits_fixed_split():
     d = load_digits()
     np.testing.assert_array_equal(xte[:, ::4, ::4, 0], np.round(d.images[ite] * 255 / 16).astype(np.uint8))
     np.testing.assert_array_equal(yte, d.target[ite])
+    assert data.dataset_info('digits', 'train[:10%]')['num_examples'] == 144
 
 
 def test_digits_train_batches_shapes_range_determinism():

@@ -256,9 +256,9 @@ def _order_key(root: str, path: str) -> str:
 
 
 @functools.lru_cache(maxsize=16)
-def _scan_folder(root: str, split: str, check: bool, mtime: float) -> tuple[list[str], list[int], list[str],
-                                                                            list[tuple[str, str]]]:
-    del mtime  # Part of the cache key only.
+def _scan_folder(root: str, split: str, check: bool, stamp: tuple) -> tuple[list[str], list[int], list[str],
+                                                                           list[tuple[str, str]]]:
+    del stamp  # Part of the cache key only.
     split_dir = os.path.join(root, split)
     train_dir = os.path.join(root, 'train')
     classes = _classes(train_dir) if os.path.isdir(train_dir) else _classes(split_dir)
@@ -311,7 +311,9 @@ def folder(split: str, *, arg: str, data_config: Mapping[str, Any]) -> Source:
             "split 'train[90%:]'.")
     check = data_config.get('check_images', None)
     check = True if check is None else bool(check)
-    files, labels, classes, bad = _scan_folder(root, split, check, os.path.getmtime(split_dir))
+    stamp = tuple(os.path.getmtime(os.path.join(d, e)) for d in (root, split_dir) for e in ('.', *sorted(
+        x for x in os.listdir(d) if os.path.isdir(os.path.join(d, x)))))  # Rescan when directories change.
+    files, labels, classes, bad = _scan_folder(root, split, check, stamp)
     if bad:
         shown = '; '.join(f'{f} ({r})' for f, r in bad[:5])
         log.warning('Image folder %s/%s: skipped %d unreadable file(s): %s%s', root, split, len(bad), shown,
