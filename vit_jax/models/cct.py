@@ -1,0 +1,371 @@
+"""Compact Transformers (Hassani et al., 2021): ViT-Lite, CVT and CCT.
+
+"Escaping the Big Data Paradigm with Compact Transformers". One module, three families that differ only in how tokens
+are made and pooled (the official `TransformerClassifier` is shared by all three):
+
+* ViT-Lite: a patch conv (kernel = stride = patch, with bias), a zero-initialised class token, pooling by that token.
+* CVT: the same patch conv, no class token, SeqPool (a learned softmax over the tokens).
+* CCT: a convolutional tokenizer (C x [conv k x k, no bias -> ReLU -> max-pool 3/2/1]; widths 3 -> 64 -> ... -> D)
+  and SeqPool.
+
+Names `L/PxC`: L encoder layers, kernel or patch size P, C tokenizer convs. The encoder layer is the official code's
+non-standard one (`layers.Encoder1DBlock` with `norm_style='cct'`): `x += Attn(LN(x)); x = LN(x); x += MLP(x)` with
+no q/k/v bias, exact GELU, LayerNorm eps 1e-5, attention dropout 0.1 and a 0 -> 0.1 stochastic-depth ramp.
+
+Position embeddings: 'learnable' (a parameter, N(0, 0.2)), 'sine' (the fixed Transformer table; a constant here, so
+unlike the official frozen `Parameter` it is not counted and not stored in checkpoints), or 'none'.
+
+Initialisation follows the official code: Linear layers N(0, 0.02) with zero bias (the head included), tokenizer convs
+Kaiming-normal (fan-in, gain sqrt 2), the ViT-Lite/CVT patch-conv bias PyTorch's default U(+-1/sqrt(fan_in)).
+(timm's `trunc_normal_(std)` truncates at +-2 absolute, i.e. at 10 to 100 sigma here: a plain normal.)
+
+Parameter names: `tokenizer/conv_{i}` (CCT) or `embedding` (ViT-Lite/CVT), `cls`,
+`Transformer/posembed_input/pos_embedding`, `Transformer/encoderblock_{i}`, `Transformer/encoder_norm`,
+`attention_pool` (SeqPool), `head`. `from_official_state_dict` converts an official PyTorch `state_dict`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vit_jax.models import layers, register
+from vit_jax.models.vit import to_2tuple
+
+Array = jax.Array
+
+_DENSE_INIT = nn.initializers.normal(stddev=0.02)  # timm trunc_normal_(std=.02) truncates at +-2 (100 sigma).
+_CONV_INIT = nn.initializers.variance_scaling(2.0, 'fan_in', 'normal')  # torch kaiming_normal_ (gain sqrt 2).
+
+
+def torch_bias_init(fan_in: int) -> layers.Initializer:
+    """PyTorch's default Conv/Linear bias init, U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+    bound = 1.0 / np.sqrt(fan_in)
+    return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound)
+
+
+class ConvTokenizer(nn.Module):
+    """The CCT tokenizer: `num_layers` x [Conv(k, stride, pad, no bias) -> ReLU -> MaxPool(3, 2, 1)], as NHWD."""
+
+    features: int  # Output width D.
+    kernel_size: int = 3  # Conv kernel k.
+    stride: int | None = None  # Conv stride; default max(1, k // 2 - 1) (1 for k=3, 2 for k=7).
+    padding: int | None = None  # Conv padding; default max(1, k // 2).
+    num_layers: int = 1  # Number of convs C.
+    hidden_channels: int = 64  # Width of the intermediate convs (`in_planes` of the official code).
+    max_pool: bool = True  # Max-pool after every conv.
+    pool_kernel: int = 3  # Max-pool window.
+    pool_stride: int = 2  # Max-pool stride.
+    pool_padding: int = 1  # Max-pool padding (pads with -inf, as PyTorch).
+    activation: str = 'relu'  # Activation after every conv.
+    dtype: Any = jnp.float32  # Compute dtype.
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        k = self.kernel_size
+        s = self.stride if self.stride is not None else max(1, k // 2 - 1)
+        p = self.padding if self.padding is not None else max(1, k // 2)
+        widths = [self.hidden_channels] * (self.num_layers - 1) + [self.features]
+        for i, c in enumerate(widths):
+            x = nn.Conv(c, (k, k), strides=(s, s), padding=((p, p), (p, p)), use_bias=False,
+                        kernel_init=_CONV_INIT, dtype=self.dtype, name=f'conv_{i}')(x)
+            x = layers.get_activation(self.activation)(x)
+            if self.max_pool:
+                q = self.pool_padding
+                x = nn.max_pool(x, (self.pool_kernel,) * 2, strides=(self.pool_stride,) * 2, padding=((q, q), (q, q)))
+        return x
+
+
+class SeqPool(nn.Module):
+    """Sequence pooling: softmax over tokens of a Dense(D -> 1), then the weighted sum of the tokens."""
+
+    dtype: Any = jnp.float32  # Compute dtype.
+
+    @nn.compact
+    def __call__(self, x: Array) -> tuple[Array, Array]:
+        logits = nn.Dense(1, kernel_init=_DENSE_INIT, dtype=self.dtype, name='attention_pool')(x)  # [B, N, 1]
+        w = jax.nn.softmax(logits.astype(jnp.float32), axis=1).astype(x.dtype)
+        return jnp.einsum('bn,bnd->bd', w[..., 0], x), w[..., 0]
+
+
+class CompactTransformer(nn.Module):
+    """ViT-Lite / CVT / CCT; returns `(logits, out)`.
+
+    `out` holds 'stem' (tokens after the tokenizer), 'encoder/block_NN', 'encoded' (after the final norm),
+    'tokens_2d' (the token grid), 'pool_weights' (SeqPool's weights over tokens, [B, N]), 'pre_logits', 'logits'.
+    """
+
+    num_classes: int | None = 10  # Head width; None or 0 drops the head (features in `pre_logits`).
+    image_size: int | Sequence[int] = 32  # Input resolution (fixes the learnable position-embedding length).
+    hidden_size: int = 256  # Token width D.
+    num_layers: int = 7  # Encoder depth L.
+    num_heads: int = 4  # Attention heads.
+    mlp_ratio: float = 2.0  # MLP width = int(D * mlp_ratio).
+    tokenizer: str = 'conv'  # 'conv' (CCT convolutional tokenizer) or 'patch' (ViT-Lite / CVT patch conv).
+    kernel_size: int = 3  # CCT conv kernel, or the ViT-Lite / CVT patch size.
+    conv_layers: int = 1  # CCT: number of tokenizer convs C.
+    conv_stride: int | None = None  # CCT: conv stride (default max(1, k // 2 - 1)).
+    conv_padding: int | None = None  # CCT: conv padding (default max(1, k // 2)).
+    conv_channels: int = 64  # CCT: width of intermediate tokenizer convs.
+    max_pool: bool = True  # CCT: max-pool 3/2/1 after every tokenizer conv.
+    seq_pool: bool = True  # SeqPool (CCT, CVT); False: class token (ViT-Lite).
+    posemb: str = 'learnable'  # 'learnable' (N(0, 0.2)), 'sine' (fixed table) or 'none'.
+    posemb_std: float = 0.2  # Std of the learnable position embedding (ten times ViT's).
+    dropout_rate: float = 0.0  # Dropout after the position embedding and inside blocks.
+    attention_dropout_rate: float = 0.1  # Dropout on attention probabilities.
+    drop_path_rate: float = 0.1  # Stochastic depth of the last block (linear ramp from 0).
+    norm: str = 'layernorm'  # Token normaliser ('layernorm', 'dtn', ...).
+    norm_eps: float = 1e-5  # Normaliser epsilon (PyTorch default).
+    norm_style: str = 'cct'  # Encoder layer: 'cct' (official) or 'pre' (standard pre-LN, for ablations).
+    activation: str = 'gelu_exact'  # MLP activation (PyTorch F.gelu, exact).
+    qkv_bias: bool = False  # Bias on q/k/v (the official code has none).
+    scan: bool = False  # Scan over encoder layers.
+    remat_policy: str | None = None  # Rematerialisation policy of each block (jax.checkpoint_policies name).
+    dtype: Any = jnp.float32  # Compute dtype (parameters stay float32).
+
+    def input_shape(self, batch: int = 1) -> tuple[int, ...]:
+        """Shape of a batch this model accepts at its configured resolution."""
+        return (batch, *to_2tuple(self.image_size), 3)
+
+    @property
+    def grid_size(self) -> tuple[int, int]:
+        """The token grid (h, w) at `image_size`."""
+        h, w = to_2tuple(self.image_size)
+        if self.tokenizer == 'patch':
+            return h // self.kernel_size, w // self.kernel_size
+        k = self.kernel_size
+        s = self.conv_stride if self.conv_stride is not None else max(1, k // 2 - 1)
+        p = self.conv_padding if self.conv_padding is not None else max(1, k // 2)
+        for _ in range(self.conv_layers):
+            h, w = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
+            if self.max_pool:
+                h, w = (h + 2 - 3) // 2 + 1, (w + 2 - 3) // 2 + 1
+        return h, w
+
+    @nn.compact
+    def __call__(self, images: Array, *, train: bool = False) -> tuple[Array, dict[str, Array]]:
+        name = type(self).__name__
+        if self.tokenizer == 'patch':
+            layers.check_images(images, name=name, multiple_of=(self.kernel_size,) * 2)
+        else:
+            layers.check_images(images, name=name)
+        if self.posemb == 'learnable' and tuple(images.shape[1:3]) != to_2tuple(self.image_size):
+            raise ValueError(
+                f'This model was built for image_size={to_2tuple(self.image_size)} but got images of '
+                f'{tuple(images.shape[1:3])}. Build it with get_model(..., image_size={tuple(images.shape[1:3])}); '
+                'checkpoint.load_pretrained resamples a learnable position embedding to the new grid.')
+        out = {}
+        x = images.astype(self.dtype)
+        d = self.hidden_size
+        if self.tokenizer == 'conv':
+            x = ConvTokenizer(d, self.kernel_size, self.conv_stride, self.conv_padding, self.conv_layers,
+                              self.conv_channels, self.max_pool, dtype=self.dtype, name='tokenizer')(x)
+        elif self.tokenizer == 'patch':
+            p = self.kernel_size
+            x = nn.Conv(d, (p, p), strides=(p, p), padding='VALID', kernel_init=_CONV_INIT,
+                        bias_init=torch_bias_init(3 * p * p), dtype=self.dtype, name='embedding')(x)
+        else:
+            raise ValueError(f"tokenizer must be 'conv' or 'patch', got {self.tokenizer!r}.")
+        b, h, w, _ = x.shape
+        x = x.reshape(b, h * w, d)
+        out['stem'] = x
+
+        num_prefix = 0
+        if not self.seq_pool:
+            cls = self.param('cls', nn.initializers.zeros, (1, 1, d))
+            x = jnp.concatenate([jnp.tile(cls.astype(x.dtype), [b, 1, 1]), x], axis=1)
+            num_prefix = 1
+
+        x, enc_out = _Transformer(
+            num_layers=self.num_layers, num_heads=self.num_heads, mlp_dim=int(d * self.mlp_ratio),
+            posemb=self.posemb, posemb_std=self.posemb_std, dropout_rate=self.dropout_rate,
+            attention_dropout_rate=self.attention_dropout_rate, drop_path_rate=self.drop_path_rate, norm=self.norm,
+            norm_eps=self.norm_eps, norm_style=self.norm_style, activation=self.activation, qkv_bias=self.qkv_bias,
+            scan=self.scan, remat_policy=self.remat_policy, dtype=self.dtype, name='Transformer')(x, train=train)
+        out.update({f'encoder/{k}': v for k, v in enc_out.items()})
+        out['encoded'] = x
+        out['tokens_2d'] = x[:, num_prefix:].reshape(b, h, w, d)
+
+        if self.seq_pool:
+            x, out['pool_weights'] = SeqPool(dtype=self.dtype, name='seqpool')(x)
+        else:
+            x = x[:, 0]
+        out['pre_logits'] = x
+        if self.num_classes:
+            x = nn.Dense(self.num_classes, kernel_init=_DENSE_INIT, dtype=self.dtype, name='head')(x)
+        out['logits'] = x
+        return x.astype(jnp.float32), out
+
+
+class _Transformer(nn.Module):
+    """Position embedding + dropout + `layers.Encoder`, under the release's `Transformer` scope."""
+
+    num_layers: int
+    num_heads: int
+    mlp_dim: int
+    posemb: str
+    posemb_std: float
+    dropout_rate: float
+    attention_dropout_rate: float
+    drop_path_rate: float
+    norm: str
+    norm_eps: float
+    norm_style: str
+    activation: str
+    qkv_bias: bool
+    scan: bool
+    remat_policy: str | None
+    dtype: Any
+
+    @nn.compact
+    def __call__(self, x: Array, train: bool) -> tuple[Array, dict[str, Array]]:
+        if self.posemb == 'learnable':
+            x = layers.AddPositionEmbs(posemb_init=nn.initializers.normal(self.posemb_std), name='posembed_input')(x)
+        elif self.posemb == 'sine':
+            x = x + jnp.asarray(layers.posemb_sincos_1d(x.shape[1], x.shape[2]), x.dtype)
+        elif self.posemb != 'none':
+            raise ValueError(f"posemb must be 'learnable', 'sine' or 'none', got {self.posemb!r}.")
+        x = nn.Dropout(self.dropout_rate)(x, deterministic=not train)
+        enc = layers.Encoder(
+            num_layers=self.num_layers, num_heads=self.num_heads, mlp_dim=self.mlp_dim,
+            dropout_rate=self.dropout_rate, attention_dropout_rate=self.attention_dropout_rate,
+            drop_path_rate=self.drop_path_rate, norm=self.norm, norm_eps=self.norm_eps, norm_style=self.norm_style,
+            activation=self.activation, qkv_bias=self.qkv_bias, scan=self.scan, remat_policy=self.remat_policy,
+            kernel_init=_DENSE_INIT, bias_init=nn.initializers.zeros, dtype=self.dtype)
+        # Keep `encoderblock_{i}` / `encoder_norm` directly under `Transformer` (the release's layout).
+        nn.share_scope(self, enc)
+        return enc(x, train=train)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Registered variants (official `src/cct.py`, `src/vit.py`, `src/cvt.py` and the paper's tables).
+# ----------------------------------------------------------------------------------------------------------------
+# L: (heads, mlp ratio, D), as the official cct_2 ... cct_14 / vit_2 ... / cvt_2 ... constructors.
+CCT_SIZES = {
+    2: (2, 1, 128),
+    4: (2, 1, 128),
+    6: (4, 2, 256),
+    7: (4, 2, 256),
+    8: (4, 2, 256),
+    14: (6, 3, 384),
+}
+
+
+def _size(layers_: int) -> dict:
+    heads, ratio, dim = CCT_SIZES[layers_]
+    return dict(num_layers=layers_, num_heads=heads, mlp_ratio=float(ratio), hidden_size=dim)
+
+
+def _register_cct(layers_: int, k: int, convs: int, size: int, classes: int, official: str,
+                  extra: Sequence[tuple[str, dict]] = ()) -> None:
+    kw = dict(tokenizer='conv', kernel_size=k, conv_layers=convs, seq_pool=True, image_size=size,
+              num_classes=classes, **_size(layers_))
+    register(f'CCT-{layers_}/{k}x{convs}', CompactTransformer, aliases=(official,), paper='cct', **kw)
+    for name, over in extra:
+        register(name, CompactTransformer, paper='cct', **{**kw, **over})
+
+
+_SINE = {'posemb': 'sine'}
+_register_cct(2, 3, 2, 32, 10, 'cct_2_3x2_32', [('cct_2_3x2_32_sine', _SINE)])
+_register_cct(4, 3, 2, 32, 10, 'cct_4_3x2_32', [('cct_4_3x2_32_sine', _SINE)])
+_register_cct(6, 3, 1, 32, 10, 'cct_6_3x1_32', [('cct_6_3x1_32_sine', _SINE)])
+_register_cct(6, 3, 2, 32, 10, 'cct_6_3x2_32', [('cct_6_3x2_32_sine', _SINE)])
+_register_cct(7, 3, 1, 32, 10, 'cct_7_3x1_32', [
+    ('cct_7_3x1_32_sine', _SINE), ('cct_7_3x1_32_c100', {'num_classes': 100}),
+    ('cct_7_3x1_32_sine_c100', {'num_classes': 100, **_SINE})])
+_register_cct(7, 3, 2, 32, 10, 'cct_7_3x2_32', [('cct_7_3x2_32_sine', _SINE)])
+# The Flowers-102 model (from scratch at 224; the released checkpoint is the sine one).
+_register_cct(7, 7, 2, 224, 102, 'cct_7_7x2_224', [('cct_7_7x2_224_sine', _SINE)])
+_register_cct(14, 7, 2, 224, 1000, 'cct_14_7x2_224', [
+    ('cct_14_7x2_384', {'image_size': 384}), ('cct_14_7x2_384_fl', {'image_size': 384, 'num_classes': 102})])
+
+
+def _register_patch(family: str, layers_: int, patch: int, official: str | None, *, sine: bool = True) -> None:
+    kw = dict(tokenizer='patch', kernel_size=patch, seq_pool=family == 'CVT', image_size=32, num_classes=10,
+              **_size(layers_))
+    register(f'{family}-{layers_}/{patch}', CompactTransformer, aliases=(official,) if official else (),
+             paper='cct', **kw)
+    if official and sine:
+        # Note: the official cvt_*_sine constructors drop `positional_embedding` (a repo bug: they build learnable
+        # embeddings); here '_sine' means what it says.
+        register(f'{official}_sine', CompactTransformer, paper='cct', **{**kw, **_SINE})
+
+
+for _l in (2, 4, 6, 7):
+    _register_patch('ViT-Lite', _l, 4, f'vit_{_l}_4_32')
+for _l in (2, 4, 6, 7):
+    _register_patch('CVT', _l, 4, f'cvt_{_l}_4_32')
+_register_patch('CVT', 8, 4, None)  # `cvt_8` exists in the official code without a registered 32 px variant.
+# The patch-size ablation of the paper's CIFAR table (ViT-Lite-7/8, ViT-Lite-7/16, CVT-7/8).
+_register_patch('ViT-Lite', 7, 8, None)
+_register_patch('ViT-Lite', 7, 16, None)
+_register_patch('CVT', 7, 8, None)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Official PyTorch checkpoints.
+# ----------------------------------------------------------------------------------------------------------------
+def from_official_state_dict(state_dict: dict, name: str, **overrides: Any) -> tuple[CompactTransformer, dict]:
+    """Converts an official Compact-Transformers `state_dict` (CCT, CVT or ViT-Lite) into `(model, variables)`.
+
+    Args:
+      state_dict: `torch_model.state_dict()` (tensors or arrays) of `src.cct`, `src.cvt` or `src.vit` models.
+      name: The registered variant (e.g. 'CCT-7/3x1', 'cct_7_3x1_32_sine', 'CVT-7/4').
+      **overrides: Model field overrides (e.g. `num_classes=100`).
+
+    A sine position table in the state dict is dropped (it is a constant here). The head size follows the
+    checkpoint unless `num_classes` is given.
+    """
+    from vit_jax import convert, models
+
+    sd = dict(state_dict)
+    if 'classifier.fc.weight' in sd and 'num_classes' not in overrides:
+        overrides['num_classes'] = int(sd['classifier.fc.weight'].shape[0])
+    model = models.get_model(name, **overrides)
+    if not isinstance(model, CompactTransformer):
+        raise ValueError(f'{name} is not a Compact Transformer model.')
+    heads = model.num_heads
+    d = model.hidden_size
+    p: dict[str, Any] = {}
+    if model.tokenizer == 'conv':
+        p['tokenizer'] = {f'conv_{i}': convert.conv(sd, f'tokenizer.conv_layers.{i}.0', bias=False)
+                          for i in range(model.conv_layers)}
+    else:
+        p['embedding'] = convert.conv(sd, 'tokenizer.conv_layers.0.0')
+    c = 'classifier'
+    if not model.seq_pool:
+        p['cls'] = convert.to_numpy(sd[f'{c}.class_emb'])
+    else:
+        p['seqpool'] = {'attention_pool': convert.linear(sd, f'{c}.attention_pool')}
+    t: dict[str, Any] = {}
+    if model.posemb == 'learnable':
+        t['posembed_input'] = {'pos_embedding': convert.to_numpy(sd[f'{c}.positional_emb'])}
+    for i in range(model.num_layers):
+        b = f'{c}.blocks.{i}'
+        qkv = convert.to_numpy(sd[f'{b}.self_attn.qkv.weight'])
+        attn = {n: convert.attention_in({'w.weight': qkv[j * d:(j + 1) * d]}, 'w', heads, bias=False)
+                for j, n in enumerate(('query', 'key', 'value'))}
+        attn['out'] = convert.attention_out(sd, f'{b}.self_attn.proj', heads)
+        t[f'encoderblock_{i}'] = {
+            'LayerNorm_0': convert.norm(sd, f'{b}.pre_norm'),
+            'MultiHeadDotProductAttention_1': attn,
+            'LayerNorm_2': convert.norm(sd, f'{b}.norm1'),
+            'MlpBlock_3': {'Dense_0': convert.linear(sd, f'{b}.linear1'),
+                           'Dense_1': convert.linear(sd, f'{b}.linear2')},
+        }
+    t['encoder_norm'] = convert.norm(sd, f'{c}.norm')
+    p['Transformer'] = t
+    if model.num_classes:
+        p['head'] = convert.linear(sd, f'{c}.fc')
+    params = jax.tree_util.tree_map(jnp.asarray, p)
+    expected = jax.tree_util.tree_map(lambda s: s.shape, models.init_shapes(model)['params'])
+    got = jax.tree_util.tree_map(lambda a: a.shape, params)
+    if expected != got:
+        raise ValueError(f'The state dict does not match {name} ({type(model).__name__}); check the variant, '
+                         f'image_size and num_classes. Expected shapes {expected}, got {got}.')
+    return model, {'params': params}
