@@ -135,10 +135,13 @@ def load_npz(path: str) -> dict:
         raise IsADirectoryError(f'{path!r} is a directory; load_npz reads a .npz file (use load_params for a '
                                 'workdir or an Orbax checkpoint).')
     try:
-        with np.load(path, allow_pickle=False) as f:
-            if not hasattr(f, 'files'):
-                raise ValueError('it holds a single array (.npy), not named parameters')
+        f = np.load(path, allow_pickle=False)
+        if not hasattr(f, 'files'):
+            raise ValueError('it holds a single array (.npy), not named parameters')
+        try:
             flat = {k: f[k] for k in f.files}
+        finally:
+            f.close()
     except ValueError as e:
         raise ValueError(f'{path!r} is not a plain .npz parameter file ({e}). Parameter files are written by '
                          'checkpoint.save_npz or `python -m vit_jax.convert`; pickled/object arrays are refused.'
@@ -254,6 +257,22 @@ def load_params(path: str) -> dict:
         tree, rest = state.get('params'), sub
     tree = flax.core.unfreeze(tree) if isinstance(tree, flax.core.FrozenDict) else tree
     return _select(tree, rest, f'{step_dir} params') if rest else tree
+
+
+def load_for_inference(path: str) -> tuple[dict, dict]:
+    """(params, model_state) for inference: the EMA weights of an Orbax checkpoint when the run kept them.
+
+    `model_state` holds the run's non-trainable collections (e.g. BatchNorm `batch_stats`); it is empty for `.npz`
+    files (which hold parameters only).
+    """
+    source, sub = _split_subtree(str(path))
+    if sub or source.endswith('.npz') or os.path.isfile(source):
+        return load_params(path), {}
+    state = _restore_state_dict(find_checkpoint_step(source))
+    params = state.get('ema_params') if state.get('ema_params') is not None else state.get('params')
+    if params is None:
+        raise ValueError(f'The checkpoint {path!r} holds no params.')
+    return params, dict(state.get('model_state') or {})
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -410,6 +429,14 @@ def load_pretrained(init_params: Any, path: str | dict, dont_load: Sequence[str]
             merged[k] = np.asarray(init_v)
             continue
         v = flat[k]
+        regrid = (tuple(v.shape) == tuple(init_v.shape) and resample_posemb and _is_posemb(k) and v.ndim == 3
+                  and _as_grid(old_grid) is not None and _as_grid(new_grid) is not None
+                  and _as_grid(old_grid) != _as_grid(new_grid))
+        if regrid:  # Same token count on another grid (e.g. 12x8 -> 8x12): resample when both grids are known.
+            p = v.shape[1] - _as_grid(new_grid)[0] * _as_grid(new_grid)[1]
+            og = _as_grid(old_grid)
+            if p >= 0 and og[0] * og[1] + p == v.shape[1]:
+                v = layers.resample_posemb(v, v.shape[1], num_prefix_tokens=p, old_hw=og, new_hw=_as_grid(new_grid))
         if tuple(v.shape) != tuple(init_v.shape):
             if (resample_posemb and _is_posemb(k) and v.ndim == 3 and init_v.ndim == 3 and v.shape[0] == 1
                     and v.shape[-1] == init_v.shape[-1]):
