@@ -161,7 +161,9 @@ def train_and_evaluate(config: Any, workdir: Optional[str] = None) -> dict[str, 
         init_cfg = config.get('init_from', None)
         if init_cfg is not None and init_cfg.get('path', None):
             params = checkpoint.load_pretrained(jax.device_get(state.params), init_cfg.path,
-                                                dont_load=tuple(init_cfg.get('dont_load', ()) or ()))
+                                                dont_load=tuple(init_cfg.get('dont_load', ()) or ()),
+                                                old_grid=init_cfg.get('old_grid', None),
+                                                new_grid=checkpoint.model_grid(model))
             params = jax.device_put(params, state_sharding.params)
             state = state.replace(params=params,
                                   ema_params=params if state.ema_params is not None else None,
