@@ -122,9 +122,17 @@ def validate(config: ml_collections.ConfigDict) -> None:
     accum = config.optimizer.get('accum_steps', 1) or 1
     if config.batch_size % accum:
         raise ConfigError(f'batch_size={config.batch_size} is not divisible by optimizer.accum_steps={accum}.')
-    from vit_jax import models
+    for key in ('optimizer', 'lr', 'objective', 'evals', 'model'):
+        if not isinstance(config[key], (ml_collections.ConfigDict, dict)):
+            raise ConfigError(f'config.{key} must be a section (dict), got {type(config[key]).__name__}.')
+    from vit_jax import models, sharding
 
     models.get_entry(config.model.name)  # Unknown model names fail here, with the registered list.
+    try:
+        mesh = sharding.make_mesh(config.get('mesh', None))
+        sharding.local_batch_size(config.batch_size, mesh)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -137,11 +145,13 @@ def base_config() -> ml_collections.ConfigDict:
     c.data = ml_collections.ConfigDict(dict(
         data_dir=None,  # TFDS data_dir (None: TFDS default, ~/tensorflow_datasets).
         train_split='train',  # Split used for training.
-        train_pp='inception_crop',  # Train preprocessing: 'inception_crop', 'resize_crop', 'resize'.
-        eval_pp='resize',  # Eval preprocessing: 'resize' (the ViT release) or 'resize_crop'.
+        # None: the dataset's own default, else the ViT release's ('inception_crop', 'resize', flip=True).
+        train_pp=None,  # Train preprocessing: 'inception_crop', 'resize_crop', 'resize' or a pipe of ops.
+        eval_pp=None,  # Eval preprocessing: 'resize' (the ViT release) or 'resize_crop'.
         value_range=(-1.0, 1.0),  # Pixel range fed to the model.
-        flip=True,  # Random horizontal flips in training.
+        flip=None,  # Random horizontal flips in training.
         shuffle_buffer=10_000,  # tf.data shuffle buffer.
+        max_bad_fraction=0.01,  # Stop when more than this fraction of training examples cannot be decoded.
     ))
     c.batch_size = 512  # Global batch over all devices and processes.
     c.eval_batch_size = 0  # 0: same as batch_size.
@@ -169,4 +179,5 @@ def base_config() -> ml_collections.ConfigDict:
     c.init_from = ml_collections.ConfigDict(dict(path=None, dont_load=('head/.*',)))
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))  # Device mesh axes.
     c.sharding_rules = ()  # ((regex, 'replicate' | 'fsdp' | (axis, ...)), ...) per-parameter overrides.
+    c.sharding_min_size = 2**14  # FSDP leaves arrays with fewer elements replicated.
     return c

@@ -146,7 +146,8 @@ def train_and_evaluate(config: Any, workdir: Optional[str] = None) -> dict[str, 
     fake_batch = {'image': jax.ShapeDtypeStruct(models.input_shape(model, 1), jnp.float32)}
     rng = jax.random.PRNGKey(int(config.seed))
     state_shapes = jax.eval_shape(objective.init_state, rng, fake_batch)
-    state_sharding = sharding.infer_state_sharding(state_shapes, mesh, config.get('sharding_rules', ()) or ())
+    state_sharding = sharding.infer_state_sharding(state_shapes, mesh, config.get('sharding_rules', ()) or (),
+                                                   min_fsdp_size=int(config.get('sharding_min_size', 2**14)))
     init_fn = jax.jit(objective.init_state, out_shardings=state_sharding, static_argnums=())
     abstract_state = jax.tree_util.tree_map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
                                             state_shapes, state_sharding)
@@ -211,6 +212,8 @@ def train_and_evaluate(config: Any, workdir: Optional[str] = None) -> dict[str, 
     pending: list[tuple[int, dict]] = []
     t_window, steps_window, t_start = time.time(), 0, time.time()
     skipped_updates = 0
+    max_bad = float(config.data.get('max_bad_fraction', 0.01) or 0.0)
+    history: list[dict[str, float]] = []
     last_eval: dict[str, float] = {}
     preempted = False
     with _Preemption() as preemption:
@@ -238,7 +241,17 @@ def train_and_evaluate(config: Any, workdir: Optional[str] = None) -> dict[str, 
                 dt = time.time() - t_window
                 mean['img_per_sec'] = steps_window * global_bs / max(dt, 1e-9)
                 mean['skipped_updates'] = skipped_updates
+                bad = int(getattr(train_ds, 'num_skipped', 0) or 0)
+                mean['skipped_examples'] = bad
+                seen = (step - start_step) * global_bs // jax.process_count() + bad
+                if bad and bad > max_bad * max(seen, 1):
+                    ckpt.wait()
+                    raise RuntimeError(
+                        f'{bad} of {seen} training examples could not be decoded (more than '
+                        f'data.max_bad_fraction={max_bad}); stopped at step {step}. Check the dataset files, or '
+                        'raise --config.data.max_bad_fraction to accept them.')
                 writer.write(step, {f'train/{k}': v for k, v in mean.items()})
+                history.append({'step': step, **mean})
                 if is_main:
                     eta = (total_steps - step) * dt / max(steps_window, 1)
                     extra = ''.join(f' | {k} {mean[k]:.4f}' for k in ('accuracy',) if k in mean)
@@ -254,7 +267,7 @@ def train_and_evaluate(config: Any, workdir: Optional[str] = None) -> dict[str, 
                 ckpt.wait()
                 preempted = True
                 break
-    result: dict[str, Any] = {'step': step, 'workdir': workdir, 'preempted': preempted}
+    result: dict[str, Any] = {'step': step, 'workdir': workdir, 'preempted': preempted, 'history': history}
     if not preempted:
         last_eval = run_evals(step, final=True) or last_eval
         if ckpt.latest_step() != step:
