@@ -1,0 +1,299 @@
+"""CvT: "Introducing Convolutions to Vision Transformers" (Wu et al., ICCV 2021).
+
+Three stages. Each stage embeds its input with a strided conv (with bias) followed by LayerNorm, then runs
+pre-LN transformer blocks whose attention takes its q/k/v inputs from a *convolutional projection*: a depthwise
+3x3 conv (no bias) + BatchNorm on the token map, stride 1 for q and stride 2 for k/v (the "squeezed" projection),
+before the usual linear q/k/v projections. The attention scale is 1/sqrt(stage width), not 1/sqrt(head_dim).
+There is no position embedding anywhere; only the last stage carries a class token, which bypasses the conv
+projection. The MLP uses QuickGELU (x * sigmoid(1.702 x)) in the official code; HuggingFace's `CvtModel` uses exact
+GELU, so its converter sets `activation='gelu_exact'`.
+
+Blocks are `layers.Encoder1DBlock` with the convolutional projection plugged into `MultiHeadAttention` through its
+`qkv_transform` hook. BatchNorm statistics live in the `batch_stats` collection (`use_running_average=not train`).
+
+Parameter layout: `stage_{i}_embedding` (conv), `stage_{i}_embedding_norm`, `stage_{i}_cls` (last stage),
+`stage_{i}_block_{j}/...` (an Encoder1DBlock, whose attention holds
+`qkv_transform/conv_proj_{q,k,v}/{conv,bn}`), `norm`, `head`.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Optional, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vit_jax import convert
+from vit_jax.models import layers, register
+
+Array = jax.Array
+
+_trunc_normal = nn.initializers.truncated_normal(0.02)
+# PyTorch's default Conv2d kernel init (kaiming_uniform with a=sqrt(5)), used by the official code for every conv.
+_torch_conv_init = nn.initializers.variance_scaling(1.0 / 3.0, 'fan_in', 'uniform')
+
+
+class DepthwiseConvBN(nn.Module):
+    """Depthwise conv (no bias) followed by BatchNorm: one branch of CvT's `dw_bn` projection."""
+
+    kernel_size: int = 3  # Square kernel size.
+    stride: int = 1  # Stride (1 for q, 2 for k/v).
+    padding: int = 1  # Symmetric padding (PyTorch style).
+    bn_momentum: float = 0.9  # Flax BatchNorm momentum (PyTorch momentum 0.1).
+    bn_eps: float = 1e-5  # BatchNorm epsilon.
+    dtype: Any = jnp.float32  # Compute dtype.
+
+    @nn.compact
+    def __call__(self, x: Array, train: bool = False) -> Array:
+        d, k, p = x.shape[-1], self.kernel_size, self.padding
+        x = nn.Conv(d, (k, k), strides=(self.stride, self.stride), padding=((p, p), (p, p)), feature_group_count=d,
+                    use_bias=False, dtype=self.dtype, kernel_init=_torch_conv_init, name='conv')(x)
+        return nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum, epsilon=self.bn_eps,
+                            dtype=self.dtype, name='bn')(x)
+
+
+class ConvProjection(nn.Module):
+    """CvT's convolutional projection, the `qkv_transform` of `layers.MultiHeadAttention`.
+
+    Maps tokens [B, prefix + h*w, D] to the q, k and v inputs: the prefix (class) tokens are split off, the grid
+    tokens are reshaped to a map, projected by `DepthwiseConvBN` (method 'dw_bn') or left as they are ('linear'),
+    flattened again and the prefix tokens re-attached in front.
+    """
+
+    grid: tuple[int, int]  # (h, w) of the token map.
+    num_prefix: int = 0  # Leading tokens (class token) that bypass the projection.
+    method: str = 'dw_bn'  # 'dw_bn' (depthwise conv + BN) or 'linear' (identity).
+    kernel_size: int = 3  # Depthwise kernel size.
+    stride_q: int = 1  # Stride of the query projection.
+    stride_kv: int = 2  # Stride of the key/value projections.
+    padding_q: int = 1  # Padding of the query projection.
+    padding_kv: int = 1  # Padding of the key/value projections.
+    bn_momentum: float = 0.9  # Flax BatchNorm momentum.
+    bn_eps: float = 1e-5  # BatchNorm epsilon.
+    dtype: Any = jnp.float32  # Compute dtype.
+
+    @nn.compact
+    def __call__(self, x_q: Array, x_kv: Array, deterministic: bool = True) -> tuple[Array, Array, Array]:
+        del x_kv  # Self-attention: q, k and v all come from x_q.
+        if self.method not in ('dw_bn', 'linear'):
+            raise ValueError(f"CvT qkv projection method must be 'dw_bn' or 'linear', got {self.method!r}.")
+        h, w = self.grid
+        b, t, d = x_q.shape
+        if t != self.num_prefix + h * w:
+            raise ValueError(f'ConvProjection expected {self.num_prefix} + {h}x{w} tokens, got {t}.')
+        prefix, tokens = x_q[:, :self.num_prefix], x_q[:, self.num_prefix:]
+        fmap = tokens.reshape(b, h, w, d)
+
+        def project(which: str, stride: int, padding: int) -> Array:
+            if self.method == 'linear':
+                y = tokens
+            else:
+                y = DepthwiseConvBN(self.kernel_size, stride, padding, self.bn_momentum, self.bn_eps,
+                                    dtype=self.dtype, name=f'conv_proj_{which}')(fmap, train=not deterministic)
+                y = y.reshape(b, -1, d)
+            return jnp.concatenate([prefix.astype(y.dtype), y], axis=1)
+
+        return (project('q', self.stride_q, self.padding_q), project('k', self.stride_kv, self.padding_kv),
+                project('v', self.stride_kv, self.padding_kv))
+
+
+def _per_stage(value: Any, n: int, what: str) -> tuple:
+    """A scalar broadcast to n stages, or a length-n sequence as a tuple."""
+    if isinstance(value, (list, tuple)):
+        if len(value) != n:
+            raise ValueError(f'CvT {what} has {len(value)} entries for {n} stages.')
+        return tuple(value)
+    return (value,) * n
+
+
+class CvT(nn.Module):
+    """Convolutional vision Transformer; returns `(logits, out)`.
+
+    `out` holds 'stem' (stage-0 tokens after the embedding), 'stage_{i}' (the [B, h, w, D_i] map after each stage),
+    'stage_{i}/block_{j:02d}' (tokens after each block), 'cls_token' (the last stage's class token, if any),
+    'tokens_2d' (the last map), 'pre_logits' and 'logits'.
+    """
+
+    num_classes: Optional[int] = 1000  # Head width; None or 0 drops the head.
+    image_size: int | Sequence[int] = 224  # Nominal input resolution (no position embedding: any size works).
+    embed_dims: Sequence[int] = (64, 192, 384)  # Width D_i of each stage.
+    num_heads: Sequence[int] = (1, 3, 6)  # Attention heads per stage.
+    depths: Sequence[int] = (1, 2, 10)  # Blocks per stage.
+    mlp_ratios: Sequence[float] | float = 4.0  # MLP hidden width / D_i (per stage or one value).
+    patch_sizes: Sequence[int] = (7, 3, 3)  # Kernel of each stage's conv token embedding.
+    patch_strides: Sequence[int] = (4, 2, 2)  # Stride of each stage's conv token embedding.
+    patch_paddings: Sequence[int] = (2, 1, 1)  # Padding of each stage's conv token embedding.
+    cls_token: Sequence[bool] = (False, False, True)  # Which stages prepend a class token.
+    qkv_method: Sequence[str] | str = 'dw_bn'  # Conv projection per stage: 'dw_bn' or 'linear'.
+    qkv_kernel: Sequence[int] | int = 3  # Depthwise kernel of the conv projection.
+    stride_q: Sequence[int] | int = 1  # Query projection stride.
+    stride_kv: Sequence[int] | int = 2  # Key/value projection stride (2 = the squeezed projection).
+    padding_q: Sequence[int] | int = 1  # Query projection padding.
+    padding_kv: Sequence[int] | int = 1  # Key/value projection padding.
+    qkv_bias: Sequence[bool] | bool = True  # Bias of the linear q/k/v projections.
+    dropout_rate: float = 0.0  # Dropout after the embedding and inside blocks.
+    attention_dropout_rate: float = 0.0  # Dropout on attention probabilities.
+    drop_path_rate: Sequence[float] | float = (0.0, 0.0, 0.1)  # Stochastic depth per stage (linear ramp inside).
+    activation: str = 'quick_gelu'  # MLP activation ('quick_gelu' official; 'gelu_exact' for HuggingFace).
+    norm_eps: float = 1e-5  # LayerNorm epsilon.
+    bn_momentum: float = 0.9  # Flax BatchNorm momentum (PyTorch 0.1).
+    bn_eps: float = 1e-5  # BatchNorm epsilon.
+    dtype: Any = jnp.float32  # Compute dtype (parameters stay float32).
+
+    def input_shape(self, batch: int = 1) -> tuple[int, ...]:
+        """Shape of a batch at the nominal resolution."""
+        h, w = (self.image_size, self.image_size) if isinstance(self.image_size, int) else self.image_size
+        return (batch, h, w, 3)
+
+    @nn.compact
+    def __call__(self, images: Array, *, train: bool = False) -> tuple[Array, dict[str, Array]]:
+        layers.check_images(images, name='CvT')
+        n = len(self.embed_dims)
+        per = functools.partial(_per_stage, n=n)
+        heads, depths = per(self.num_heads, what='num_heads'), per(self.depths, what='depths')
+        mlp_ratios, cls_token = per(self.mlp_ratios, what='mlp_ratios'), per(self.cls_token, what='cls_token')
+        methods, kernels = per(self.qkv_method, what='qkv_method'), per(self.qkv_kernel, what='qkv_kernel')
+        stride_q, stride_kv = per(self.stride_q, what='stride_q'), per(self.stride_kv, what='stride_kv')
+        padding_q, padding_kv = per(self.padding_q, what='padding_q'), per(self.padding_kv, what='padding_kv')
+        qkv_bias, dpr = per(self.qkv_bias, what='qkv_bias'), per(self.drop_path_rate, what='drop_path_rate')
+        patch, stride = per(self.patch_sizes, what='patch_sizes'), per(self.patch_strides, what='patch_strides')
+        pad = per(self.patch_paddings, what='patch_paddings')
+
+        out = {}
+        x = images.astype(self.dtype)
+        cls = None
+        for i, d in enumerate(self.embed_dims):
+            stage = f'stage_{i}'
+            x = nn.Conv(d, (patch[i], patch[i]), strides=(stride[i], stride[i]),
+                        padding=((pad[i], pad[i]), (pad[i], pad[i])), dtype=self.dtype, kernel_init=_torch_conv_init,
+                        name=f'{stage}_embedding')(x)
+            b, h, w, _ = x.shape
+            x = x.reshape(b, h * w, d)
+            x = nn.LayerNorm(epsilon=self.norm_eps, dtype=self.dtype, name=f'{stage}_embedding_norm')(x)
+            if i == 0:
+                out['stem'] = x
+            num_prefix = int(cls_token[i])
+            if cls_token[i]:
+                c = self.param(f'{stage}_cls', _trunc_normal, (1, 1, d))
+                x = jnp.concatenate([jnp.tile(c.astype(x.dtype), [b, 1, 1]), x], axis=1)
+            x = nn.Dropout(self.dropout_rate)(x, deterministic=not train)
+            qkv_transform = functools.partial(
+                ConvProjection, grid=(h, w), num_prefix=num_prefix, method=methods[i], kernel_size=kernels[i],
+                stride_q=stride_q[i], stride_kv=stride_kv[i], padding_q=padding_q[i], padding_kv=padding_kv[i],
+                bn_momentum=self.bn_momentum, bn_eps=self.bn_eps, dtype=self.dtype)
+            rates = np.linspace(0.0, dpr[i], depths[i]) if depths[i] > 1 else np.array([dpr[i]])
+            for j in range(depths[i]):
+                x = layers.Encoder1DBlock(
+                    num_heads=heads[i], mlp_dim=int(d * mlp_ratios[i]), dropout_rate=self.dropout_rate,
+                    attention_dropout_rate=self.attention_dropout_rate, drop_path_rate=float(rates[j]),
+                    norm_eps=self.norm_eps, activation=self.activation, qkv_bias=qkv_bias[i],
+                    attention_scale=d**-0.5, dtype=self.dtype, kernel_init=_trunc_normal,
+                    bias_init=nn.initializers.zeros, qkv_transform=qkv_transform,
+                    name=f'{stage}_block_{j}')(x, train)
+                out[f'{stage}/block_{j:02d}'] = x
+            if cls_token[i]:
+                cls, x = x[:, :num_prefix], x[:, num_prefix:]
+            x = x.reshape(b, h, w, d)
+            out[stage] = x
+
+        out['tokens_2d'] = x
+        if cls_token[-1]:
+            out['cls_token'] = cls[:, 0]
+            x = nn.LayerNorm(epsilon=self.norm_eps, dtype=self.dtype, name='norm')(cls[:, 0])
+        else:
+            b, h, w, d = x.shape
+            x = nn.LayerNorm(epsilon=self.norm_eps, dtype=self.dtype, name='norm')(x.reshape(b, h * w, d))
+            x = jnp.mean(x, axis=1)
+        out['pre_logits'] = x
+        if self.num_classes:
+            x = nn.Dense(self.num_classes, dtype=self.dtype, kernel_init=_trunc_normal, name='head')(x)
+        out['logits'] = x
+        return x.astype(jnp.float32), out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Registered variants (paper table 2 / the official experiments/imagenet/cvt/*.yaml).
+# ----------------------------------------------------------------------------------------------------------------
+register('CvT-13', CvT, aliases=('cvt-13', 'CvT_13'), paper='cvt', embed_dims=(64, 192, 384), num_heads=(1, 3, 6),
+         depths=(1, 2, 10), drop_path_rate=(0.0, 0.0, 0.1))
+register('CvT-21', CvT, aliases=('cvt-21', 'CvT_21'), paper='cvt', embed_dims=(64, 192, 384), num_heads=(1, 3, 6),
+         depths=(1, 4, 16), drop_path_rate=(0.0, 0.0, 0.1))
+register('CvT-W24', CvT, aliases=('cvt-w24', 'CvT_W24'), paper='cvt', embed_dims=(192, 768, 1024),
+         num_heads=(3, 12, 16), depths=(2, 2, 20), drop_path_rate=(0.0, 0.0, 0.3))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# HuggingFace transformers -> vit_jax.
+# ----------------------------------------------------------------------------------------------------------------
+@convert.hf_converter('CvtModel', 'CvtForImageClassification')
+def from_hf_cvt(hf_model: Any) -> tuple[CvT, dict]:
+    """Converts a HuggingFace `CvtModel` / `CvtForImageClassification` into `(CvT, variables)`.
+
+    HuggingFace uses exact GELU (the official code QuickGELU), LayerNorm eps 1e-5 everywhere (its
+    `layer_norm_eps` is unused) and puts the final LayerNorm in `CvtForImageClassification` only: a converted
+    `CvtModel` gets an identity `norm` and no head, and its `out['tokens_2d']` / `out['cls_token']` equal HF's
+    `last_hidden_state` (transposed to NHWC) / `cls_token_value`.
+    """
+    cfg = hf_model.config
+    sd = hf_model.state_dict()
+    is_cls = type(hf_model).__name__ == 'CvtForImageClassification'
+    base = 'cvt.encoder.stages' if is_cls else 'encoder.stages'
+    if any(m not in ('dw_bn',) for m in cfg.qkv_projection_method):
+        raise ValueError(f'Only the dw_bn projection converts; got {cfg.qkv_projection_method}.')
+    for what in ('drop_rate', 'attention_drop_rate'):
+        if len(set(getattr(cfg, what))) > 1:
+            raise ValueError(f'CvT uses one {what} for all stages; the config has {getattr(cfg, what)}.')
+    n = len(cfg.depth)
+    model = CvT(
+        num_classes=(cfg.num_labels if is_cls else None), embed_dims=tuple(cfg.embed_dim),
+        num_heads=tuple(cfg.num_heads), depths=tuple(cfg.depth), mlp_ratios=tuple(float(r) for r in cfg.mlp_ratio),
+        patch_sizes=tuple(cfg.patch_sizes), patch_strides=tuple(cfg.patch_stride),
+        patch_paddings=tuple(cfg.patch_padding), cls_token=tuple(bool(c) for c in cfg.cls_token),
+        qkv_method=tuple(cfg.qkv_projection_method), qkv_kernel=tuple(cfg.kernel_qkv), stride_q=tuple(cfg.stride_q),
+        stride_kv=tuple(cfg.stride_kv), padding_q=tuple(cfg.padding_q), padding_kv=tuple(cfg.padding_kv),
+        qkv_bias=tuple(bool(b) for b in cfg.qkv_bias), dropout_rate=float(cfg.drop_rate[0]),
+        attention_dropout_rate=float(cfg.attention_drop_rate[0]),
+        drop_path_rate=tuple(float(r) for r in cfg.drop_path_rate), activation='gelu_exact', norm_eps=1e-5)
+    params, stats = {}, {}
+    for i in range(n):
+        s, st = f'{base}.{i}', f'stage_{i}'
+        emb = f'{s}.embedding.convolution_embeddings'
+        params[f'{st}_embedding'] = convert.conv(sd, f'{emb}.projection')
+        params[f'{st}_embedding_norm'] = convert.norm(sd, f'{emb}.normalization')
+        if cfg.cls_token[i]:
+            params[f'{st}_cls'] = convert.to_numpy(sd[f'{s}.cls_token'])
+        heads = cfg.num_heads[i]
+        for j in range(cfg.depth[i]):
+            L = f'{s}.layers.{j}'
+            a = f'{L}.attention.attention'
+            proj_p, proj_s = {}, {}
+            for which, hf_name in (('q', 'query'), ('k', 'key'), ('v', 'value')):
+                cp = f'{a}.convolution_projection_{hf_name}.convolution_projection'
+                bn_p, bn_s = convert.batchnorm(sd, f'{cp}.normalization')
+                proj_p[f'conv_proj_{which}'] = {'conv': convert.conv(sd, f'{cp}.convolution', bias=False),
+                                                'bn': bn_p}
+                proj_s[f'conv_proj_{which}'] = {'bn': bn_s}
+            attn = {'qkv_transform': proj_p,
+                    'query': convert.attention_in(sd, f'{a}.projection_query', heads),
+                    'key': convert.attention_in(sd, f'{a}.projection_key', heads),
+                    'value': convert.attention_in(sd, f'{a}.projection_value', heads),
+                    'out': convert.attention_out(sd, f'{L}.attention.output.dense', heads)}
+            params[f'{st}_block_{j}'] = {
+                'LayerNorm_0': convert.norm(sd, f'{L}.layernorm_before'),
+                'MultiHeadDotProductAttention_1': attn,
+                'LayerNorm_2': convert.norm(sd, f'{L}.layernorm_after'),
+                'MlpBlock_3': {'Dense_0': convert.linear(sd, f'{L}.intermediate.dense'),
+                               'Dense_1': convert.linear(sd, f'{L}.output.dense')},
+            }
+            stats[f'{st}_block_{j}'] = {'MultiHeadDotProductAttention_1': {'qkv_transform': proj_s}}
+    d = cfg.embed_dim[-1]
+    if is_cls:
+        params['norm'] = convert.norm(sd, 'layernorm')
+        if cfg.num_labels:
+            params['head'] = convert.linear(sd, 'classifier')
+    else:
+        params['norm'] = {'scale': np.ones((d,), np.float32), 'bias': np.zeros((d,), np.float32)}
+    return model, {'params': params, 'batch_stats': stats}
