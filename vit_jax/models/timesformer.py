@@ -280,7 +280,8 @@ class _Transformer(nn.Module):
             if self.remat_policy is not None:
                 block_cls = nn.remat(FactorisedBlock, prevent_cse=True, static_argnums=(2,),
                                      policy=layers._remat_policy(self.remat_policy))
-            rates = np.linspace(0.0, self.drop_path_rate, self.num_layers)
+            rates = (np.linspace(0.0, self.drop_path_rate, self.num_layers) if self.num_layers > 1
+                     else np.array([self.drop_path_rate]))  # As layers.Encoder.
             out = {}
             for i in range(self.num_layers):
                 x = block_cls(stages=_STAGES[self.attention_type], grid=(frames, gh, gw),
