@@ -55,6 +55,7 @@ DEFAULTS = {  # Data-config defaults (a dataset's own defaults override these; e
     'label_key': 'label',  # TFDS feature holding the class label.
     'check_images': True,  # Image folders: check every file's header at construction (skip and count bad ones).
     'train_batch_pp': None,  # Optional pipe string of batch ops applied to training batches (e.g. mixup).
+    'repeated_aug': None,  # k > 1: each example of an epoch appears k times, augmented independently (DeiT's RA).
 }
 AUTO_CACHE_MAX_EXAMPLES = 100_000  # Auto cache when the size in bytes is unknown.
 AUTO_CACHE_MAX_BYTES = 1 << 30  # Auto cache when the share's stored size is known.
@@ -388,10 +389,16 @@ def get_dataset(name: str, split: str, *, data_config: Any = None, batch_size: i
         buffer = max(1, min(int(cfg.get('shuffle_buffer') or 1), n_local))
         shuffle_base = _stateless_seed(seed, pi, 2)
 
+        repeats = int(cfg.get('repeated_aug') or 1)
+
         def epoch(e):
             s = tf.random.stateless_uniform([], seed=tf.random.experimental.stateless_fold_in(shuffle_base, e),
                                             minval=0, maxval=2**62, dtype=tf.int64)
-            return raw.shuffle(buffer, seed=s, reshuffle_each_iteration=False)
+            shuffled = raw.shuffle(buffer, seed=s, reshuffle_each_iteration=False)
+            if repeats > 1:  # Repeated augmentation: epochs keep their length with 1/k as many distinct images.
+                shuffled = shuffled.flat_map(lambda ex: tf.data.Dataset.from_tensors(ex).repeat(repeats))
+                shuffled = shuffled.take(n_local)
+            return shuffled
 
         ds = tf.data.Dataset.range(first_epoch, 2**62).flat_map(epoch)
         ds = ds.skip(offset).enumerate(start=consumed).map(with_index)
@@ -413,7 +420,10 @@ def get_dataset(name: str, split: str, *, data_config: Any = None, batch_size: i
             batch_seed = _stateless_seed(seed, pi, 3)
 
             def batch_pp(step, batch):
-                return batch_fn(batch, tf.random.experimental.stateless_fold_in(batch_seed, step))
+                # Batch ops may read the training step as '_step' (e.g. mixup's off_step); it is removed after.
+                out = batch_fn({**batch, '_step': step}, tf.random.experimental.stateless_fold_in(batch_seed, step))
+                out.pop('_step', None)
+                return out
 
             ds = ds.enumerate(start=start_step).map(batch_pp, num_parallel_calls=tf.data.AUTOTUNE,
                                                     deterministic=True)
