@@ -373,16 +373,70 @@ class Encoder(nn.Module):
 # Position embeddings.
 # ----------------------------------------------------------------------------------------------------------------
 class AddPositionEmbs(nn.Module):
-    """Adds a learned position embedding `pos_embedding` of shape (1, T, D) (release init N(0, 0.02))."""
+    """Adds a learned position embedding `pos_embedding` of shape (1, T, D) (release init N(0, 0.02)).
+
+    With `stored_grid` and `grid`, the stored embedding has the (prefix + h*w) tokens of `stored_grid` and is
+    resized on the fly to the input's `grid` (2-D bilinear, align_corners=False, as timm / DPT / Segmenter do for
+    inputs of another size); the `num_prefix_tokens` leading tokens (class token) keep their embedding.
+    """
 
     posemb_init: Initializer = nn.initializers.normal(stddev=0.02)  # Initializer.
+    stored_grid: Optional[Sequence[int]] = None  # (h, w) grid of the stored embedding; None: shaped like the input.
+    grid: Optional[Sequence[int]] = None  # (h, w) token grid of the input (used with stored_grid).
+    num_prefix_tokens: int = 0  # Leading non-grid tokens (class token), not resized.
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
         if x.ndim != 3:
             raise ValueError(f'AddPositionEmbs expects [B, T, D] tokens, got shape {x.shape}.')
-        pe = self.param('pos_embedding', self.posemb_init, (1, x.shape[1], x.shape[2]))
+        if self.stored_grid is None:
+            pe = self.param('pos_embedding', self.posemb_init, (1, x.shape[1], x.shape[2]))
+            return x + pe.astype(x.dtype)
+        sh, sw = self.stored_grid
+        gh, gw = self.grid if self.grid is not None else self.stored_grid
+        p = self.num_prefix_tokens
+        if x.shape[1] != p + gh * gw:
+            raise ValueError(f'AddPositionEmbs: {x.shape[1]} tokens do not match the grid {(gh, gw)} plus {p} prefix '
+                             'token(s).')
+        pe = self.param('pos_embedding', self.posemb_init, (1, p + sh * sw, x.shape[2]))
+        if (gh, gw) != (sh, sw):
+            grid = resize_bilinear(pe[:, p:].reshape(1, sh, sw, -1), (gh, gw), align_corners=False)
+            pe = jnp.concatenate([pe[:, :p], grid.reshape(1, gh * gw, -1)], axis=1)
         return x + pe.astype(x.dtype)
+
+
+def _interp_axis(x: Any, axis: int, size: int, align_corners: bool, xp: Any) -> Any:
+    n = x.shape[axis]
+    if n == size:
+        return x
+    dst = np.arange(size, dtype=np.float64)
+    if align_corners:
+        src = dst * ((n - 1) / (size - 1)) if size > 1 else np.zeros_like(dst)
+    else:
+        src = np.maximum((dst + 0.5) * (n / size) - 0.5, 0.0)
+    lo = np.minimum(np.floor(src).astype(np.int64), n - 1)
+    hi = np.minimum(lo + 1, n - 1)
+    frac = (src - lo).astype(np.float32)
+    shape = [1] * x.ndim
+    shape[axis] = size
+    frac = xp.asarray(frac.reshape(shape), dtype=x.dtype)
+    a = xp.take(x, xp.asarray(lo), axis=axis)
+    b = xp.take(x, xp.asarray(hi), axis=axis)
+    return a + (b - a) * frac
+
+
+def resize_bilinear(x: Any, size: Sequence[int], align_corners: bool = False, *, axes: Sequence[int] = (1, 2)) -> Any:
+    """Bilinear resize of the two spatial `axes` (NHWC by default) with PyTorch `F.interpolate` semantics.
+
+    `align_corners=False` is PyTorch's default (half-pixel centres, no antialiasing, also when downsampling);
+    `align_corners=True` maps the corner pixels onto each other (src = dst * (in - 1) / (out - 1)), which
+    `jax.image.resize` cannot express (DPT's fusion blocks and heads use it). Works on numpy arrays too (then it
+    stays in numpy, with no compilation), which host-side inference loops use.
+    """
+    xp = np if isinstance(x, np.ndarray) else jnp
+    for axis, s in zip(axes, size):
+        x = _interp_axis(x, axis, int(s), align_corners, xp)
+    return x
 
 
 def posemb_sincos_1d(length: int, dim: int, temperature: float = 10_000.0) -> np.ndarray:

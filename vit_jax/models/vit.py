@@ -59,6 +59,10 @@ class VisionTransformer(nn.Module):
     scan: bool = False  # Scan over encoder layers.
     remat_policy: Optional[str] = None  # Rematerialisation policy of each block (jax.checkpoint_policies name).
     dtype: Any = jnp.float32  # Compute dtype (parameters stay float32).
+    # Accept inputs of any size divisible by the stride: the learned position embedding (stored for image_size) is
+    # resized on the fly to the input grid (bilinear, align_corners=False, as timm / DPT / Segmenter).
+    dynamic_img_size: bool = False
+    resnet_variant: str = 'release'  # ResNet-stem epsilons: 'release' or 'timm' (HF / timm hybrids, DPT-Hybrid).
 
     @property
     def grid_size(self) -> tuple[int, int]:
@@ -90,7 +94,8 @@ class VisionTransformer(nn.Module):
     @nn.compact
     def __call__(self, images: Array, *, train: bool = False) -> tuple[Array, dict[str, Array]]:
         layers.check_images(images, name=f'{type(self).__name__}', multiple_of=(self.total_stride,) * 2)
-        if tuple(images.shape[1:3]) != to_2tuple(self.image_size) and self.posemb == 'learn':
+        if (tuple(images.shape[1:3]) != to_2tuple(self.image_size) and self.posemb == 'learn'
+                and not self.dynamic_img_size):
             raise ValueError(
                 f'This model was built for image_size={to_2tuple(self.image_size)} but got images of '
                 f'{tuple(images.shape[1:3])}. Build it with get_model(..., image_size={tuple(images.shape[1:3])}); '
@@ -98,7 +103,10 @@ class VisionTransformer(nn.Module):
         out = {}
         x = images.astype(self.dtype)
         if self.stem == 'resnet':
-            x = resnet_stem(x, self.resnet_layers, self.resnet_width, dtype=self.dtype)
+            stages = {}
+            x = resnet_stem(x, self.resnet_layers, self.resnet_width, dtype=self.dtype, variant=self.resnet_variant,
+                            stages=stages)
+            out.update({f'resnet/{k}': v for k, v in stages.items()})
             x = layers.patch_embed(x, self.hidden_size, to_2tuple(self.patch_size), dtype=self.dtype)
         elif self.stem == 'conv':
             x = layers.ConvStem(self.hidden_size, self.conv_channels, self.conv_strides, dtype=self.dtype,
@@ -121,7 +129,8 @@ class VisionTransformer(nn.Module):
             grid=(h, w), num_prefix=int(use_cls), dropout_rate=self.dropout_rate,
             attention_dropout_rate=self.attention_dropout_rate, drop_path_rate=self.drop_path_rate, norm=self.norm,
             norm_eps=self.norm_eps, activation=self.activation, qkv_bias=self.qkv_bias, scan=self.scan,
-            remat_policy=self.remat_policy, dtype=self.dtype, name='Transformer')(x, train=train)
+            remat_policy=self.remat_policy, dtype=self.dtype,
+            stored_grid=self.grid_size if self.dynamic_img_size else None, name='Transformer')(x, train=train)
         out.update({f'encoder/{k}': v for k, v in enc_out.items()})
         out['encoded'] = x
         out['tokens_2d'] = x[:, int(use_cls):].reshape(b, h, w, d)
@@ -166,10 +175,14 @@ class _Transformer(nn.Module):
     scan: bool
     remat_policy: Optional[str]
     dtype: Any
+    stored_grid: Optional[tuple[int, int]] = None  # Grid of the stored position embedding (dynamic image size).
 
     @nn.compact
     def __call__(self, x: Array, train: bool) -> tuple[Array, dict[str, Array]]:
-        if self.posemb == 'learn':
+        if self.posemb == 'learn' and self.stored_grid is not None:
+            x = layers.AddPositionEmbs(stored_grid=self.stored_grid, grid=self.grid, num_prefix_tokens=self.num_prefix,
+                                       name='posembed_input')(x)
+        elif self.posemb == 'learn':
             x = layers.AddPositionEmbs(name='posembed_input')(x)
         elif self.posemb == 'sincos2d':
             pe = layers.posemb_sincos_2d(*self.grid, x.shape[-1])
