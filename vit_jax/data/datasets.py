@@ -109,7 +109,7 @@ def register_dataset(name: str, *, prefix: bool = False, **defaults: Any) -> Cal
     return deco
 
 
-_EXTENSIONS = ('vit_jax.data.video',)  # Modules that register more datasets, if present.
+_EXTENSIONS = ('vit_jax.data.video', 'vit_jax.data.outpainting')  # Modules that register more datasets, if present.
 _extensions_loaded = False
 
 

@@ -107,7 +107,8 @@ def get_op(name: str) -> OpEntry:
     return _OPS[name]
 
 
-_EXTENSIONS = ('vit_jax.data.augment', 'vit_jax.data.video')  # Modules that register more ops, if present.
+# Modules that register more ops, if present.
+_EXTENSIONS = ('vit_jax.data.augment', 'vit_jax.data.video', 'vit_jax.data.outpainting')
 _extensions_loaded = False
 
 
