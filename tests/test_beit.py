@@ -145,3 +145,18 @@ def test_resample_rel_pos_table():
     new = beit.resample_rel_pos_table(t, (4, 4), (6, 6))
     assert new.shape == ((2 * 6 - 1) ** 2 + 3, 2)
     np.testing.assert_array_equal(new[-3:], t[-3:])
+
+
+def test_shared_to_per_layer():
+    shared = models.get_model('BEiT-testing', rel_pos_bias='shared')
+    per_layer = models.get_model('BEiT-testing', rel_pos_bias='per_layer')
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(1, 16, 16, 3)), jnp.float32)
+    v = jax.jit(shared.init)(jax.random.PRNGKey(0), x)
+    table = v['params']['Transformer']['rel_pos_bias']['relative_position_bias_table']
+    params = jax.tree_util.tree_map(lambda a: a, v['params'])
+    params['Transformer'] = dict(params['Transformer'])
+    params['Transformer']['rel_pos_bias'] = {'relative_position_bias_table': table + jnp.arange(table.size).reshape(
+        table.shape) * 0.01}
+    _, a = jax.jit(shared.apply)({'params': params}, x)
+    _, b = jax.jit(per_layer.apply)({'params': beit.shared_to_per_layer(params)}, x)
+    np.testing.assert_allclose(np.asarray(a['encoded']), np.asarray(b['encoded']), atol=1e-6)

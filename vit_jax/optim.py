@@ -1,12 +1,13 @@
 """Optax pipelines and learning-rate schedules built from a config.
 
     config.optimizer = dict(name='sgd', momentum=0.9, weight_decay=0.0, wd_mask='no_bias_norm', grad_clip_norm=1.0,
-                            accum_steps=1, ema_decay=None)
+                            accum_steps=1, ema_decay=None, layer_decay=None)
     config.lr = dict(base=0.03, warmup_steps=500, decay='cosine', end=0.0)
 
-The chain is: clip by global norm -> optimizer (SGD+momentum / Adam / AdamW / LAMB) -> learning rate, with
-decoupled weight decay restricted by a mask. Gradient accumulation (`accum_steps`) splits each global batch into
-micro-batches inside the train step (see `objectives.base`), so `total_steps` always counts optimizer updates.
+The chain is: clip by global norm -> optimizer (SGD+momentum / Adam / AdamW / LAMB) -> learning rate (-> optional
+layer-wise decay, `layer_decay`: BEiT/MAE fine-tuning), with decoupled weight decay restricted by a mask.
+Gradient accumulation (`accum_steps`) splits each global batch into micro-batches inside the train step (see
+`objectives.base`), so `total_steps` always counts optimizer updates.
 """
 
 from __future__ import annotations
@@ -111,6 +112,9 @@ def make(config: Any, params: Any, total_steps: int) -> tuple[optax.GradientTran
     else:
         raise ValueError(f"optimizer.name must be 'sgd', 'adam', 'adamw' or 'lamb', got {name!r}.")
     chain.append(optax.scale_by_learning_rate(schedule))
+    layer_decay = opt.get('layer_decay', None)
+    if layer_decay:
+        chain.append(scale_by_layer_decay(params, float(layer_decay)))
     freeze = opt.get('freeze', None)
     tx = optax.chain(*chain)
     if freeze:
@@ -118,6 +122,47 @@ def make(config: Any, params: Any, total_steps: int) -> tuple[optax.GradientTran
             lambda p, _: 'frozen' if re.search(freeze, _path_str(p)) else 'train', params)
         tx = optax.multi_transform({'train': tx, 'frozen': optax.set_to_zero()}, labels)
     return tx, schedule
+
+
+def layer_ids(params: Any) -> tuple[Any, int]:
+    """(tree of layer ids, number of blocks L) for layer-wise lr decay (BEiT / MAE fine-tuning).
+
+    Id 0: the embeddings (`embedding`, `cls`, `mask_token`, position embeddings, a shared relative-position table);
+    id i + 1: everything in encoder block i (`encoderblock_{i}...`; a scanned `encoderblock` gets an id vector
+    1..L along its stacked axis); id L + 1: the rest (final norm, heads).
+    """
+    names = [_path_str(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+    blocks = [int(m.group(1)) for n in names for m in [re.search(r'encoderblock_(\d+)', n)] if m]
+    scanned = [leaf.shape[0] for p, leaf in jax.tree_util.tree_flatten_with_path(params)[0]
+               if re.search(r'(^|/)encoderblock/', _path_str(p))]
+    num = max(blocks) + 1 if blocks else (scanned[0] if scanned else 0)
+    embed = re.compile(r'(^|/)(embedding|cls|mask_token|pos_embedding|posembed_input|rel_pos_bias|stem|conv_stem)'
+                       r'(/|$)')
+
+    def lid(path, leaf):
+        name = _path_str(path)
+        m = re.search(r'encoderblock_(\d+)', name)
+        if m:
+            return int(m.group(1)) + 1
+        if re.search(r'(^|/)encoderblock/', name):
+            return jnp.arange(1, leaf.shape[0] + 1).reshape((-1,) + (1,) * (leaf.ndim - 1))
+        if embed.search(name):
+            return 0
+        return num + 1
+
+    return jax.tree_util.tree_map_with_path(lid, params), num
+
+
+def scale_by_layer_decay(params: Any, decay: float) -> optax.GradientTransformation:
+    """Multiplies each parameter's update by decay ** (L + 1 - layer_id) (see `layer_ids`; the head keeps 1)."""
+    ids, num = layer_ids(params)
+    scales = jax.tree_util.tree_map(lambda i: jnp.asarray(decay, jnp.float32) ** (num + 1 - jnp.asarray(i)), ids)
+
+    def update(updates, state, params=None):
+        del params
+        return jax.tree_util.tree_map(lambda u, s: u * s.astype(u.dtype), updates, scales), state
+
+    return optax.GradientTransformation(lambda _: optax.EmptyState(), update)
 
 
 def flat_names(tree: Any) -> list[str]:

@@ -259,6 +259,19 @@ def rescale_init(params: Any, num_layers: Optional[int] = None) -> Any:
     return {**params, 'Transformer': tr}
 
 
+def shared_to_per_layer(params: Any) -> Any:
+    """Copies a shared relative-position table into one table per layer (BEiT fine-tuning's `--rel_pos_bias`)."""
+    tr = dict(params['Transformer'])
+    if 'rel_pos_bias' not in tr:
+        raise ValueError('These parameters have no shared relative-position table (Transformer/rel_pos_bias).')
+    shared = tr.pop('rel_pos_bias')
+    i = 0
+    while f'encoderblock_{i}' in tr:
+        tr[f'encoderblock_{i}_rel_pos_bias'] = jax.tree_util.tree_map(lambda a: a, shared)
+        i += 1
+    return {**params, 'Transformer': tr}
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Registered variants (BEiT paper: base/large at patch 16; layer-scale 0.1 for base, 1e-5 for large).
 # ----------------------------------------------------------------------------------------------------------------

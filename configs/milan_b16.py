@@ -1,0 +1,128 @@
+"""MILAN ViT-B/16: masked pretraining on CLIP ViT-B/16 features with a prompting decoder, then fine-tuning.
+
+    # Convert the teacher once (HuggingFace openai/clip-vit-base-patch16, downloaded where you have the network):
+    #   model, variables = convert.from_transformers(CLIPVisionModelWithProjection.from_pretrained(...))
+    #   checkpoint.save_npz('clip_b16.npz', variables['params'])
+    python -m vit_jax.main --config=configs/milan_b16.py --workdir=workdirs/milan_b16 \
+        --config.objective.teacher.weights=clip_b16.npz
+    python -m vit_jax.main --config=configs/milan_b16.py:finetune --workdir=workdirs/milan_b16_ft \
+        --config.init_from.path=workdirs/milan_b16
+
+    # On the built-in digits (CPU, minutes; a random-init CLIP-architecture teacher: a stand-in, not MILAN):
+    python -m vit_jax.main --config=configs/milan_b16.py:digits --workdir=workdirs/milan_digits
+    python -m vit_jax.main --config=configs/milan_b16.py:digits_finetune --workdir=workdirs/milan_digits_ft \
+        --config.init_from.path=workdirs/milan_digits
+
+Recipe (specs_c.md section 2, zejiangh/MILAN PRETRAIN.sh / FINETUNE.sh): MAE ViT-B/16 encoder on 49 of 196 patches,
+semantic-aware masking from CLIP's last-block class-token attention (kept patches drawn without replacement
+proportionally to it), prompting decoder (512 wide, 8 blocks, 16 heads), targets = all 197 CLIP tokens through
+ln_post and the projection (512-d), loss 2 - 2 cos over all tokens. 400 epochs at batch 4096, AdamW lr 2.4e-3
+(1.5e-4 x 4096 / 256), betas (0.9, 0.95), weight decay 0.05 (not on biases / norms), 40 warm-up epochs, cosine to
+0; random-resized-crop (0.2, 1) + flip. The paper's figure: 85.4% ImageNet top-1 after fine-tuning (ViT-B/16).
+MILAN feeds CLIP ImageNet-normalised inputs (not CLIP's own constants): `teacher.input_mean/std` below. The student
+sees the run's [-1, 1] range instead of ImageNet normalisation (an affine difference the first layer absorbs).
+
+Fine-tuning: 100 epochs, batch 1024, lr 4e-4 (1e-4 x 1024 / 256), layer decay 0.65, weight decay 0.05, drop-path
+0.1, label smoothing 0.1, 5 warm-up epochs, min lr 1e-6, global average pooling (here: the mean of the final-norm
+tokens; MAE's fc_norm variant is not reproduced). Mixup/CutMix/RandAugment/random erasing are left to the data
+config (`train_pp` / `train_batch_pp` ops where available).
+"""
+
+import ml_collections
+
+from vit_jax import config_utils
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def _digits_encoder():
+    return dict(image_size=16, patch_size=4, hidden_size=64, mlp_dim=128, num_heads=4, num_layers=4)
+
+
+def get_config(arg=None):
+    c = config_utils.base_config()
+    arg = arg or 'pretrain'
+    c.init_from = ml_collections.ConfigDict(dict(path=None, dont_load=('head/.*', 'decoder.*', 'mask_token')))
+    if arg == 'pretrain':
+        spe = 1_281_167 // 4096
+        c.dataset = 'imagenet2012'
+        c.model = ml_collections.ConfigDict(dict(name='MILAN-B/16', mask_ratio=0.75, decoder='prompt',
+                                                 target_dim=512))
+        c.data.train_pp = 'inception_crop'
+        c.data.inception_crop_area = (0.2, 1.0)
+        c.batch_size = 4096
+        c.total_steps = 400 * spe
+        c.log_every = 100
+        c.checkpoint_every = 5000
+        c.optimizer = ml_collections.ConfigDict(dict(c.optimizer.to_dict(), name='adamw', b1=0.9, b2=0.95,
+                                                     weight_decay=0.05, wd_mask='no_bias_norm', grad_clip_norm=None))
+        c.lr = ml_collections.ConfigDict(dict(base=1.5e-4 * 4096 / 256, warmup_steps=40 * spe, decay='cosine',
+                                              end=0.0))
+        c.objective = ml_collections.ConfigDict(dict(
+            type='milan', attn_mask=True,
+            teacher=dict(model='CLIP-ViT-B/16', overrides=dict(), weights=None, allow_random=True,
+                         input_mean=IMAGENET_MEAN, input_std=IMAGENET_STD, tokens='tokens_proj')))
+        c.evals = ml_collections.ConfigDict()
+        return c
+    if arg == 'finetune':
+        spe = 1_281_167 // 1024
+        c.dataset = 'imagenet2012'
+        c.model = ml_collections.ConfigDict(dict(name='ViT-B/16', num_classes=1000, posemb='sincos2d',
+                                                 classifier='gap', activation='gelu_exact', drop_path_rate=0.1))
+        c.data.train_pp = 'inception_crop'
+        c.data.inception_crop_area = (0.08, 1.0)
+        c.data.eval_pp = 'resize_crop'
+        c.batch_size = 1024
+        c.total_steps = 100 * spe
+        c.optimizer = ml_collections.ConfigDict(dict(c.optimizer.to_dict(), name='adamw', b1=0.9, b2=0.999,
+                                                     weight_decay=0.05, wd_mask='no_bias_norm', grad_clip_norm=None,
+                                                     layer_decay=0.65))
+        c.lr = ml_collections.ConfigDict(dict(base=1e-4 * 1024 / 256, warmup_steps=5 * spe, decay='cosine',
+                                              end=1e-6))
+        c.objective = ml_collections.ConfigDict(dict(type='classification', label_smoothing=0.1, loss='softmax'))
+        c.evals = ml_collections.ConfigDict(dict(val=dict(type='classification', split='validation', every=5000)))
+        return c
+    if arg in ('digits', 'digits_tiny'):
+        c.dataset = 'digits'
+        c.model = ml_collections.ConfigDict(dict(name='MILAN-testing', **_digits_encoder(), decoder_dim=64,
+                                                 decoder_depth=2, decoder_heads=4, target_dim=32, mask_ratio=0.75))
+        c.data.train_pp = 'random_shift'
+        c.data.flip = False
+        c.batch_size = 128
+        c.total_steps = 1000 if arg == 'digits' else 100
+        c.log_every = 25 if arg == 'digits_tiny' else 50
+        c.checkpoint_every = 0
+        c.optimizer = ml_collections.ConfigDict(dict(c.optimizer.to_dict(), name='adamw', b1=0.9, b2=0.95,
+                                                     weight_decay=0.05, wd_mask='no_bias_norm', grad_clip_norm=None))
+        c.lr = ml_collections.ConfigDict(dict(base=1.5e-3, warmup_steps=20, decay='cosine', end=0.0))
+        c.objective = ml_collections.ConfigDict(dict(
+            type='milan', attn_mask=True,
+            teacher=dict(model='CLIP-testing', overrides=dict(image_size=16, patch_size=4, hidden_size=64,
+                                                              mlp_dim=128, num_heads=4, num_layers=2,
+                                                              projection_dim=32),
+                         weights=None, allow_random=True, tokens='tokens_proj')))
+        c.evals = ml_collections.ConfigDict(dict(fewshot=dict(type='fewshot', every=0, shots=(5, 10), seeds=3)))
+        return c
+    if arg in ('digits_finetune', 'digits_scratch'):
+        c.dataset = 'digits'
+        c.model = ml_collections.ConfigDict(dict(name='ViT-testing', num_classes=10, **_digits_encoder(),
+                                                 posemb='sincos2d', classifier='token', activation='gelu_exact'))
+        c.data.train_pp = 'random_shift'
+        c.data.flip = False
+        c.batch_size = 128
+        c.total_steps = 300
+        c.log_every = 50
+        c.eval_every = 0
+        c.checkpoint_every = 0
+        c.optimizer = ml_collections.ConfigDict(dict(c.optimizer.to_dict(), name='adamw', weight_decay=0.05,
+                                                     wd_mask='no_bias_norm', grad_clip_norm=None,
+                                                     layer_decay=0.75 if arg == 'digits_finetune' else None))
+        c.lr = ml_collections.ConfigDict(dict(base=2e-3, warmup_steps=30, decay='cosine', end=1e-5))
+        c.objective = ml_collections.ConfigDict(dict(type='classification', label_smoothing=0.1, loss='softmax'))
+        c.evals = ml_collections.ConfigDict(dict(val=dict(type='classification', split='test', every=0)))
+        if arg == 'digits_finetune':
+            c.init_from.path = 'workdirs/milan_digits'
+        return c
+    raise ValueError(f'Unknown argument {arg!r}: use pretrain, finetune, digits, digits_tiny, digits_finetune or '
+                     'digits_scratch.')

@@ -1,0 +1,132 @@
+"""PeCo stage 2: BEiT-style masked image modelling of ViT-B/16 on the PeCo tokenizer's codes, and fine-tuning.
+
+    # 1. the tokenizer: configs/peco_tokenizer.py -> workdirs/peco_tok
+    # 2. pretraining (800 epochs of ImageNet-1k at batch 2048):
+    python -m vit_jax.main --config=configs/peco_beit_b16.py --workdir=workdirs/peco_b16 \
+        --config.objective.tokenizer.weights=workdirs/peco_tok
+    # 3. fine-tuning (100 epochs, layer decay 0.65):
+    python -m vit_jax.main --config=configs/peco_beit_b16.py:finetune --workdir=workdirs/peco_b16_ft \
+        --config.init_from.path=workdirs/peco_b16
+
+    # On the built-in digits (CPU, minutes), after `configs/peco_tokenizer.py:digits` in workdirs/peco_tok_digits:
+    python -m vit_jax.main --config=configs/peco_beit_b16.py:digits --workdir=workdirs/peco_digits
+    python -m vit_jax.main --config=configs/peco_beit_b16.py:digits_finetune --workdir=workdirs/peco_digits_ft \
+        --config.init_from.path=workdirs/peco_digits
+
+Recipe (specs_c.md sections 1 and 3; the unilm BEiT scripts): BEiT ViT-B/16 (layer scale 0.1, shared relative
+position bias, no absolute position embedding, qkv bias, LayerNorm eps 1e-6), blockwise masking of 75 of 196
+patches (min block 16, aspect 0.3 .. 1/0.3), targets = the frozen f16 tokenizer's codes on the same 224 crop,
+cross-entropy over all masked tokens of the batch; AdamW lr 1.5e-3 at batch 2048, betas (0.9, 0.98) (the BEiT
+script; the BEiT paper text says 0.999), weight decay 0.05, 10 warm-up epochs, cosine to 1e-5, clip 3.0, drop-path
+0.1. The paper's figure: 84.5% ImageNet top-1 after fine-tuning (800 epochs, ViT-B/16).
+
+Fine-tuning (BEiT recipe, [RECALL] for PeCo): 100 epochs, AdamW lr 4e-3 at batch 1024 (BEiT's 5e-4 x 1024/128),
+layer decay 0.65, weight decay 0.05, drop-path 0.1, label smoothing 0.1, mean pooling + fc_norm; RandAugment,
+mixup/cutmix are left to the data config (`train_pp` / `train_batch_pp` ops where available). BEiT fine-tunes with
+one relative-position table per layer initialised from the shared one; here fine-tuning keeps the shared table
+(`beit.shared_to_per_layer` converts a checkpoint's params when per-layer tables are wanted).
+"""
+
+import ml_collections
+
+from vit_jax import config_utils
+
+STEPS_PER_EPOCH_2048 = 1_281_167 // 2048
+
+
+def _pretrain_common(c):
+    c.objective = ml_collections.ConfigDict(dict(
+        type='mim',
+        tokenizer=dict(type='vqgan', model='PeCo-VQGAN-f16', overrides=dict(), weights=None),
+        mask_key='patch_mask', rescale_init=True, label_smoothing=0.0))
+    c.evals = ml_collections.ConfigDict()
+    c.init_from = ml_collections.ConfigDict(dict(path=None, dont_load=()))
+    return c
+
+
+def get_config(arg=None):
+    c = config_utils.base_config()
+    arg = arg or 'pretrain'
+    if arg == 'pretrain':
+        c.dataset = 'imagenet2012'
+        c.model = ml_collections.ConfigDict(dict(name='BEiT-B/16', num_classes=0, vocab_size=8192, classifier='gap',
+                                                 rel_pos_bias='shared', layer_scale=0.1, drop_path_rate=0.1))
+        c.data.train_pp = 'inception_crop|flip|beit_mask(num_masking_patches=75, min_num_patches=16, patch_size=16)'
+        c.data.inception_crop_area = (0.08, 1.0)
+        c.data.value_range = (-1.0, 1.0)  # BEiT's Inception mean/std (0.5, 0.5): the same mapping.
+        c.batch_size = 2048
+        c.total_steps = 800 * STEPS_PER_EPOCH_2048
+        c.log_every = 100
+        c.checkpoint_every = 5000
+        c.optimizer = ml_collections.ConfigDict(dict(c.optimizer.to_dict(), name='adamw', b1=0.9, b2=0.98,
+                                                     weight_decay=0.05, wd_mask='no_bias_norm', grad_clip_norm=3.0))
+        c.lr = ml_collections.ConfigDict(dict(base=1.5e-3, warmup_steps=10 * STEPS_PER_EPOCH_2048, decay='cosine',
+                                              end=1e-5))
+        return _pretrain_common(c)
+    if arg == 'finetune':
+        steps_per_epoch = 1_281_167 // 1024
+        c.dataset = 'imagenet2012'
+        c.model = ml_collections.ConfigDict(dict(name='BEiT-B/16', num_classes=1000, classifier='gap',
+                                                 rel_pos_bias='shared', layer_scale=0.1, drop_path_rate=0.1))
+        c.data.train_pp = 'inception_crop'
+        c.data.inception_crop_area = (0.08, 1.0)
+        c.data.eval_pp = 'resize_crop'
+        c.batch_size = 1024
+        c.total_steps = 100 * steps_per_epoch
+        c.optimizer = ml_collections.ConfigDict(dict(c.optimizer.to_dict(), name='adamw', b1=0.9, b2=0.999,
+                                                     weight_decay=0.05, wd_mask='no_bias_norm', grad_clip_norm=None,
+                                                     layer_decay=0.65))
+        c.lr = ml_collections.ConfigDict(dict(base=4e-3, warmup_steps=20 * steps_per_epoch, decay='cosine',
+                                              end=1e-6))
+        c.objective = ml_collections.ConfigDict(dict(type='classification', label_smoothing=0.1, loss='softmax'))
+        c.evals = ml_collections.ConfigDict(dict(val=dict(type='classification', split='validation', every=5000)))
+        c.init_from = ml_collections.ConfigDict(dict(path=None, dont_load=('head/.*', 'mim_.*', 'fc_norm/.*')))
+        return c
+    if arg in ('digits', 'digits_tiny'):
+        c = digits_model(c, num_classes=0, vocab_size=64)
+        c.data.train_pp = 'random_shift|beit_mask(grid=4, num_masking_patches=6, min_num_patches=2)'
+        c.data.flip = False
+        c.batch_size = 128
+        c.total_steps = 1000 if arg == 'digits' else 150
+        c.log_every = 50
+        c.checkpoint_every = 0
+        c.optimizer = ml_collections.ConfigDict(dict(c.optimizer.to_dict(), name='adamw', b1=0.9, b2=0.98,
+                                                     weight_decay=0.05, wd_mask='no_bias_norm', grad_clip_norm=3.0))
+        c.lr = ml_collections.ConfigDict(dict(base=1.5e-3, warmup_steps=50, decay='cosine', end=1e-5))
+        c = _pretrain_common(c)
+        c.objective.tokenizer = dict(type='vqgan', model='VQGAN-testing',
+                                     overrides=dict(image_size=16, num_codes=64, code_dim=16),
+                                     weights='workdirs/peco_tok_digits')
+        c.evals = ml_collections.ConfigDict(dict(fewshot=dict(type='fewshot', every=0, shots=(5, 10), seeds=3)))
+        return c
+    if arg in ('digits_finetune', 'digits_scratch'):
+        c = digits_model(c, num_classes=10)
+        c.data.train_pp = 'random_shift'
+        c.data.flip = False
+        c.batch_size = 128
+        c.total_steps = 300
+        c.log_every = 50
+        c.eval_every = 0
+        c.checkpoint_every = 0
+        c.optimizer = ml_collections.ConfigDict(dict(c.optimizer.to_dict(), name='adamw', weight_decay=0.05,
+                                                     wd_mask='no_bias_norm', grad_clip_norm=None,
+                                                     layer_decay=0.75 if arg == 'digits_finetune' else None))
+        c.lr = ml_collections.ConfigDict(dict(base=2e-3, warmup_steps=30, decay='cosine', end=1e-5))
+        c.objective = ml_collections.ConfigDict(dict(type='classification', label_smoothing=0.1, loss='softmax'))
+        c.evals = ml_collections.ConfigDict(dict(val=dict(type='classification', split='test', every=0)))
+        c.init_from = ml_collections.ConfigDict(dict(
+            path='workdirs/peco_digits' if arg == 'digits_finetune' else None,
+            dont_load=('head/.*', 'mim_.*', 'fc_norm/.*')))
+        return c
+    raise ValueError(f'Unknown argument {arg!r}: use pretrain, finetune, digits, digits_tiny, digits_finetune or '
+                     'digits_scratch.')
+
+
+def digits_model(c, num_classes, vocab_size=None):
+    """A small BEiT for the 16x16 digits: 4x4 patches (a 4x4 grid, like the f4 tokenizer), width 64, 4 layers."""
+    c.dataset = 'digits'
+    c.model = ml_collections.ConfigDict(dict(
+        name='BEiT-testing', num_classes=num_classes, image_size=16, patch_size=4, hidden_size=64, mlp_dim=128,
+        num_heads=4, num_layers=4, classifier='gap', rel_pos_bias='shared', layer_scale=0.1, drop_path_rate=0.0,
+        vocab_size=vocab_size))
+    return c

@@ -1,0 +1,119 @@
+"""MILAN: CLIP image tower parity with HuggingFace (random weights), the teacher interface (targets through ln_post +
+projection, class-token attention of the last block), the prompting decoder (visible tokens never updated), the
+encoder loading into a plain ViT, the loss, and a tiny pretraining run whose loss falls."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from vit_jax import checkpoint, convert, models
+from vit_jax.models import milan
+from vit_jax.objectives import milan as milan_obj
+
+# Exact counts of this implementation. MILAN-B/16 (pretraining model, no paper figure): MAE ViT-B's 111,907,840
+# minus its two fixed sin-cos tables (252,160) and with a 512-wide instead of 768-wide prediction layer (-131,328).
+# The prompting decoder has exactly the parameters of MAE's decoder. CLIP ViT-B/16 image tower: OpenAI's 86.2M.
+PINNED = {'MILAN-B/16': 111_524_352, 'CLIP-ViT-B/16': 86_192_640}
+
+
+@pytest.mark.parametrize('name', sorted(PINNED))
+def test_param_counts(name):
+    assert models.count_params(name) == PINNED[name]
+
+
+def _hf_clip():
+    import torch
+    import transformers
+
+    cfg = transformers.CLIPVisionConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                        intermediate_size=48, image_size=24, patch_size=4, projection_dim=16,
+                                        attn_implementation='eager')
+    m = transformers.CLIPVisionModelWithProjection(cfg).eval()
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for _, p in m.named_parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * (0.2 if p.ndim > 1 else 0.5))
+    return m
+
+
+def test_clip_parity_and_teacher_outputs():
+    import torch
+
+    hf = _hf_clip()
+    model, variables = convert.from_transformers(hf)
+    x = np.random.default_rng(0).normal(size=(2, 24, 24, 3)).astype(np.float32)
+    with torch.no_grad():
+        ref = hf(torch.from_numpy(x.transpose(0, 3, 1, 2)), output_attentions=True)
+        vm = hf.vision_model
+        tokens_ref = hf.visual_projection(vm.post_layernorm(ref.last_hidden_state)).numpy()
+        attn_ref = ref.attentions[-1].mean(1)[:, 0, 1:].numpy()
+    (emb, out), state = jax.jit(lambda v, x: model.apply(v, x, mutable=['intermediates']))(variables, jnp.asarray(x))
+    diffs = {
+        'last_hidden_state': np.abs(np.asarray(out['encoded']) - ref.last_hidden_state.numpy()).max(),
+        'image_embeds': np.abs(np.asarray(emb) - ref.image_embeds.numpy()).max(),
+        'tokens_proj': np.abs(np.asarray(out['tokens_proj']) - tokens_ref).max(),
+    }
+    attn = milan.last_block_cls_attention(state['intermediates'])
+    diffs['cls_attention'] = np.abs(np.asarray(attn) - attn_ref).max()
+    assert all(v <= 1e-4 for v in diffs.values()), diffs
+    assert attn.shape == (2, 36) and np.all(np.asarray(attn).sum(-1) < 1.0)  # cls->cls entry dropped.
+
+
+@pytest.fixture(scope='module')
+def tiny():
+    m = models.get_model('MILAN-testing')
+    x = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (2, 16, 16, 3)), jnp.float32)
+    v = jax.jit(m.init)(jax.random.PRNGKey(0), x)
+    return m, v, x
+
+
+def test_prompt_decoder_keeps_visible_tokens_fixed(tiny):
+    m, v, x = tiny
+    assert m.num_keep == 4  # int(16 * 0.25)
+    ids = jnp.stack([jax.random.permutation(jax.random.PRNGKey(i), 16) for i in range(2)])
+    apply = jax.jit(lambda v, x, ids: m.apply(v, x, ids_shuffle=ids))
+    pred, out = apply(v, x, ids)
+    assert pred.shape == (2, 17, 16) and out['mask'].shape == (2, 16) and int(out['mask'].sum()) == 24
+    # Perturb every decoder block: the prompts (cls + visible) are unchanged, the mask tokens' outputs change.
+    p2 = jax.tree_util.tree_map(lambda a: a, v['params'])
+    p2 = {**p2, **{k: jax.tree_util.tree_map(lambda a: a + 0.3, p2[k]) for k in p2 if k.startswith('decoder_block')}}
+    _, out2 = apply({'params': p2}, x, ids)
+    mask = np.asarray(out['mask'])
+    t1, t2 = np.asarray(out['decoder_tokens']), np.asarray(out2['decoder_tokens'])
+    np.testing.assert_allclose(t1[:, 0], t2[:, 0], atol=1e-6)
+    np.testing.assert_allclose(t1[:, 1:][~mask], t2[:, 1:][~mask], atol=1e-6)
+    assert np.abs(t1[:, 1:][mask] - t2[:, 1:][mask]).min() > 0
+
+
+def test_encoder_loads_into_plain_vit(tiny):
+    m, v, x = tiny
+    feats, _ = jax.jit(m.apply)(v, x)  # No ids: the encoder on every patch.
+    vit = models.get_model('ViT-testing', image_size=16, patch_size=4, posemb='sincos2d', num_classes=3,
+                           activation='gelu_exact')
+    init = jax.jit(vit.init)(jax.random.PRNGKey(1), x)
+    params = checkpoint.load_pretrained(init['params'], jax.device_get(v['params']),
+                                        dont_load=('head/.*', 'decoder.*', 'mask_token'))
+    _, out = jax.jit(vit.apply)({'params': params}, x)
+    np.testing.assert_allclose(np.asarray(out['pre_logits']), np.asarray(feats), atol=1e-5)
+
+
+def test_cosine_loss():
+    a = jnp.array([[[1.0, 0.0], [0.0, 2.0]]])
+    b = jnp.array([[[3.0, 0.0], [0.0, -1.0]]])
+    np.testing.assert_allclose(milan_obj.cosine_loss(a, b), [[0.0, 4.0]], atol=1e-6)
+
+
+@pytest.mark.slow
+def test_tiny_milan_pretraining_loss_falls(tmp_path):
+    import json
+    import os
+
+    from vit_jax import config_utils, train
+
+    c = config_utils.load('configs/milan_b16.py:digits_tiny')
+    train.train_and_evaluate(c, str(tmp_path))
+    rows = [json.loads(line) for line in open(os.path.join(tmp_path, 'metrics.jsonl'))]
+    rows = [r for r in rows if 'train/loss' in r]
+    assert rows[-1]['train/loss'] < 0.7 * rows[0]['train/loss'], (rows[0]['train/loss'], rows[-1]['train/loss'])
+    assert 'train/loss_random_teacher' in rows[-1]  # The stand-in teacher is named as such.
