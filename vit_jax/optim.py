@@ -22,7 +22,10 @@ from flax import traverse_util
 
 
 def lr_schedule(lr_config: Any, total_steps: int) -> optax.Schedule:
-    """Linear warm-up from 0 then 'cosine' / 'linear' / 'constant' / 'rsqrt' decay to `end` at `total_steps`."""
+    """Linear warm-up from 0 then 'cosine' / 'linear' / 'constant' / 'rsqrt' / 'poly' decay to `end` at `total_steps`.
+
+    'poly' is mmseg's polynomial decay, (base - end) * (1 - t)^power + end with `power` (default 0.9) from the config.
+    """
     base = float(lr_config.get('base', 1e-3))
     warmup = int(lr_config.get('warmup_steps', 0))
     decay = lr_config.get('decay', 'cosine')
@@ -41,8 +44,11 @@ def lr_schedule(lr_config: Any, total_steps: int) -> optax.Schedule:
             f = 1.0
         elif decay == 'rsqrt':
             f = jnp.sqrt(jnp.maximum(warmup, 1) / jnp.maximum(step, jnp.maximum(warmup, 1)))
+        elif decay == 'poly':
+            power = float(lr_config.get('power', 0.9))
+            f = end / base + (1 - end / base) * (1.0 - t) ** power if base else 0.0
         else:
-            raise ValueError(f"lr.decay must be 'cosine', 'linear', 'constant' or 'rsqrt', got {decay!r}.")
+            raise ValueError(f"lr.decay must be 'cosine', 'linear', 'constant', 'rsqrt' or 'poly', got {decay!r}.")
         return base * warm * f
 
     return schedule
@@ -115,6 +121,9 @@ def make(config: Any, params: Any, total_steps: int) -> tuple[optax.GradientTran
     layer_decay = opt.get('layer_decay', None)
     if layer_decay:
         chain.append(scale_by_layer_decay(params, float(layer_decay)))
+    lr_mults = opt.get('lr_mults', None)
+    if lr_mults:
+        chain.append(scale_by_name(params, lr_mults))
     freeze = opt.get('freeze', None)
     tx = optax.chain(*chain)
     if freeze:
@@ -161,6 +170,30 @@ def scale_by_layer_decay(params: Any, decay: float) -> optax.GradientTransformat
     def update(updates, state, params=None):
         del params
         return jax.tree_util.tree_map(lambda u, s: u * s.astype(u.dtype), updates, scales), state
+
+    return optax.GradientTransformation(lambda _: optax.EmptyState(), update)
+
+
+def scale_by_name(params: Any, mults: Any) -> optax.GradientTransformation:
+    """Multiplies the updates of parameters whose '/'-joined name matches a regex by its factor (`lr_mults`).
+
+    `mults` is ((regex, factor), ...) or {regex: factor}; the first match wins, others keep factor 1 (e.g. DPT's
+    backbone at 1/10 of the decoder's learning rate: (('^(?!neck|depth_head|seg_head|aux_head)', 0.1),)).
+    """
+    rules = list(mults.items()) if hasattr(mults, 'items') else [tuple(r) for r in mults]
+
+    def factor(path, _):
+        name = _path_str(path)
+        for regex, f in rules:
+            if re.search(regex, name):
+                return float(f)
+        return 1.0
+
+    factors = jax.tree_util.tree_map_with_path(factor, params)  # Python floats: static, fine under tracing.
+
+    def update(updates, state, params=None):
+        del params
+        return jax.tree_util.tree_map(lambda u, f: u * f, updates, factors), state
 
     return optax.GradientTransformation(lambda _: optax.EmptyState(), update)
 
