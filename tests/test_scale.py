@@ -115,3 +115,13 @@ def test_two_processes_train_together(tmp_path):
     assert steps == [4]
     params = checkpoint.load_params(workdir)  # One checkpoint, readable as a whole.
     assert 'Transformer' in params
+
+
+def test_batch_not_divisible_by_devices_fails_before_compiling():
+    code = ('import sys; sys.path.insert(0, "tests"); from scale_worker import tiny_config; '
+            'from vit_jax import config_utils\n'
+            'c = tiny_config(1); c.batch_size = 12\n'
+            'try:\n    config_utils.validate(c)\nexcept ValueError as e:\n    print("ERR", e)\n')
+    env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8')
+    r = subprocess.run([sys.executable, '-c', code], env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert 'ERR batch_size=12 is not divisible by the 8 devices' in r.stdout, r.stdout + r.stderr
