@@ -17,6 +17,7 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import traverse_util
 
@@ -154,7 +155,7 @@ def layer_ids(params: Any) -> tuple[Any, int]:
         if m:
             return int(m.group(1)) + 1
         if re.search(r'(^|/)encoderblock/', name):
-            return jnp.arange(1, leaf.shape[0] + 1).reshape((-1,) + (1,) * (leaf.ndim - 1))
+            return np.arange(1, leaf.shape[0] + 1).reshape((-1,) + (1,) * (len(leaf.shape) - 1))
         if embed.search(name):
             return 0
         return num + 1
@@ -165,11 +166,12 @@ def layer_ids(params: Any) -> tuple[Any, int]:
 def scale_by_layer_decay(params: Any, decay: float) -> optax.GradientTransformation:
     """Multiplies each parameter's update by decay ** (L + 1 - layer_id) (see `layer_ids`; the head keeps 1)."""
     ids, num = layer_ids(params)
-    scales = jax.tree_util.tree_map(lambda i: jnp.asarray(decay, jnp.float32) ** (num + 1 - jnp.asarray(i)), ids)
+    # numpy (static) scales: the optimizer may be built while tracing (init_state under jit).
+    scales = jax.tree_util.tree_map(lambda i: np.float32(decay) ** (num + 1 - np.asarray(i)).astype(np.float32), ids)
 
     def update(updates, state, params=None):
         del params
-        return jax.tree_util.tree_map(lambda u, s: u * s.astype(u.dtype), updates, scales), state
+        return jax.tree_util.tree_map(lambda u, s: u * jnp.asarray(s, u.dtype), updates, scales), state
 
     return optax.GradientTransformation(lambda _: optax.EmptyState(), update)
 
