@@ -99,6 +99,15 @@ def test_performer_constants():
     assert logits.shape == (1, 5) and out['tokens_2d'].shape == (1, 3, 4, 32)
 
 
+def test_performer_features_fixed_seed():
+    # The frozen features come from a fixed seed by default: a run initialised from another run's params alone (the
+    # trainer's init_from loads 'params') rebuilds exactly the features the weights were trained with.
+    x = jnp.ones((1, 4, 27))
+    w = lambda layer, k: layer.init(jax.random.PRNGKey(k), x)['constants']['w']  # noqa: E731
+    np.testing.assert_array_equal(w(t2t.TokenPerformer(16), 0), w(t2t.TokenPerformer(16), 1))
+    assert not np.allclose(w(t2t.TokenPerformer(16, seed=None), 0), w(t2t.TokenPerformer(16, seed=None), 1))
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Parity with a restatement of the official PyTorch code (yitu-opensource/T2T-ViT models/*.py).
 # ----------------------------------------------------------------------------------------------------------------

@@ -6,7 +6,9 @@ unfolds: 7x7 stride 4, then 3x3 stride 2 twice) with *re-structurisation* layers
 
 * `TokenPerformer` (T2T-ViT-7 ... -24): single-head Performer attention with 32 positive random features
   phi(u) = exp(w u - |u|^2 / 2) / sqrt(m), where w (m x 64, orthonormal rows times sqrt(m)) is a frozen buffer in
-  the 'constants' collection (saved with checkpoints and the train state, never trained or counted as params);
+  the 'constants' collection (saved with checkpoints and the train state, never trained or counted as params;
+  drawn from a fixed seed by default, `performer_seed`, so a run initialised from another run's params alone
+  rebuilds the same features; official checkpoints bring their own w through `from_official_state_dict`);
   key/query/value come from one `kqv` dense in that order and there is no temperature on q and k.
 * `TokenTransformer` (T2T-ViT_t-*): single-head softmax attention with no q/k/v bias and scale 1/sqrt(input dim)
   (147 or 576: the official code takes head_dim from the input width).
@@ -60,6 +62,7 @@ class TokenPerformer(nn.Module):
     dropout_rate: float = 0.1  # Dropout after `proj` and after the MLP (hard-coded 0.1 in the official code).
     norm_eps: float = 1e-5  # LayerNorm epsilon.
     activation: str = 'gelu_exact'  # MLP activation.
+    seed: Optional[int] = 0  # Seed of the random features w; None: drawn from the 'params' rng.
     dtype: Any = jnp.float32  # Compute dtype (the random-feature map runs in float32).
 
     @nn.compact
@@ -68,7 +71,9 @@ class TokenPerformer(nn.Module):
         dense = lambda f, name: nn.Dense(f, dtype=self.dtype, kernel_init=_trunc_normal, name=name)  # noqa: E731
         x = nn.LayerNorm(epsilon=self.norm_eps, dtype=self.dtype, name='norm1')(x)
         k, q, v = jnp.split(dense(3 * emb, 'kqv')(x), 3, axis=-1)  # The official order is k, q, v.
-        w = self.variable('constants', 'w', lambda: performer_w_init(self.make_rng('params'), m, emb)).value
+        # A fixed seed makes every run (and a fine-tuning run that loads only `params`) draw the same features.
+        rng = (lambda: jax.random.PRNGKey(self.seed)) if self.seed is not None else (lambda: self.make_rng('params'))
+        w = self.variable('constants', 'w', lambda: performer_w_init(rng(), m, emb)).value
 
         def prm_exp(u):  # Positive random features exp(w u - |u|^2 / 2) / sqrt(m), in float32.
             u = u.astype(jnp.float32)
@@ -127,6 +132,7 @@ class T2TModule(nn.Module):
     strides: Sequence[int] = (4, 2, 2)  # Soft-split strides.
     paddings: Sequence[int] = (2, 1, 1)  # Soft-split paddings.
     performer_dropout_rate: float = 0.1  # Dropout inside the Performer layers.
+    performer_seed: Optional[int] = 0  # Seed of layer i's random features is performer_seed + i (None: params rng).
     norm_eps: float = 1e-5  # LayerNorm epsilon.
     dtype: Any = jnp.float32  # Compute dtype.
 
@@ -142,8 +148,9 @@ class T2TModule(nn.Module):
             if i == n - 1:
                 break
             if self.tokens_type == 'performer':
+                seed = None if self.performer_seed is None else self.performer_seed + i
                 layer = TokenPerformer(self.token_dim, dropout_rate=self.performer_dropout_rate,
-                                       norm_eps=self.norm_eps, dtype=self.dtype, name=f'attention{i + 1}')
+                                       norm_eps=self.norm_eps, seed=seed, dtype=self.dtype, name=f'attention{i + 1}')
             elif self.tokens_type == 'transformer':
                 layer = TokenTransformer(self.token_dim, norm_eps=self.norm_eps, dtype=self.dtype,
                                          name=f'attention{i + 1}')
@@ -176,6 +183,9 @@ class T2TViT(nn.Module):
     attention_dropout_rate: float = 0.0  # Dropout on attention probabilities.
     drop_path_rate: float = 0.1  # Stochastic depth at the last block (linear ramp).
     performer_dropout_rate: float = 0.1  # Dropout inside the Performer T2T layers (hard-coded in the official code).
+    # Seed of the frozen Performer random features (fixed by default, so that runs initialised from a checkpoint's
+    # params alone rebuild the same features); None draws them from the init rng like the official code.
+    performer_seed: Optional[int] = 0
     norm_eps: float = 1e-5  # LayerNorm epsilon.
     activation: str = 'gelu_exact'  # Backbone MLP activation.
     scan: bool = False  # Scan over backbone layers.
@@ -193,7 +203,8 @@ class T2TViT(nn.Module):
         if self.attention_scale not in ('head_dim', 'embed_dim'):
             raise ValueError(f"attention_scale must be 'head_dim' or 'embed_dim', got {self.attention_scale!r}.")
         x, (h, w), t2t_out = T2TModule(self.hidden_size, self.tokens_type, self.token_dim,
-                                       performer_dropout_rate=self.performer_dropout_rate, norm_eps=self.norm_eps,
+                                       performer_dropout_rate=self.performer_dropout_rate,
+                                       performer_seed=self.performer_seed, norm_eps=self.norm_eps,
                                        dtype=self.dtype, name='tokens_to_token')(images.astype(self.dtype), train)
         out = {f't2t/{k}': v for k, v in t2t_out.items()}
         out['stem'] = x
