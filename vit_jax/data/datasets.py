@@ -109,7 +109,8 @@ def register_dataset(name: str, *, prefix: bool = False, **defaults: Any) -> Cal
     return deco
 
 
-_EXTENSIONS = ('vit_jax.data.video', 'vit_jax.data.outpainting')  # Modules that register more datasets, if present.
+# Modules that register more datasets, if present.
+_EXTENSIONS = ('vit_jax.data.video', 'vit_jax.data.outpainting', 'vit_jax.data.dense')
 _extensions_loaded = False
 
 
