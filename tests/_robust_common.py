@@ -7,6 +7,9 @@ tests stay cheap; the end-to-end trainer runs live in tests/test_adversarial.py.
 from __future__ import annotations
 
 import functools
+import hashlib
+import os
+import tempfile
 
 import jax
 import jax.numpy as jnp
@@ -14,11 +17,12 @@ import ml_collections
 import numpy as np
 import optax
 
-from vit_jax import config_utils, data, models, objectives, sharding
+from vit_jax import checkpoint, config_utils, data, models, objectives, sharding
 from vit_jax.evaluators.base import Context
 from vit_jax.objectives.base import TrainState
 
 IMAGE_SIZE = 16
+_CACHE_VERSION = 1  # Bump when the training recipe below changes.
 MODEL = dict(name='ViT-testing', num_classes=10, image_size=IMAGE_SIZE, patch_size=4)  # 2 layers, width 32.
 
 
@@ -42,7 +46,21 @@ def tiny_model():
 
 @functools.lru_cache(maxsize=None)
 def trained_params(steps: int = 300, seed: int = 0):
-    """Parameters of the tiny ViT after `steps` Adam steps of clean training (~0.9 test accuracy)."""
+    """Parameters of the tiny ViT after `steps` Adam steps of clean training (0.917 test accuracy).
+
+    The (deterministic) result is cached in the temp folder, keyed by everything it depends on, so that the test
+    files share one training on this 2-core machine.
+    """
+    key = hashlib.sha1(repr((MODEL, IMAGE_SIZE, steps, seed, jax.__version__, _CACHE_VERSION)).encode()).hexdigest()
+    path = os.path.join(tempfile.gettempdir(), 'vit_jax_robust_tests', f'tiny_{key[:16]}.npz')
+    if os.path.exists(path):
+        return jax.tree_util.tree_map(jnp.asarray, checkpoint.load_npz(path))
+    params = _train(steps, seed)
+    checkpoint.save_npz(path, params)
+    return params
+
+
+def _train(steps: int, seed: int):
     model = tiny_model()
     x, y = digits('train')
     params = model.init(jax.random.PRNGKey(seed), jnp.asarray(x[:1]))['params']

@@ -222,7 +222,8 @@ def load_aux_model(spec: Any) -> tuple[Any, dict]:
     if set(shapes) - {'params'}:
         raise ValueError(f'{spec["model"]} has non-parameter collections {sorted(set(shapes) - {"params"})}; '
                          'only parameter-only models can be loaded here.')
-    params = checkpoint.load_pretrained(shapes['params'], spec['checkpoint'])
+    placeholders = jax.tree_util.tree_map(lambda s: np.zeros(s.shape, s.dtype), shapes['params'])
+    params = checkpoint.load_pretrained(placeholders, spec['checkpoint'])  # Every key must be in the checkpoint.
     return model, {'params': jax.tree_util.tree_map(jnp.asarray, params)}
 
 
@@ -536,6 +537,15 @@ class Corruption(RobustnessEvaluator):
         is_imagenet = str(base).startswith('imagenet')
         split = cfg.get('split', None) or ('validation' if is_imagenet else 'test')
         normalize = cfg.get('normalize', 'alexnet' if is_imagenet else None)
+        baseline = None  # Checked before any evaluation.
+        if normalize == 'alexnet':
+            unknown = [c for c in corruptions if c not in ALEXNET_ERRORS]
+            if unknown:
+                raise ValueError(f'No AlexNet error for {unknown}: the mCE is defined on {list(ALEXNET_ERRORS)}; '
+                                 'set normalize=None for an unnormalised mean error.')
+            baseline = ALEXNET_ERRORS
+        elif normalize is not None:
+            raise ValueError(f"corruption normalize must be 'alexnet' or None, got {normalize!r}.")
         params, model_state = self.weights(state)
 
         @jax.jit
@@ -557,15 +567,6 @@ class Corruption(RobustnessEvaluator):
                 acc = hit / max(cnt, 1.0)
                 out[f'accuracy_{c}_{s}'] = acc
                 errors.setdefault(c, []).append(1.0 - acc)
-        baseline = None
-        if normalize == 'alexnet':
-            unknown = [c for c in corruptions if c not in ALEXNET_ERRORS]
-            if unknown:
-                raise ValueError(f'No AlexNet error for {unknown}: the mCE is defined on {list(ALEXNET_ERRORS)}; '
-                                 'set normalize=None for an unnormalised mean error.')
-            baseline = ALEXNET_ERRORS
-        elif normalize is not None:
-            raise ValueError(f"corruption normalize must be 'alexnet' or None, got {normalize!r}.")
         mce, ce = mean_corruption_error(errors, baseline)
         for c, errs in errors.items():
             out[f'error_{c}'] = float(np.mean(errs))
