@@ -108,7 +108,8 @@ def get_op(name: str) -> OpEntry:
 
 
 # Modules that register more ops, if present.
-_EXTENSIONS = ('vit_jax.data.augment', 'vit_jax.data.video', 'vit_jax.data.outpainting', 'vit_jax.data.dense')
+_EXTENSIONS = ('vit_jax.data.augment', 'vit_jax.data.video', 'vit_jax.data.outpainting', 'vit_jax.data.dense',
+               'vit_jax.data.color')
 _extensions_loaded = False
 
 
