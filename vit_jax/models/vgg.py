@@ -111,6 +111,10 @@ def from_torch_state_dict(state_dict: dict, *, depth: Optional[int] = None) -> t
     depth = depth or {8: 11, 10: 13, 13: 16, 16: 19}.get(n_convs)
     if depth not in VGG_BLOCKS:
         raise ValueError(f'Cannot infer the VGG depth from {n_convs} convolutions; pass depth=.')
+    first = int(sd['features.0.weight'].shape[0])
+    if VGG_WIDTHS[0] % first:
+        raise ValueError(f'The first VGG conv has {first} channels, not 64 / an integer.')
+    divisor = VGG_WIDTHS[0] // first
     params = {}
     read = set()
     for name, i in feature_index(depth).items():
@@ -130,7 +134,7 @@ def from_torch_state_dict(state_dict: dict, *, depth: Optional[int] = None) -> t
     unread = sorted(set(sd) - read)
     if unread:
         raise ValueError(f'Unconverted VGG weights (a VGG with BatchNorm?): {unread[:8]}.')
-    return VGG(num_classes=num_classes, depth=depth), {'params': params}
+    return VGG(num_classes=num_classes, depth=depth, width_divisor=divisor), {'params': params}
 
 
 def perceptual_layer_names(layers_: Sequence[str]) -> tuple[str, ...]:
