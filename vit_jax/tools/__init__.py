@@ -1,0 +1,1 @@
+"""Command-line tools and helpers (model tables, attention maps, dense-prediction visualisation ...)."""
