@@ -117,3 +117,19 @@ def test_tiny_milan_pretraining_loss_falls(tmp_path):
     rows = [r for r in rows if 'train/loss' in r]
     assert rows[-1]['train/loss'] < 0.7 * rows[0]['train/loss'], (rows[0]['train/loss'], rows[-1]['train/loss'])
     assert 'train/loss_random_teacher' in rows[-1]  # The stand-in teacher is named as such.
+
+
+def test_feature_teacher_interface_and_mae_decoder():
+    teacher = milan_obj.FeatureTeacher(dict(model='ViT-testing', overrides=dict(num_classes=0, image_size=16)),
+                                       image_size=(16, 16), value_range=(-1.0, 1.0))
+    assert teacher.frozen_random and teacher.tokens_key == 'encoded'
+    x = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (2, 16, 16, 3)), jnp.float32)
+    variables = jax.tree_util.tree_map(jnp.asarray, teacher.net.variables)
+    tokens, attn = jax.jit(teacher)(variables, x)
+    assert tokens.shape == (2, 17, 32) and attn.shape == (2, 16)
+    np.testing.assert_array_less(np.asarray(attn).sum(-1), 1.0)
+    m = models.get_model('MILAN-testing', decoder='mae')
+    v = jax.jit(m.init)(jax.random.PRNGKey(0), x)
+    ids = jnp.tile(jnp.arange(16)[None], (2, 1))
+    pred, out = jax.jit(lambda v, x, i: m.apply(v, x, ids_shuffle=i))(v, x, ids)
+    assert pred.shape == (2, 17, 16) and 'decoder_blocks' in v['params']
