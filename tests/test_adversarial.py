@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vit_jax import attacks, models, objectives, train
+from vit_jax import attacks, config_utils, models, objectives, train
 from vit_jax.models import layers
 from vit_jax.objectives import adversarial
 
@@ -170,30 +170,24 @@ def test_pyramid_loss_is_clean_plus_adversarial():
     assert {'accuracy', 'adv_accuracy', 'target_hit', 'linf'} <= set(m)
 
 
-def _digits_run(objective, tmp_path, name, steps):
-    cfg = rc.config(**objective)
-    cfg.total_steps = steps
-    cfg.batch_size = 64
-    cfg.log_every = steps
-    cfg.eval_every = 0
-    cfg.checkpoint_every = 0
-    cfg.optimizer = dict(cfg.optimizer, name='adamw', weight_decay=0.05, wd_mask='no_bias_norm')
-    cfg.lr = dict(base=3e-3, warmup_steps=20, decay='cosine', end=1e-5)
-    cfg.evals = dict(pgd=dict(type='adversarial', attack='pgd', eps=(4 / 255, 8 / 255), num_steps=10,
-                              batch_size=360))
-    return train.train_and_evaluate(cfg, str(tmp_path / name))
+def _digits_run(arg, tmp_path):
+    cfg = config_utils.load(f'configs/robust_vit_digits.py:{arg}')
+    cfg.tensorboard = False
+    return train.train_and_evaluate(cfg, str(tmp_path / arg))
 
 
 @pytest.mark.slow
 def test_adversarial_training_on_digits_is_more_robust(tmp_path):
-    steps = 400
-    clean = _digits_run(dict(type='classification'), tmp_path, 'clean', steps)
-    adv = _digits_run(dict(type='adversarial', eps=8 / 255, attack_steps=1, eps_warmup_epochs=2,
-                           label_smoothing=0.1), tmp_path, 'adv', steps)
-    c, a = clean, adv
-    print({k: v for k, v in c.items() if k.startswith('pgd/')}, {k: v for k, v in a.items() if k.startswith('pgd/')})
-    # Measured (README): see the report; the assertions leave room for run-to-run noise.
+    """configs/robust_vit_digits.py: the light recipe vs clean training at the same budget (400 steps)."""
+    c = _digits_run('clean', tmp_path)
+    a = _digits_run('adversarial', tmp_path)
+    print({k: v for k, v in c.items() if k.startswith(('pgd/', 'val/'))},
+          {k: v for k, v in a.items() if k.startswith(('pgd/', 'val/'))})
+    # Measured (2 CPU cores): clean training 0.903 clean / 0.053 at PGD-10 eps 8/255; adversarial training 0.861 /
+    # 0.689 (see the config's docstring). The assertions leave room for run-to-run noise.
     assert c['pgd/clean_accuracy'] >= 0.8
     assert c['pgd/accuracy_eps8'] < 0.5 * c['pgd/clean_accuracy']  # Far below clean.
-    assert a['pgd/accuracy_eps8'] >= c['pgd/accuracy_eps8'] + 0.2  # Same budget, clearly more robust.
-    assert a['pgd/max_distance'] <= 8 / 255 + 1e-6
+    assert a['pgd/clean_accuracy'] >= 0.75
+    assert a['pgd/accuracy_eps8'] >= 0.5  # The stated robust accuracy (measured 0.689).
+    assert a['pgd/accuracy_eps8'] >= c['pgd/accuracy_eps8'] + 0.3  # Same budget, far more robust.
+    assert a['pgd/max_distance'] <= 8 / 255 + 1e-6  # Every adversarial example inside its eps-ball.

@@ -206,3 +206,58 @@ def test_perturbation_semantics(tmp_path):
     assert r2['judge_clean_accuracy'] == pytest.approx(r['self_judge_clean_accuracy'])
     with pytest.raises(ValueError, match='judge'):
         _run(tmp_path, name='sem3', type='perturbation_semantics', num_examples=8)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Shape token: DeiT distillation token trained against a teacher.
+# ----------------------------------------------------------------------------------------------------------------
+def test_deit_distilled_models():
+    from vit_jax import models
+
+    # timm deit_*_distilled_patch16_224: 5.91M / 22.44M / 87.34M (DeiT paper: 6M / 22M / 87M).
+    assert models.count_params('DeiT-Ti/16-distilled') == 5_910_800
+    assert models.count_params('DeiT-S/16-distilled') == 22_436_432
+    assert models.count_params('DeiT-B/16-distilled') == 87_338_192
+    model = models.get_model('ViT-testing', num_classes=10, image_size=16, patch_size=4, distill_token=True)
+    x = jnp.asarray(rc.digits('test')[0][:2])
+    variables = model.init(jax.random.PRNGKey(0), x)
+    assert variables['params']['Transformer']['posembed_input']['pos_embedding'].shape == (1, 2 + 16, 32)
+    variables = jax.tree_util.tree_map(lambda a: a + 0.01 * jnp.arange(a.size).reshape(a.shape) / a.size, variables)
+    logits, out = model.apply(variables, x)
+    np.testing.assert_allclose(logits, (out['logits_cls'] + out['logits_dist']) / 2, rtol=1e-6)
+    assert out['tokens_2d'].shape == (2, 4, 4, 32)
+    with pytest.raises(ValueError, match='distill_token'):
+        models.get_model('ViT-testing', classifier='gap', distill_token=True).init(jax.random.PRNGKey(0), x)
+
+
+def test_shape_token_follows_its_teacher(tmp_path):
+    """The distillation token learns the teacher's labelling while the class token learns the true labels.
+
+    The teacher is the tiny digits model with its head rolled by one class, so it predicts (y + 1) % 10: a
+    labelling that differs from the truth everywhere, which makes the two tokens' roles visible.
+    """
+    from vit_jax import train
+
+    params = jax.tree_util.tree_map(np.asarray, rc.trained_params())
+    params['head'] = {'kernel': np.roll(params['head']['kernel'], 1, axis=1),
+                      'bias': np.roll(params['head']['bias'], 1)}
+    teacher_path = str(tmp_path / 'teacher.npz')
+    checkpoint.save_npz(teacher_path, params)
+    cfg = rc.config(type='distillation', teacher=dict(model=rc.MODEL, checkpoint=teacher_path),
+                    distillation='hard', alpha=0.5, label_smoothing=0.0)
+    cfg.model = dict(cfg.model, distill_token=True)
+    cfg.total_steps, cfg.batch_size, cfg.log_every, cfg.eval_every, cfg.checkpoint_every = 200, 64, 200, 0, 0
+    cfg.optimizer = dict(cfg.optimizer, name='adamw', weight_decay=0.0)
+    cfg.lr = dict(base=3e-3, warmup_steps=20, decay='cosine', end=1e-5)
+    cfg.evals = {}
+    result = train.train_and_evaluate(cfg, str(tmp_path / 'run'))
+    state = result['state']
+    x, y = rc.digits('test')
+    model = rc.tiny_model().clone(distill_token=True)
+    _, out = jax.jit(lambda p, im: model.apply({'params': p}, im))(state.params, jnp.asarray(x))
+    cls_acc = float(np.mean(np.argmax(out['logits_cls'], -1) == y))
+    dist_shifted = float(np.mean(np.argmax(out['logits_dist'], -1) == (y + 1) % 10))
+    dist_true = float(np.mean(np.argmax(out['logits_dist'], -1) == y))
+    print('class token accuracy', cls_acc, 'distillation token vs teacher labelling', dist_shifted, 'vs truth',
+          dist_true)
+    assert cls_acc > 0.6 and dist_shifted > 0.6 and dist_true < 0.2

@@ -63,6 +63,9 @@ class VisionTransformer(nn.Module):
     # resized on the fly to the input grid (bilinear, align_corners=False, as timm / DPT / Segmenter).
     dynamic_img_size: bool = False
     resnet_variant: str = 'release'  # ResNet-stem epsilons: 'release' or 'timm' (HF / timm hybrids, DPT-Hybrid).
+    # DeiT's distillation token (param 'dist_token', after the class token) with its own head 'head_dist'; logits
+    # are the mean of both heads, out['logits_cls'] / out['logits_dist'] each (classifier='token' only).
+    distill_token: bool = False
 
     @property
     def grid_size(self) -> tuple[int, int]:
@@ -123,17 +126,25 @@ class VisionTransformer(nn.Module):
         if use_cls:
             cls = self.param('cls', nn.initializers.zeros, (1, 1, d))
             x = jnp.concatenate([jnp.tile(cls.astype(x.dtype), [b, 1, 1]), x], axis=1)
+        num_prefix = int(use_cls)
+        if self.distill_token:
+            if self.classifier != 'token' or self.representation_size is not None:
+                raise ValueError("distill_token=True needs classifier='token' and no representation_size.")
+            dist = self.param('dist_token', nn.initializers.normal(stddev=0.02), (1, 1, d))
+            x = jnp.concatenate([x[:, :1], jnp.tile(dist.astype(x.dtype), [b, 1, 1]), x[:, 1:]], axis=1)
+            num_prefix = 2
 
         x, enc_out = _Transformer(
             num_layers=self.num_layers, num_heads=self.num_heads, mlp_dim=self.mlp_dim, posemb=self.posemb,
-            grid=(h, w), num_prefix=int(use_cls), dropout_rate=self.dropout_rate,
+            grid=(h, w), num_prefix=num_prefix, dropout_rate=self.dropout_rate,
             attention_dropout_rate=self.attention_dropout_rate, drop_path_rate=self.drop_path_rate, norm=self.norm,
             norm_eps=self.norm_eps, activation=self.activation, qkv_bias=self.qkv_bias, scan=self.scan,
             remat_policy=self.remat_policy, dtype=self.dtype,
             stored_grid=self.grid_size if self.dynamic_img_size else None, name='Transformer')(x, train=train)
         out.update({f'encoder/{k}': v for k, v in enc_out.items()})
         out['encoded'] = x
-        out['tokens_2d'] = x[:, int(use_cls):].reshape(b, h, w, d)
+        out['tokens_2d'] = x[:, num_prefix:].reshape(b, h, w, d)
+        x_dist = x[:, 1] if self.distill_token else None
 
         if self.classifier == 'token':
             x = x[:, 0]
@@ -152,6 +163,13 @@ class VisionTransformer(nn.Module):
         if self.num_classes:
             x = nn.Dense(self.num_classes, dtype=self.dtype, kernel_init=nn.initializers.zeros,
                          bias_init=nn.initializers.constant(self.head_bias_init), name='head')(x)
+            if self.distill_token:
+                x_dist = nn.Dense(self.num_classes, dtype=self.dtype, kernel_init=nn.initializers.zeros,
+                                  bias_init=nn.initializers.constant(self.head_bias_init), name='head_dist')(x_dist)
+                out['logits_cls'], out['logits_dist'] = x, x_dist
+                x = (x + x_dist) / 2
+        elif self.distill_token:
+            out['pre_logits_dist'] = x_dist
         out['logits'] = x
         return x.astype(jnp.float32), out
 
@@ -257,6 +275,12 @@ for _name, (_d, _r, _h, _l, _ch, _st) in _EARLY_CONV.items():
     register(f'ViTP-{_name}', VisionTransformer, patch_size=16, num_layers=_l, **_common)
     register(f'ViTC-{_name}', VisionTransformer, stem='conv', num_layers=_l - 1, conv_channels=_ch,
              conv_strides=_st, **_common)
+
+# DeiT with its distillation token (Touvron et al., 2021: DeiT-Ti/S/B with the alembic), the ViT sizes with exact
+# GELU. Counts (1000 classes): 5,910,800 / 22,436,432 / 87,338,192 (paper: 6M / 22M / 87M).
+for _size in ('Ti', 'S', 'B'):
+    register(f'DeiT-{_size}/16-distilled', VisionTransformer, aliases=(f'DeiT-{_size}_16-distilled',), paper='deit',
+             distill_token=True, activation='gelu_exact', **_vit_kwargs(_size, 16))
 
 # A tiny ViT for tests and the quickstart.
 register('ViT-testing', VisionTransformer, paper='test', hidden_size=32, mlp_dim=64, num_heads=2, num_layers=2,

@@ -14,7 +14,8 @@ from typing import Any
 
 _REGISTRY: dict[str, type] = {}
 # Modules imported on first lookup; add new objective modules here.
-_MODULES = ('classification', 'segmentation', 'depth', 'mim', 'milan', 'adversarial', 'outpainting', 'vqgan')
+_MODULES = ('classification', 'segmentation', 'depth', 'mim', 'milan', 'adversarial', 'outpainting', 'vqgan',
+            'distillation')
 
 
 def register(name: str):

@@ -1,0 +1,50 @@
+"""Pyramid Adversarial Training (configs/pyramid_at_b16.py) at CPU size: a 2-layer ViT on the built-in digits.
+
+    python -m vit_jax.main --config=configs/pyramid_at_digits.py --workdir=workdirs/pyramid_digits
+    python -m vit_jax.main --config=configs/pyramid_at_digits.py:baseline --workdir=workdirs/pyramid_digits_base
+
+'ViT-testing' on 16x16 digits with 4x4 patches, dropout 0.1 and stochastic depth 0.1 (matched between the clean
+and adversarial passes), sigmoid loss with head bias -log(10), 400 steps of batch 64. The pyramid keeps the
+official geometry relative to the patch: blocks of 2 patches, 1 patch and 1 pixel (8, 4, 1 pixels here; 32, 16, 1
+at patch 16), multipliers 20, 10, 1, eps 3/255 and step 0.5/255 in pixel scale (6/255 and 1/255 in [-1, 1]),
+5 steps toward a random target. ':baseline' is the same run without the attack. Both end with clean accuracy,
+random PatchDrop and patch shuffle.
+"""
+
+import math
+
+import ml_collections
+
+from vit_jax import config_utils
+
+
+def get_config(arg: str = 'pyramid') -> ml_collections.ConfigDict:
+    if arg not in ('pyramid', 'pixel', 'baseline'):
+        raise ValueError(f"Argument must be 'pyramid', 'pixel' or 'baseline', got {arg!r}.")
+    c = config_utils.base_config()
+    c.dataset = 'digits'
+    c.model = dict(name='ViT-testing', num_classes=10, image_size=16, patch_size=4, dropout_rate=0.1,
+                   drop_path_rate=0.1, head_bias_init=-math.log(10.0))
+    c.data.train_pp = 'resize'
+    c.data.flip = False
+    c.batch_size = 64
+    c.eval_batch_size = 360
+    c.total_steps = 400
+    c.log_every = 100
+    c.eval_every = 0
+    c.checkpoint_every = 0
+    c.optimizer = dict(c.optimizer, name='adamw', weight_decay=0.05, wd_mask='no_bias_norm', grad_clip_norm=1.0)
+    c.lr = dict(base=3e-3, warmup_steps=20, decay='cosine', end=1e-5)
+    if arg == 'baseline':
+        c.objective = dict(type='classification', loss='sigmoid')
+    else:
+        blocks, scalars = ((8, 4, 1), (20, 10, 1)) if arg == 'pyramid' else ((1,), (1,))
+        c.objective = dict(type='pyramid_adversarial', pyramid_blocks=blocks, pyramid_scalars=scalars, eps=3 / 255,
+                           step_size=0.5 / 255, attack_steps=5, adv_weight=1.0, attack_train_mode=True,
+                           loss='sigmoid')
+    c.evals = dict(
+        val=dict(type='classification', split='test', every=0),
+        drop=dict(type='patchdrop', mode='random', every=0),
+        shuffle=dict(type='patch_shuffle', every=0),
+    )
+    return c
