@@ -250,3 +250,93 @@ def test_diffaugment():
     assert all(ok)
     g = jax.grad(lambda a: jnp.sum(patchgan.diff_augment(a, jax.random.PRNGKey(4))))(x)
     assert np.isfinite(np.asarray(g)).all()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Official checkpoints.
+# ----------------------------------------------------------------------------------------------------------------
+def to_official_state_dict(params, prefix='transformer_encoder.'):
+    """The inverse layout, written independently: flax params -> the official TransGen state-dict keys."""
+    sd = {}
+    a = lambda x: np.asarray(x)  # noqa: E731
+
+    def lin(k, p):
+        sd[f'{k}.weight'], sd[f'{k}.bias'] = a(p['kernel']).T, a(p['bias'])
+
+    def ln(k, p):
+        sd[f'{k}.weight'], sd[f'{k}.bias'] = a(p['scale']), a(p['bias'])
+
+    def conv(k, p):
+        sd[f'{k}.weight'] = a(p['kernel']).transpose(3, 2, 0, 1)
+        if 'bias' in p:
+            sd[f'{k}.bias'] = a(p['bias'])
+
+    def attn(k, p, cross=False):
+        d = a(p['query']['kernel']).shape[0]
+        q, kk, v = (a(p[n]['kernel']).reshape(d, -1).T for n in ('query', 'key', 'value'))
+        if cross:
+            sd[f'{k}.q.weight'], sd[f'{k}.kv.weight'] = q, np.concatenate([kk, v])
+        else:
+            sd[f'{k}.qkv.weight'] = np.concatenate([q, kk, v])
+        sd[f'{k}.q_bias'], sd[f'{k}.v_bias'] = a(p['query']['bias']).reshape(-1), a(p['value']['bias']).reshape(-1)
+        o = a(p['out']['kernel'])
+        sd[f'{k}.proj.weight'], sd[f'{k}.proj.bias'] = o.reshape(-1, o.shape[-1]).T, a(p['out']['bias'])
+
+    conv(f'{prefix}patch_embed.proj', params['embedding'])
+    tr = params['Transformer']
+    for i in range(len([k for k in tr if k.startswith('encoderblock_')])):
+        b, p = f'{prefix}blocks.{i}', tr[f'encoderblock_{i}']
+        ln(f'{b}.norm1', p['LayerNorm_0'])
+        attn(f'{b}.attn', p['MultiHeadDotProductAttention_1'])
+        ln(f'{b}.norm2', p['LayerNorm_2'])
+        lin(f'{b}.mlp.fc1', p['MlpBlock_3']['Dense_0'])
+        lin(f'{b}.mlp.fc2', p['MlpBlock_3']['Dense_1'])
+    ln(f'{prefix}norm', tr['encoder_norm'])
+    sd[f'{prefix}head.weight'] = np.zeros((1000, 1))  # The official encoder's unused classifier: ignored.
+    q = params['qem']
+    for i, j in ((0, 0), (1, 3), (2, 6)):
+        lin(f'qem.noise_mlp.{j}', q[f'noise_fc_{i}'])
+    for i, j in ((0, 1), (1, 4)):
+        ln(f'qem.noise_mlp.{j}', q[f'noise_ln_{i}'])
+    for i in range(len([k for k in q if k.startswith('block_')])):
+        b, p = f'qem.res_blocks.{i}', q[f'block_{i}']
+        ln(f'{b}.norm1', p['norm1'])
+        ln(f'{b}.norm2', p['norm2'])
+        conv(f'{b}.conv1', p['conv1'])
+        conv(f'{b}.conv2', {'kernel': p['conv2']['kernel']})
+        conv(f'{b}.conv2.conv_offset_mask', p['conv2']['conv_offset_mask'])
+    ln('qem.norm', q['norm'])
+    lin('qem.embed', q['embed'])
+    for i in range(len([k for k in params if k.startswith('decoder_')])):
+        b, p = f'transformer_decoder.{i}', params[f'decoder_{i}']
+        for n in ('norm1', 'norm2', 'norm3'):
+            ln(f'{b}.{n}', p[n])
+        attn(f'{b}.attn', p['attn'])
+        attn(f'{b}.cross_attn', p['cross_attn'], cross=True)
+        lin(f'{b}.mlp.fc1', p['mlp']['Dense_0'])
+        lin(f'{b}.mlp.fc2', p['mlp']['Dense_1'])
+    sd['psm.proj.weight'] = a(params['psm']['kernel']).transpose(0, 3, 1, 2)
+    sd['psm.bias'] = a(params['psm']['bias']).transpose(2, 0, 1)[None]
+    return sd
+
+
+def test_official_state_dict_round_trip():
+    model = models.get_model('QueryOTR-testing', decoder_layers=2, qem_blocks=2)
+    shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3))))['params']
+    rng = np.random.default_rng(0)
+    params = jax.tree_util.tree_map(lambda s: rng.normal(size=s.shape).astype(np.float32), shapes)
+    for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:  # The official attention has no key bias.
+        if 'key' in jax.tree_util.keystr(path) and 'bias' in jax.tree_util.keystr(path):
+            leaf[...] = 0.0
+    back = qo.from_official_state_dict(to_official_state_dict(params), num_heads=2, decoder_heads=2)
+    assert jax.tree_util.tree_structure(back) == jax.tree_util.tree_structure(params)
+    for (path, x), y in zip(jax.tree_util.tree_flatten_with_path(params)[0], jax.tree_util.tree_leaves(back)):
+        np.testing.assert_array_equal(x, y, err_msg=jax.tree_util.keystr(path))
+    # An MAE-pytorch encoder checkpoint: 'encoder.*' keys only (its decoder is ignored).
+    mae = {k.replace('transformer_encoder.', 'encoder.'): v for k, v in to_official_state_dict(params).items()
+           if k.startswith('transformer_encoder.')}
+    mae['decoder.blocks.0.norm1.weight'] = np.zeros(3)
+    enc = qo.from_official_state_dict(mae, num_heads=2)
+    assert sorted(enc) == ['Transformer', 'embedding']
+    with pytest.raises(ValueError, match='Unconverted'):
+        qo.from_official_state_dict({**mae, 'encoder.extra.weight': np.zeros(1)}, num_heads=2)

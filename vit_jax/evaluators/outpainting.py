@@ -93,9 +93,13 @@ def ssim(x: Array, y: Array, data_range: float = 1.0, *, window_size: int = 11, 
     x = x.astype(jnp.float32)
     y = y.astype(jnp.float32)
     mx, my = _filter_valid(x, w), _filter_valid(y, w)
-    sxx = _filter_valid(x * x, w) - mx * mx
-    syy = _filter_valid(y * y, w) - my * my
-    sxy = _filter_valid(x * y, w) - mx * my
+    # (Co)variances are shift-invariant: compute them on per-image centred values (less float32 cancellation).
+    xc = x - jnp.mean(x, axis=(1, 2), keepdims=True)
+    yc = y - jnp.mean(y, axis=(1, 2), keepdims=True)
+    mxc, myc = _filter_valid(xc, w), _filter_valid(yc, w)
+    sxx = _filter_valid(xc * xc, w) - mxc * mxc
+    syy = _filter_valid(yc * yc, w) - myc * myc
+    sxy = _filter_valid(xc * yc, w) - mxc * myc
     c1, c2 = (k1 * data_range) ** 2, (k2 * data_range) ** 2
     s = ((2 * mx * my + c1) * (2 * sxy + c2)) / ((mx * mx + my * my + c1) * (sxx + syy + c2))
     return jnp.mean(s, axis=(1, 2, 3))

@@ -467,7 +467,146 @@ register('QueryOTR-testing', QueryOTR, paper='test', image_size=32, output_size=
          encoder_image_size=56, hidden_size=32, mlp_dim=64, num_heads=2, num_layers=2, decoder_layers=1,
          decoder_heads=2, decoder_mlp_dim=64, qem_blocks=1, overlap=2)
 
+# ----------------------------------------------------------------------------------------------------------------
+# Official PyTorch checkpoints (Kaiseem/QueryOTR `TransGen`, MAE-pytorch encoders) -> params.
+# ----------------------------------------------------------------------------------------------------------------
+def _attn(sd: dict, prefix: str, heads: int, *, cross: bool = False) -> dict:
+    """BEiT/MAE-style attention (one qkv or q + kv Linear without bias, separate q_bias / v_bias) -> q/k/v/out.
+
+    The key bias does not exist there; it is set to zero (a key bias only shifts every logit of a query by the
+    same amount, which the softmax ignores).
+    """
+    from vit_jax import convert
+
+    if cross:
+        q_w = convert.to_numpy(sd[f'{prefix}.q.weight'])
+        k_w, v_w = np.split(convert.to_numpy(sd[f'{prefix}.kv.weight']), 2, axis=0)
+    else:
+        q_w, k_w, v_w = np.split(convert.to_numpy(sd[f'{prefix}.qkv.weight']), 3, axis=0)
+    d = q_w.shape[0]
+    zeros = np.zeros((d,), np.float32)
+    q_b = convert.to_numpy(sd[f'{prefix}.q_bias']) if f'{prefix}.q_bias' in sd else zeros
+    v_b = convert.to_numpy(sd[f'{prefix}.v_bias']) if f'{prefix}.v_bias' in sd else zeros
+    out = {}
+    for name, w, b in (('query', q_w, q_b), ('key', k_w, zeros), ('value', v_w, v_b)):
+        out[name] = convert.attention_in({'w.weight': w, 'w.bias': b}, 'w', heads)
+    out['out'] = convert.attention_out(sd, f'{prefix}.proj', heads)
+    return out
+
+
+def from_official_state_dict(state_dict: dict, *, num_heads: int = 12, decoder_heads: int = 12) -> dict:
+    """QueryOTR params (the parts present) from an official PyTorch state dict.
+
+    Accepts the generator of a released checkpoint (`torch.load(path)['gen']`: keys `transformer_encoder.*`,
+    `qem.*`, `transformer_decoder.*`, `psm.*`) or an MAE-pytorch pretraining checkpoint (`['model']`: keys
+    `encoder.*`; its decoder, mask token and any classifier head are ignored). Returns a nested dict with the keys
+    of this module's params (`embedding`, `Transformer`, `qem`, `decoder_{i}`, `psm`), e.g. for
+    `checkpoint.save_npz` and `config.init_from` (an encoder-only file then needs
+    `dont_load=('qem/.*', 'decoder_.*', 'psm/.*')`). Unknown keys are an error.
+    """
+    from vit_jax import convert
+
+    sd = {k.removeprefix('module.'): v for k, v in state_dict.items()}
+    enc = 'transformer_encoder.' if any(k.startswith('transformer_encoder.') for k in sd) else 'encoder.'
+    read: set[str] = set()
+
+    class Reader(dict):
+        def __getitem__(self, k):
+            read.add(k)
+            return super().__getitem__(k)
+
+    sd = Reader(sd)
+    params: dict = {}
+    if f'{enc}patch_embed.proj.weight' in sd:
+        params['embedding'] = convert.conv(sd, f'{enc}patch_embed.proj')
+        tr = {}
+        depth = len({k.split('.')[2] for k in sd if k.startswith(f'{enc}blocks.')})
+        for i in range(depth):
+            b = f'{enc}blocks.{i}'
+            tr[f'encoderblock_{i}'] = {
+                'LayerNorm_0': convert.norm(sd, f'{b}.norm1'),
+                'MultiHeadDotProductAttention_1': _attn(sd, f'{b}.attn', num_heads),
+                'LayerNorm_2': convert.norm(sd, f'{b}.norm2'),
+                'MlpBlock_3': {'Dense_0': convert.linear(sd, f'{b}.mlp.fc1'),
+                               'Dense_1': convert.linear(sd, f'{b}.mlp.fc2')},
+            }
+        tr['encoder_norm'] = convert.norm(sd, f'{enc}norm')
+        params['Transformer'] = tr
+    if 'qem.embed.weight' in sd:
+        qem = {}
+        for i, j in ((0, 0), (1, 3), (2, 6)):
+            qem[f'noise_fc_{i}'] = convert.linear(sd, f'qem.noise_mlp.{j}')
+        for i, j in ((0, 1), (1, 4)):
+            qem[f'noise_ln_{i}'] = convert.norm(sd, f'qem.noise_mlp.{j}')
+        n_blocks = len({k.split('.')[2] for k in sd if k.startswith('qem.res_blocks.')})
+        for i in range(n_blocks):
+            b = f'qem.res_blocks.{i}'
+            block = {'norm1': convert.norm(sd, f'{b}.norm1'), 'norm2': convert.norm(sd, f'{b}.norm2'),
+                     'conv1': convert.conv(sd, f'{b}.conv1')}
+            if f'{b}.conv2.conv_offset_mask.weight' in sd:
+                block['conv2'] = {'kernel': convert.conv(sd, f'{b}.conv2', bias=False)['kernel'],
+                                  'conv_offset_mask': convert.conv(sd, f'{b}.conv2.conv_offset_mask')}
+            else:
+                block['conv2'] = convert.conv(sd, f'{b}.conv2', bias=False)
+            qem[f'block_{i}'] = block
+        qem['norm'] = convert.norm(sd, 'qem.norm')
+        qem['embed'] = convert.linear(sd, 'qem.embed')
+        params['qem'] = qem
+    n_dec = len({k.split('.')[1] for k in sd if k.startswith('transformer_decoder.')})
+    for i in range(n_dec):
+        b = f'transformer_decoder.{i}'
+        params[f'decoder_{i}'] = {
+            'norm1': convert.norm(sd, f'{b}.norm1'), 'norm2': convert.norm(sd, f'{b}.norm2'),
+            'norm3': convert.norm(sd, f'{b}.norm3'),
+            'attn': _attn(sd, f'{b}.attn', decoder_heads),
+            'cross_attn': _attn(sd, f'{b}.cross_attn', decoder_heads, cross=True),
+            'mlp': {'Dense_0': convert.linear(sd, f'{b}.mlp.fc1'), 'Dense_1': convert.linear(sd, f'{b}.mlp.fc2')},
+        }
+    if 'psm.proj.weight' in sd:
+        psm = {'kernel': np.transpose(convert.to_numpy(sd['psm.proj.weight']), (0, 2, 3, 1))}
+        if 'psm.bias' in sd:
+            psm['bias'] = np.transpose(convert.to_numpy(sd['psm.bias'])[0], (1, 2, 0))
+        params['psm'] = psm
+    ignored = (f'{enc}head.', f'{enc}pos_embed', 'decoder.', 'encoder_to_decoder.', 'mask_token', 'pos_embed')
+    unread = sorted(k for k in sd if k not in read and not k.startswith(ignored))
+    if unread:
+        raise ValueError(f'Unconverted QueryOTR weights: {unread[:10]}{" ..." if len(unread) > 10 else ""}.')
+    if not params:
+        raise ValueError('Not a QueryOTR / MAE state dict: no transformer_encoder.*, encoder.*, qem.* or psm.* keys.')
+    return params
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """`python -m vit_jax.models.queryotr IN.pth OUT.npz`: an official generator or an MAE encoder -> .npz."""
+    import argparse
+
+    from vit_jax import checkpoint, convert
+
+    p = argparse.ArgumentParser(prog='python -m vit_jax.models.queryotr', description=(
+        'Convert an official QueryOTR checkpoint (its "gen" state dict) or an MAE-pytorch ViT-B checkpoint (the '
+        'encoder) into a .npz for config.init_from.path.'))
+    p.add_argument('input')
+    p.add_argument('output')
+    args = p.parse_args(argv)
+    import torch
+
+    obj = torch.load(args.input, map_location='cpu', weights_only=True)
+    for key in ('gen', 'model', 'state_dict', 'module'):
+        if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
+            obj = obj[key]
+            break
+    params = from_official_state_dict({k: convert.to_numpy(v) for k, v in obj.items()})
+    checkpoint.save_npz(args.output, params)
+    parts = ', '.join(sorted(params))
+    hint = '' if 'psm' in params else " (encoder only: use dont_load=('qem/.*', 'decoder_.*', 'psm/.*'))"
+    print(f'Wrote {args.output}: {parts}{hint}.')
+    return 0
+
+
 # The networks QueryOTR's training and metrics use (VGG19 perceptual loss, Inception-v3 for FID / IS) register
 # with the model registry through this family module.
 from vit_jax.models import inception as _inception  # noqa: E402,F401
 from vit_jax.models import vgg as _vgg  # noqa: E402,F401
+
+if __name__ == '__main__':
+    raise SystemExit(main())
