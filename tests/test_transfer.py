@@ -318,3 +318,41 @@ def test_vtab_sweep_end_to_end_on_digits(vtab, tmp_path):
     assert set(res['digits']['val']) == {'0.01', '0.1'} and 0.0 <= res['digits']['test'] <= 1.0
     assert os.path.isfile(tmp_path / 'digits' / 'final' / 'result.json')
     assert '| digits | natural |' in open(tmp_path / 'results.md').read()
+
+
+def _mock_tfds(name, data_dir, splits=('train', 'validation'), n=24):
+    """TFDS metadata for `name` with `n`-example splits; tfds.testing.mock_data then serves random records."""
+    import tensorflow_datasets as tfds
+
+    builder = tfds.builder(name, data_dir=data_dir)
+    template = tfds.core.ShardedFileTemplate(data_dir=builder.data_dir, dataset_name=builder.name, split='train',
+                                             filetype_suffix='tfrecord')
+    builder.info.set_splits(tfds.core.SplitDict([
+        tfds.core.SplitInfo(name=s, shard_lengths=[n], num_bytes=0, filename_template=template.replace(split=s))
+        for s in splits]))
+    os.makedirs(builder.data_dir, exist_ok=True)
+    builder.info.write_to_directory(builder.data_dir)
+
+
+@pytest.mark.parametrize('task_name', ['dsprites_ori', 'smallnorb_ele', 'dtd'])
+def test_vtab_dataset_reads_tfds_records(vtab, tmp_path, task_name):
+    """The `vtab1k:<task>` dataset on mock TFDS records: derived labels in range, RGB images, split slices."""
+    import tensorflow_datasets as tfds
+
+    from vit_jax import data
+
+    _, tasks, _ = vtab
+    task = tasks.TASKS_BY_NAME[task_name]
+    _mock_tfds(task.tfds_name, str(tmp_path), splits=('train', 'validation', 'test'))
+    with tfds.testing.mock_data(num_examples=24, data_dir=str(tmp_path)):
+        cfg = {'data_dir': str(tmp_path), 'eval_pp': 'resize'}
+        ds = data.get_dataset(f'vtab1k:{task_name}', 'train[:8]+validation[4:12]', data_config=cfg, batch_size=4,
+                              image_size=16, train=False)
+        assert ds.num_classes == task.num_classes and ds.num_examples == 16
+        batches = list(ds)
+        labels = np.concatenate([b['label'][b['mask']] for b in batches])
+        assert len(labels) == 16 and labels.min() >= 0 and labels.max() < task.num_classes
+        assert batches[0]['image'].shape == (4, 16, 16, 3)
+        tr = data.get_dataset(f'vtab1k:{task_name}', 'train[:8]', data_config=cfg, batch_size=4, image_size=16,
+                              train=True)
+        assert next(iter(tr))['image'].shape == (4, 16, 16, 3)

@@ -1,0 +1,243 @@
+"""Inference from the command line: top-k labels with probabilities for image files.
+
+    python -m vit_jax.predict --checkpoint workdirs/run1 image.jpg other.png
+    python -m vit_jax.predict --checkpoint ViT-B_16-ft.npz --config configs/vit_b16.py:cifar10 cat.jpg
+    python -m vit_jax.predict --checkpoint model.npz --config configs/quickstart.py --labels labels.txt *.png
+
+`--checkpoint` is a run's workdir (or one of its checkpoints; the EMA weights are used when the run kept them) or
+a `.npz` parameter file. `--config` is the training config (a config file `path.py[:arg]`, or a run's
+`config.json`); it defaults to the workdir's `config.json`. Overrides such as `--config.model.image_size=384` work
+as in `vit_jax.main`. Images of any size and mode (grayscale, RGBA, palette, 16-bit) are converted to RGB and
+preprocessed like the config's evaluation data. Labels come from `--labels` (one per line), else from the
+dataset of the config (class names of 'digits', an image folder or a TFDS dataset), else `class_<i>`.
+
+Files that are not images are reported on stderr and skipped; the exit status is then 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+
+def load_config(config_spec: Optional[str], checkpoint_path: str, overrides: Sequence[tuple[str, str]] = ()) -> Any:
+    """The run config: a config file (`path.py[:arg]`), a `config.json`, or the checkpoint workdir's config.json."""
+    import ml_collections
+
+    from vit_jax import checkpoint, config_utils
+
+    if config_spec is None:
+        source = checkpoint._split_subtree(checkpoint_path)[0]
+        if source.endswith('.npz') or os.path.isfile(source):
+            raise ValueError(f'{checkpoint_path} is a parameter file: pass the config it was trained with '
+                             '(--config configs/NAME.py[:arg]) so the model can be built.')
+        step_dir = checkpoint.find_checkpoint_step(source)
+        candidates = [os.path.join(os.path.dirname(os.path.dirname(step_dir)), 'config.json'),
+                      os.path.join(os.path.dirname(step_dir), 'config.json')]
+        config_spec = next((c for c in candidates if os.path.isfile(c)), None)
+        if config_spec is None:
+            raise ValueError(f'No config.json next to {checkpoint_path}; pass --config.')
+    if config_spec.endswith('.json'):
+        with open(config_spec) as f:
+            config = ml_collections.ConfigDict(json.load(f))
+        model = config.model.to_dict()
+        with config.unlocked():
+            config.model = {k: tuple(v) if isinstance(v, list) else v for k, v in model.items()}
+            if 'data' in config and isinstance(config.data.get('value_range', None), list):
+                config.data.value_range = tuple(config.data.value_range)
+    else:
+        config = config_utils.load(config_spec)
+    for k, v in overrides:
+        config_utils.override(config, k, v)
+    return config
+
+
+def class_names(config: Any, labels_file: Optional[str], num_classes: int) -> list[str]:
+    """Label names: from `labels_file`, else the config's dataset, else `class_<i>`."""
+    names = None
+    if labels_file:
+        with open(labels_file) as f:
+            names = [line.strip() for line in f if line.strip()]
+        if len(names) != num_classes:
+            raise ValueError(f'{labels_file} has {len(names)} labels but the model has {num_classes} classes.')
+        return names
+    dataset = config.get('dataset', None)
+    if isinstance(dataset, str):
+        try:
+            from vit_jax import data
+
+            names = data.dataset_info(dataset, 'train', config.get('data', None)).get('class_names')
+        except Exception:  # Unprepared TFDS data, a moved folder ...: fall back to the TFDS metadata or indices.
+            try:
+                import tensorflow_datasets as tfds
+
+                names = tfds.builder(dataset.removeprefix('tfds:')).info.features['label'].names
+            except Exception:
+                names = None
+    if not names or len(names) != num_classes:
+        names = [f'class_{i}' for i in range(num_classes)]
+    return list(names)
+
+
+class NotAnImageError(ValueError):
+    """A file that PIL cannot read as an image."""
+
+
+def read_image(path: str) -> np.ndarray:
+    """Any image file -> uint8 RGB [H, W, 3] (EXIF orientation applied; alpha dropped as the training pipeline)."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    if not os.path.exists(path):
+        raise FileNotFoundError(f'{path}: no such file.')
+    if os.path.isdir(path):
+        raise NotAnImageError(f'{path} is a directory, not an image.')
+    try:
+        with Image.open(path) as im:
+            im.load()
+            im = ImageOps.exif_transpose(im)
+            if im.mode in ('I;16', 'I;16B', 'I;16L', 'I'):  # 16/32-bit grayscale: scale to 8 bits.
+                a = np.asarray(im, np.float64)
+                top = 65535.0 if a.max() > 255 else 255.0
+                a = np.clip(np.round(a / top * 255.0), 0, 255).astype(np.uint8)
+                return np.repeat(a[..., None], 3, axis=-1)
+            if im.mode == 'P':
+                im = im.convert('RGBA')
+            return np.asarray(im.convert('RGB'), np.uint8)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise NotAnImageError(f'{path} is not an image (or a damaged one): {type(e).__name__}: {e}') from None
+
+
+class Predictor:
+    """A model with its weights and the config's eval preprocessing; `__call__(uint8 RGB images) -> probabilities`."""
+
+    def __init__(self, config: Any, checkpoint_path: str):
+        import jax
+        import jax.numpy as jnp
+
+        from vit_jax import checkpoint, models, train
+        from vit_jax.data import pipeline, preprocess
+
+        self.config = config
+        self.model = train.build_model(config)
+        self.num_classes = int(getattr(self.model, 'num_classes', 0) or 0)
+        if not self.num_classes:
+            raise ValueError('The model has no classification head (num_classes is 0/None): nothing to predict.')
+        self.image_size = train.model_image_size(self.model)
+        shapes = models.init_shapes(self.model)
+        params, model_state = checkpoint.load_for_inference(checkpoint_path)
+        zeros = jax.tree_util.tree_map(lambda s: np.zeros(s.shape, s.dtype), shapes['params'])
+        params = checkpoint.load_pretrained(zeros, params, dont_load=(), new_grid=checkpoint.model_grid(self.model))
+        other = {k: v for k, v in shapes.items() if k not in ('params', 'intermediates')}
+        missing = sorted(set(other) - set(model_state))
+        if missing:
+            raise ValueError(f'The model needs the collections {missing} (e.g. BatchNorm statistics), which '
+                             f'{checkpoint_path} does not hold: use the run\'s Orbax checkpoint (its workdir).')
+        self.variables = {'params': params, **{k: model_state[k] for k in other}}
+        cfg = dict(pipeline.DEFAULTS)
+        try:  # A built-in dataset's own data defaults (as the training pipeline applies them).
+            from vit_jax.data import datasets
+
+            found = datasets.find_builtin(str(config.get('dataset', '')))
+            cfg.update(found[0].defaults if found else {})
+        except ValueError:
+            pass
+        cfg.update({k: v for k, v in (config.get('data', None) or {}).items() if v is not None})
+        pp = preprocess.build(pipeline._pipe(cfg, train=False), image_size=self.image_size, train=False, config=cfg)
+        import tensorflow as tf
+
+        self._pp = lambda im: pp({'image': tf.convert_to_tensor(im)}, None)['image'].numpy()
+        sigmoid = (config.get('objective', None) or {}).get('loss', 'softmax') == 'sigmoid'
+
+        @jax.jit
+        def probs(variables, images):
+            logits, _ = self.model.apply(variables, images, train=False)
+            return jax.nn.sigmoid(logits) if sigmoid else jax.nn.softmax(logits, axis=-1)
+
+        self._probs = probs
+        self._jnp = jnp
+
+    def preprocess(self, image: np.ndarray) -> np.ndarray:
+        """uint8 RGB [H, W, 3] -> float32 model input [h, w, 3] (the config's eval preprocessing)."""
+        return np.asarray(self._pp(image), np.float32)
+
+    def __call__(self, images: Sequence[np.ndarray], batch_size: int = 32) -> np.ndarray:
+        out = []
+        for i in range(0, len(images), batch_size):
+            chunk = np.stack([self.preprocess(im) for im in images[i:i + batch_size]])
+            n = len(chunk)
+            if n < batch_size and len(images) > batch_size:  # Keep one compiled shape.
+                chunk = np.concatenate([chunk, np.zeros((batch_size - n, *chunk.shape[1:]), chunk.dtype)])
+            out.append(np.asarray(self._probs(self.variables, self._jnp.asarray(chunk)))[:n])
+        return np.concatenate(out) if out else np.zeros((0, self.num_classes), np.float32)
+
+
+def _split_overrides(argv: Sequence[str]) -> tuple[list[str], list[tuple[str, str]]]:
+    rest, overrides, i = [], [], 0
+    argv = list(argv)
+    while i < len(argv):
+        a = argv[i]
+        if a.startswith('--config.'):
+            body = a[len('--config.'):]
+            if '=' in body:
+                k, v = body.split('=', 1)
+            elif i + 1 < len(argv):
+                k, v = body, argv[i + 1]
+                i += 1
+            else:
+                raise SystemExit(f'{a} needs a value (--config.key=value).')
+            overrides.append((k, v))
+        else:
+            rest.append(a)
+        i += 1
+    return rest, overrides
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    argv, overrides = _split_overrides(argv)
+    p = argparse.ArgumentParser(prog='python -m vit_jax.predict', description=__doc__.split('\n\n')[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('images', nargs='+', help='Image files (JPEG, PNG, GIF, BMP, TIFF, WebP ...).')
+    p.add_argument('--checkpoint', required=True, help='A run workdir / Orbax checkpoint, or a .npz parameter file.')
+    p.add_argument('--config', default=None, help="The run's config: path.py[:arg] or config.json (default: the "
+                                                  "workdir's config.json).")
+    p.add_argument('--labels', default=None, help='A text file with one label per line (class order).')
+    p.add_argument('--top_k', type=int, default=5, help='How many labels to print per image (default 5).')
+    p.add_argument('--json', action='store_true', help='Print one JSON object per image instead of text.')
+    args = p.parse_args(argv)
+    try:
+        config = load_config(args.config, args.checkpoint, overrides)
+        predictor = Predictor(config, args.checkpoint)
+        names = class_names(config, args.labels, predictor.num_classes)
+    except (ValueError, FileNotFoundError, KeyError) as e:
+        print(f'error: {e}', file=sys.stderr)
+        return 2
+    images, paths, failed = [], [], 0
+    for path in args.images:
+        try:
+            images.append(read_image(path))
+            paths.append(path)
+        except (NotAnImageError, FileNotFoundError) as e:
+            print(f'error: {e}', file=sys.stderr)
+            failed += 1
+    probs = predictor(images) if images else np.zeros((0, predictor.num_classes))
+    k = max(1, min(args.top_k, predictor.num_classes))
+    for path, pr in zip(paths, probs):
+        top = np.argsort(-pr, kind='stable')[:k]
+        if args.json:
+            print(json.dumps({'image': path, 'top_k': [{'label': names[i], 'index': int(i),
+                                                        'probability': float(pr[i])} for i in top]}))
+        else:
+            print(f'{path}:')
+            for i in top:
+                print(f'  {pr[i]:.4f}  {names[i]}')
+    return 1 if failed else 0
+
+
+if __name__ == '__main__':
+    raise SystemExit(main())
