@@ -226,3 +226,18 @@ def test_make_grid_layout(tmp_path):
     from PIL import Image
 
     assert Image.open(path).size == (3 * 16 + 4 * 2, 2 * 16 + 3 * 2)  # Cells 8 px x 2; margins 2 px.
+
+
+def test_paper_configs():
+    for arg, steps_per_epoch in (('scenery', 79), ('building', 250), ('wikiart', 711)):
+        c = config_utils.load(os.path.join(ROOT, f'configs/queryotr.py:{arg}'))
+        config_utils.validate(c)
+        assert c.model.name == 'QueryOTR' and c.batch_size == 64
+        assert c.total_steps == 300 * steps_per_epoch
+        assert c.objective.warmup_steps == c.lr.warmup_steps == 10 * steps_per_epoch
+        assert (c.objective.rec_weight, c.objective.adv_weight, c.objective.perc_weight) == (5.0, 1.0, 10.0)
+        assert (c.optimizer.name, c.optimizer.b1, c.optimizer.b2, c.optimizer.weight_decay) == ('adam', 0.0, 0.99,
+                                                                                              1e-4)
+        assert c.lr.base == 1e-4 and c.lr.decay == 'constant' and c.objective.offset_lr_mult == 0.1
+    with pytest.raises(ValueError, match='scenery'):
+        config_utils.load(os.path.join(ROOT, 'configs/queryotr.py:places'))

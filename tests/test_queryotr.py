@@ -320,6 +320,10 @@ def to_official_state_dict(params, prefix='transformer_encoder.'):
     return sd
 
 
+def shapes_to_zeros(shapes):
+    return jax.tree_util.tree_map(lambda s: np.zeros(s.shape, s.dtype), shapes)
+
+
 def test_official_state_dict_round_trip():
     model = models.get_model('QueryOTR-testing', decoder_layers=2, qem_blocks=2)
     shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3))))['params']
@@ -338,5 +342,11 @@ def test_official_state_dict_round_trip():
     mae['decoder.blocks.0.norm1.weight'] = np.zeros(3)
     enc = qo.from_official_state_dict(mae, num_heads=2)
     assert sorted(enc) == ['Transformer', 'embedding']
+    # It initialises the encoder through config.init_from (the paper's MAE init), the rest keeps its init.
+    from vit_jax import checkpoint
+
+    merged = checkpoint.load_pretrained(shapes_to_zeros(shapes), enc, dont_load=('qem/.*', 'decoder_.*', 'psm/.*'))
+    np.testing.assert_array_equal(merged['embedding']['kernel'], params['embedding']['kernel'])
+    assert not np.any(merged['psm']['kernel'])
     with pytest.raises(ValueError, match='Unconverted'):
         qo.from_official_state_dict({**mae, 'encoder.extra.weight': np.zeros(1)}, num_heads=2)
