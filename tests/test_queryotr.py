@@ -33,6 +33,17 @@ def test_paper_model_shapes_and_param_count():
     assert 214_009_984 - 769_000 + 20 * 768 == 213_256_344
 
 
+@pytest.mark.slow
+def test_paper_model_forward():
+    """The full-size model (213M parameters) on [1, 128, 128, 3]: [1, 192, 192, 3] with the input as its centre."""
+    model = models.get_model('QueryOTR')
+    x = jax.random.uniform(jax.random.PRNGKey(0), (1, 128, 128, 3))
+    variables = jax.jit(model.init)(jax.random.PRNGKey(1), x)
+    full, out = jax.jit(model.apply)(variables, x)
+    assert full.shape == (1, 192, 192, 3) and np.isfinite(np.asarray(full)).all()
+    np.testing.assert_array_equal(np.asarray(full[:, 32:160, 32:160]), np.asarray(x))
+
+
 def test_forward_centre_equals_input_and_noise():
     model = narrow_paper_geometry()
     x = jax.random.uniform(jax.random.PRNGKey(0), (2, 128, 128, 3))
