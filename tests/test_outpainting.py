@@ -177,6 +177,14 @@ def test_reconstruction_loss_is_outer_ring_mse_in_normalised_space(objective):
     assert (objective.rec_weight, objective.adv_weight, objective.perc_weight) == (5.0, 1.0, 10.0)
 
 
+def test_objective_checks_batches(objective):
+    with pytest.raises(ValueError, match="needs batches with 'target'"):
+        objective.check_batch({'image': np.zeros((1, 32, 32, 3))})
+    with pytest.raises(ValueError, match='outpaint_scale'):
+        objective.check_batch({'image': np.zeros((1, 32, 32, 3)), 'target': np.zeros((1, 64, 64, 3))})
+    objective.check_batch({'image': np.zeros((1, 32, 32, 3)), 'target': np.zeros((1, 48, 48, 3))})
+
+
 def test_adam_is_pytorch_adam_with_coupled_weight_decay_and_offset_lr_mult():
     """optimizer.name='adam' + weight_decay = torch.optim.Adam(betas=(0, 0.99), weight_decay=1e-4); params whose path
     contains conv_offset_mask get 0.1x the learning rate (the official param group with lr_scale 0.1)."""

@@ -241,11 +241,20 @@ class Outpainting(Objective):
     # ----------------------------------------------------------------------------------------------------------
     # Train step: D step then G step (after the reconstruction-only warm-up).
     # ----------------------------------------------------------------------------------------------------------
-    def train_step(self, state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+    def check_batch(self, batch: dict) -> None:
+        """Clear errors for batches without a target or with a target of another size than the model output."""
         if 'target' not in batch:
             raise ValueError("objective.type='outpainting' needs batches with 'target' (the full image): use the "
                              "outpainting pipelines (data.train_pp='outpaint_crop|flip|value_range|outpaint_split', "
                              'see vit_jax.data.outpainting).')
+        n = self.full_size
+        if tuple(batch['target'].shape[1:3]) != (n, n):
+            raise ValueError(f'The targets are {tuple(batch["target"].shape[1:3])}, the model outputs {(n, n)}: set '
+                             f'data.outpaint_scale to output_size / image_size '
+                             f'({n / int(self.model.image_size):g}).')
+
+    def train_step(self, state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+        self.check_batch(batch)
         rng = jax.random.fold_in(state.rng, state.step)
         r_gen, r_dfake, r_dreal, r_g = jax.random.split(rng, 4)
         target = batch['target']
