@@ -71,8 +71,9 @@ def upsample_cells(cell_mask: jax.Array, image_hw: Sequence[int]) -> jax.Array:
     return jnp.repeat(jnp.repeat(cell_mask, h // gh, axis=-2), w // gw, axis=-1)
 
 
-def drop_cells(images: jax.Array, drop: jax.Array, fill: float) -> jax.Array:
-    """Sets the pixels of dropped cells to `fill`; `drop` is a bool [gh, gw] (whole batch) or [B, gh, gw] grid."""
+def drop_cells(images: jax.Array, drop: jax.Array, fill: float | Sequence[float]) -> jax.Array:
+    """Sets the pixels of dropped cells to `fill` (a value, or one per channel); `drop` is a bool [gh, gw] (whole
+    batch) or [B, gh, gw] grid."""
     pix = upsample_cells(drop, images.shape[1:3])
     pix = pix[None, ..., None] if pix.ndim == 2 else pix[..., None]
     return jnp.where(pix, jnp.asarray(fill, images.dtype), images)
@@ -132,12 +133,13 @@ def last_block_attention(intermediates: Any) -> jax.Array:
 
 
 def cls_attention(model: Any, variables: dict, images: jax.Array, head: int | str = 'mean',
-                  grid: Optional[Sequence[int]] = None) -> jax.Array:
+                  grid: Optional[Sequence[int]] = None, query: int = 0) -> jax.Array:
     """Last-block attention of the class token over the patch tokens, [B, gh * gw] (eval mode).
 
-    `head`: an index (the paper: head 1 of DINO ViT-S/16) or 'mean' over heads. Prefix tokens (class,
-    distillation) are the first T - gh * gw tokens; without one (e.g. 'gap' models) the patches' mean received
-    attention over all queries is used instead.
+    `head`: an index (the paper: head 1 of DINO ViT-S/16) or 'mean' over heads. `query`: the prefix token whose
+    attention is read (0: the class token; 1: DeiT's distillation / "shape" token). Prefix tokens are the first
+    T - gh * gw tokens; without any (e.g. 'gap' models) the patches' mean received attention over all queries is
+    used instead.
     """
     _, state = model.apply(variables, images, train=False, mutable=['intermediates'])
     w = last_block_attention(state['intermediates']).astype(jnp.float32)
@@ -149,7 +151,9 @@ def cls_attention(model: Any, variables: dict, images: jax.Array, head: int | st
     if prefix < 0:
         raise ValueError(f'The attention has {t} tokens, fewer than the {grid} patch grid.')
     w = jnp.mean(w, axis=1) if head == 'mean' else w[:, int(head)]
-    return w[:, 0, prefix:] if prefix > 0 else jnp.mean(w, axis=1)
+    if prefix > 0 and not 0 <= query < prefix:
+        raise ValueError(f'query={query} is not one of the {prefix} prefix tokens.')
+    return w[:, query, prefix:] if prefix > 0 else jnp.mean(w, axis=1)
 
 
 def write_curve(out_dir: Optional[str], stem: str, *, title: str, xlabel: str, ylabel: str,
@@ -235,9 +239,36 @@ class RobustnessEvaluator(Evaluator):
 
     @property
     def value_range(self) -> tuple[float, float]:
-        vr = (self.cfg.get('data', None) or {}).get('value_range', None) or \
-            (self.ctx.config.get('data', None) or {}).get('value_range', (-1.0, 1.0))
+        """The range of the model inputs before any `normalize`: an explicit `value_range(a, b)` op of the eval
+        pipeline, else the data config's `value_range`."""
+        from vit_jax.data import preprocess
+
+        data_cfg = {**dict(self.ctx.config.get('data', None) or {}), **dict(self.cfg.get('data', None) or {})}
+        pipe = data_cfg.get('eval_pp', None)
+        if isinstance(pipe, str) and '(' in pipe:
+            for call in preprocess.parse(pipe):
+                if call.name == 'value_range':
+                    args = list(call.args) + [call.kwargs.get('vmin'), call.kwargs.get('vmax')]
+                    vals = [a for a in args if a is not None]
+                    if len(vals) >= 2:
+                        return float(vals[0]), float(vals[1])
+        vr = data_cfg.get('value_range', None) or (-1.0, 1.0)
         return float(vr[0]), float(vr[1])
+
+    @property
+    def black(self) -> float | tuple[float, ...]:
+        """A black pixel in model inputs: the range's low end, normalised when the pipeline applies `normalize`
+        (PatchDrop zeroes pixels before normalisation, as the paper)."""
+        data_cfg = {**dict(self.ctx.config.get('data', None) or {}), **dict(self.cfg.get('data', None) or {})}
+        lo = self.value_range[0]
+        pipe = str(data_cfg.get('eval_pp', ''))
+        if 'normalize' in pipe:
+            mean, std = data_cfg.get('norm_mean', None), data_cfg.get('norm_std', None)
+            if mean is None or std is None:
+                raise ValueError('The eval pipeline normalises but data.norm_mean / norm_std are not set: cannot '
+                                 'tell which input value is a black pixel.')
+            return tuple((lo - m) / s for m, s in zip(mean, std))
+        return lo
 
     @property
     def out_dir(self) -> Optional[str]:
@@ -311,6 +342,9 @@ class AdversarialAccuracy(RobustnessEvaluator):
 
     def _make_step(self) -> Callable:
         cfg = self.cfg
+        if not isinstance(self.black, float):
+            raise ValueError("Attacks need model inputs in a plain box (data.value_range); the eval pipeline applies "
+                             "'normalize'. Evaluate with an un-normalised pipeline (normalise inside the model).")
         name = cfg.get('attack', 'pgd')
         attack = attacks.get_attack(name)
         norm = cfg.get('norm', 'linf')
@@ -382,7 +416,8 @@ class PatchDrop(RobustnessEvaluator):
     Config: mode ('random' | 'salient' | 'non_salient'), grid (cells (gh, gw); default the model's patch grid),
     fractions (random: the information-loss fractions, default k/10 for k = 0..9; salient modes: the attention
     mass lambda, default 0.1..1.0), saliency (None: the evaluated model; or dict(model=..., checkpoint=...)),
-    saliency_head ('mean' or an index), seed, num_examples, split, batch_size.
+    saliency_head ('mean' or an index), saliency_query (0: class token; 1: a DeiT distillation / shape token),
+    seed, num_examples, split, batch_size. Dropped cells are black (normalised if the pipeline normalises).
     Figures: 'accuracy_<percent>' per fraction (e.g. accuracy_50: half the cells dropped / lambda 0.5); salient
     modes also give 'dropped_<percent>', the mean fraction of cells dropped.
     """
@@ -404,7 +439,7 @@ class PatchDrop(RobustnessEvaluator):
         default = [k / 10 for k in range(10)] if mode == 'random' else [k / 10 for k in range(1, 11)]
         fractions = [float(f) for f in (self.cfg.get('fractions', None) or default)]
         params, model_state = self.weights(state)
-        fill = self.value_range[0]
+        fill = self.black
         seed = int(self.cfg.get('seed', 0))
 
         @jax.jit
@@ -424,7 +459,8 @@ class PatchDrop(RobustnessEvaluator):
                 sal_model, sal_vars = self.ctx.model, {'params': params, **model_state}
             grid = self._grid(sal_model)
             head = self.cfg.get('saliency_head', 'mean')
-            saliency = jax.jit(lambda v, x: cls_attention(sal_model, v, x, head=head, grid=grid))
+            query = int(self.cfg.get('saliency_query', 0))
+            saliency = jax.jit(lambda v, x: cls_attention(sal_model, v, x, head=head, grid=grid, query=query))
 
         hits = np.zeros(len(fractions))
         dropped = np.zeros(len(fractions))
@@ -749,6 +785,9 @@ class PerturbationSemantics(RobustnessEvaluator):
         else:
             judge_model, judge_vars = load_aux_model(judge_spec)
             prefix = 'judge'
+        if not isinstance(self.black, float):
+            raise ValueError("Attacks need model inputs in a plain box (data.value_range); the eval pipeline applies "
+                             "'normalize'. Evaluate with an un-normalised pipeline (normalise inside the model).")
         eps = float(cfg.get('eps', 4 / 255))
         num_steps = int(cfg.get('num_steps', 100))
         step_size = float(cfg.get('step_size', None) or 1.5 * eps / num_steps)

@@ -41,7 +41,12 @@ from vit_jax.objectives.classification import Classification, cross_entropy, sof
 
 
 def _value_range(config: Any) -> tuple[float, float]:
-    vr = (config.get('data', None) or {}).get('value_range', (-1.0, 1.0))
+    data_cfg = dict(config.get('data', None) or {})
+    if 'normalize' in str(data_cfg.get('train_pp', '')):
+        raise ValueError('Adversarial training needs the model inputs in a plain box (config.data.value_range): the '
+                         "train pipeline applies 'normalize' (per-channel mean/std), which changes the eps geometry. "
+                         'Drop it (the light recipe uses no normalisation; PyramidAT uses [-1, 1]).')
+    vr = data_cfg.get('value_range', (-1.0, 1.0))
     return float(vr[0]), float(vr[1])
 
 
