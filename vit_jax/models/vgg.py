@@ -144,3 +144,30 @@ def perceptual_layer_names(layers_: Sequence[str]) -> tuple[str, ...]:
         if not (n.startswith('relu') or n.startswith('pool')):
             raise ValueError(f'Unknown VGG feature {n!r}; use relu{{block}}_{{i}} or pool{{block}} names.')
     return names
+
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """`python -m vit_jax.models.vgg vgg19-dcbb9e9d.pth vgg19.npz [--with_classifier]`."""
+    import argparse
+
+    from vit_jax import checkpoint, convert
+
+    p = argparse.ArgumentParser(prog='python -m vit_jax.models.vgg', description=(
+        'Convert a torchvision VGG state dict to .npz (features only by default: the perceptual-loss network, '
+        "model overrides num_classes=0)."))
+    p.add_argument('input')
+    p.add_argument('output')
+    p.add_argument('--with_classifier', action='store_true', help='Keep fc6-fc8 (then num_classes=1000).')
+    args = p.parse_args(argv)
+    sd = convert.read_torch_state_dict(args.input)
+    if not args.with_classifier:
+        sd = {k: v for k, v in sd.items() if not k.startswith('classifier.')}
+    model, variables = from_torch_state_dict(sd)
+    checkpoint.save_npz(args.output, variables['params'])
+    print(f'Wrote {args.output}: VGG{model.depth} (num_classes={model.num_classes}).')
+    return 0
+
+
+if __name__ == '__main__':
+    raise SystemExit(main())

@@ -2,9 +2,11 @@
 
     python -m vit_jax.tools.outpaint_grid --workdir=workdirs/queryotr_tiny --out=grid.png [--split=test] [--num=8]
 
-The run's config.json (or --config=FILE[:ARG]) names the model and the data; the weights are the workdir's latest
-checkpoint (or --checkpoint=PATH: a workdir, step directory or .npz). The input column shows the known centre on a
-grey canvas of the output size. Library use: `write_grid(path, inputs, outputs, targets)` with images in [0, 1].
+The run's config.json (or --config=FILE[:ARG], --dataset=NAME) names the model and the data; the weights are the
+workdir's latest checkpoint (or --checkpoint=PATH: a workdir, step directory or .npz, e.g. a converted official
+checkpoint: `--config=configs/queryotr.py:scenery --checkpoint=queryotr_scenery.npz --dataset=flat_folder:/data`).
+The input column shows the known centre on a grey canvas of the output size. Library use:
+`write_grid(path, inputs, outputs, targets)` with images in [0, 1].
 """
 
 from __future__ import annotations
@@ -105,6 +107,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument('--workdir', help='Training workdir (config.json + checkpoints).')
     p.add_argument('--config', default=None, help='Config FILE[:ARG] (default: WORKDIR/config.json).')
     p.add_argument('--checkpoint', default=None, help='Weights (default: the workdir latest checkpoint).')
+    p.add_argument('--dataset', default=None, help="Override config.dataset (e.g. 'flat_folder:/data/scenery').")
     p.add_argument('--split', default='test')
     p.add_argument('--num', type=int, default=8, help='Examples (rows).')
     p.add_argument('--upscale', type=int, default=1, help='Nearest-neighbour magnification of the PNG.')
@@ -114,6 +117,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         p.error('pass --workdir (or --config and --checkpoint)')
     try:
         config = _load_config(args.workdir, args.config)
+        if args.dataset:
+            config.dataset = args.dataset
         inputs, outputs, targets = outpaint_examples(config, args.checkpoint or args.workdir, split=args.split,
                                                      num=args.num)
     except (OSError, ValueError) as e:
