@@ -301,3 +301,17 @@ def test_vgg19_matches_pytorch():
     for name, i in (('relu1_1', 1), ('relu3_1', 11), ('relu5_1', 29)):
         assert np.abs(np.asarray(out[name]) - feats[i].permute(0, 2, 3, 1).numpy()).max() <= 1e-4, name
     assert np.abs(np.asarray(logits) - want_logits).max() <= 1e-4
+
+
+def test_vgg_cli_gives_the_perceptual_net_real_weights(tmp_path):
+    """A torchvision-layout file -> .npz (features only) -> the objective's frozen perceptual net, not a stand-in."""
+    from vit_jax.objectives import frozen
+
+    torch.manual_seed(0)
+    pth, npz = str(tmp_path / 'vgg.pth'), str(tmp_path / 'vgg.npz')
+    torch.save(torch_vgg19(16).state_dict(), pth)
+    assert vgg.main([pth, npz]) == 0
+    net = frozen.load_frozen(dict(model='VGG19', overrides=dict(num_classes=0, width_divisor=16), weights=npz),
+                             'perceptual net')
+    assert net.frozen_random is False
+    assert 'fc6' not in net.variables['params'] and net.variables['params']['conv5_4']['kernel'].shape[-1] == 32
