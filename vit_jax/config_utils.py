@@ -62,6 +62,10 @@ def _parse(value: Any, like: Any, key: str) -> Any:
     if isinstance(like, (int, float)) and not isinstance(like, bool):
         if not isinstance(parsed, (int, float)) or isinstance(parsed, bool):
             raise ConfigError(f'--config.{key} expects a number, got {value!r}.')
+        if isinstance(like, int) and isinstance(parsed, float):
+            if not parsed.is_integer():
+                raise ConfigError(f'--config.{key} expects an integer, got {value!r}.')
+            parsed = int(parsed)
         return float(parsed) if isinstance(like, float) else parsed
     if isinstance(like, (tuple, list)) and isinstance(parsed, (tuple, list)):
         return type(like)(parsed)
@@ -91,11 +95,14 @@ def override(config: ml_collections.ConfigDict, dotted_key: str, value: Any) -> 
                           f'Keys of {where}: {", ".join(sorted(node.keys()))}.')
     like = node[last] if last in node else None
     parsed = _parse(value, like, dotted_key)
-    if isinstance(node, ml_collections.ConfigDict):
-        with node.unlocked():
+    try:
+        if isinstance(node, ml_collections.ConfigDict):
+            with node.unlocked():
+                node[last] = parsed
+        else:
             node[last] = parsed
-    else:
-        node[last] = parsed
+    except TypeError as e:  # ml_collections refuses a value of another type than the default's.
+        raise ConfigError(f'--config.{dotted_key}={value!r} has the wrong type: {e}') from None
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
