@@ -83,7 +83,7 @@ def save_npz(path: str, params: Any) -> None:
         raise ValueError('save_npz: no parameters to write (empty tree).')
     d = os.path.dirname(os.path.abspath(path))
     os.makedirs(d, exist_ok=True)
-    tmp = os.path.join(d, f'.{os.path.basename(path)}.tmp.npz')
+    tmp = os.path.join(d, f'.{os.path.basename(path)}.{os.getpid()}.tmp.npz')  # Unique: parallel writers.
     np.savez(tmp, **flat)
     os.replace(tmp, path)
 
