@@ -331,3 +331,26 @@ def test_load_pretrained_from_workdir_uses_its_grid(tmp_path):
     got = checkpoint.load_pretrained(init, str(wd), dont_load=('head/.*',), new_grid=(8, 12))
     np.testing.assert_array_equal(got['Transformer']['posembed_input']['pos_embedding'],
                                   layers.resample_posemb(pe, 97, num_prefix_tokens=1, old_hw=(12, 8), new_hw=(8, 12)))
+
+
+def test_more_error_paths(tiny, tmp_path):
+    _, params = tiny
+    with pytest.raises(TypeError, match='not a numeric array'):
+        checkpoint.save_npz(str(tmp_path / 'o.npz'), {'a': object()})
+    checkpoint.save_npz(str(tmp_path / 'p.npz'), params)
+    with pytest.raises(ValueError, match='single array'):
+        checkpoint.load_params(f'{tmp_path}/p.npz:cls')
+    # A damaged Orbax step directory.
+    bad = tmp_path / 'run' / 'checkpoints' / '7' / 'default'
+    bad.mkdir(parents=True)
+    (bad / 'garbage').write_text('x')
+    with pytest.raises(ValueError, match='could not be restored'):
+        checkpoint.load_params(str(tmp_path / 'run'))
+    # Per-layer blocks that cannot be stacked for a scanned model (a gap in the numbering).
+    _, scan_params = _init(num_classes=10, scan=True)
+    flat = _flat(params)
+    gap = {k.replace('encoderblock_1/', 'encoderblock_2/'): v for k, v in flat.items()}
+    with pytest.raises(ValueError, match=r'blocks \[0, 2\]'):
+        checkpoint.load_pretrained(scan_params, gap)
+    assert checkpoint.model_grid(object()) is None
+    assert checkpoint.workdir_model_config(str(tmp_path / 'nowhere')) is None

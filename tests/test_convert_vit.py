@@ -274,3 +274,40 @@ def test_cli_errors(tmp_path, capsys):
         json.dump({'model_type': 'vit'}, f)
     assert convert.main(['--from=transformers', str(tmp_path / 'nodir'), '--out', str(tmp_path / 'o.npz')]) == 1
     assert 'model.safetensors' in capsys.readouterr().err
+
+
+def test_more_errors(tmp_path, capsys):
+    sd = transformers.ViTForImageClassification(_hf_config()).state_dict()
+    with pytest.raises(ValueError, match='head_dim'):
+        convert.vit_from_hf_state_dict(_hf_config(head_dim=16), sd)
+    with pytest.raises(ValueError, match='num_channels'):
+        convert.vit_from_hf_state_dict(_hf_config(num_channels=1), sd)
+    torch.save([torch.zeros(2)], tmp_path / 'list.pt')  # Loadable, but not a state dict.
+    assert convert.main(['--from=timm', str(tmp_path / 'list.pt'), '--out', str(tmp_path / 'o.npz')]) == 1
+    assert 'does not hold a state dict' in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        convert.main(['--from=keras', 'x', '--out', str(tmp_path / 'o.npz')])
+    with pytest.raises(ValueError, match="--from must be 'transformers' or 'timm'"):
+        convert.convert_file('keras', 'x', str(tmp_path / 'o.npz'))
+
+
+def test_command_line_timm_safetensors(tmp_path):
+    """`python -m vit_jax.convert` on a .safetensors timm file (read without torch)."""
+    import subprocess
+    import sys
+
+    from safetensors.torch import save_file
+
+    hf = _randomize(transformers.ViTForImageClassification(_hf_config(hidden_size=192, num_attention_heads=3,
+                                                                      intermediate_size=64, layer_norm_eps=1e-6)))
+    save_file({k: v.contiguous() for k, v in _timm_state_dict(hf).items()}, str(tmp_path / 'vit.safetensors'))
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.run([sys.executable, '-m', 'vit_jax.convert', '--from=timm', str(tmp_path / 'vit.safetensors'),
+                           '--out', str(tmp_path / 'vit.npz')], cwd=repo, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert "'name': 'ViT-Ti/8'" in proc.stdout and '--config.model.activation=gelu_exact' in proc.stdout
+    x = _images((2, 32, 32, 3), seed=7)
+    with torch.no_grad():
+        ref = hf(_torch_in(x)).logits.numpy()
+    model_cfg = convert.model_overrides(convert.vit_from_timm_state_dict(_timm_state_dict(hf))[0])
+    assert float(np.abs(_logits_from_npz(str(tmp_path / 'vit.npz'), model_cfg, x) - ref).max()) <= TOL

@@ -166,3 +166,28 @@ def test_command_line(setup):
     res = _parse(proc.stdout)
     assert len(res[str(imgs / 'gray.png')]) == 5
     assert models  # Imported for the registry.
+
+
+def test_more_errors(setup, capsys, tmp_path):
+    img = str(setup['imgs'] / 'rgb.jpg')
+    # A features-only model (no head).
+    assert predict.main(['--checkpoint', setup['npz'], '--config', setup['config_json'],
+                         '--config.model.num_classes=0', img]) == 2
+    assert 'no classification head' in capsys.readouterr().err
+    # A BatchNorm model needs its statistics, which a .npz of params does not hold.
+    config = _config()
+    config.model = dict(name='ViTC-1GF', num_classes=10, image_size=16, conv_channels=(8, 16, 32, 32),
+                        hidden_size=32, mlp_dim=64, num_heads=2, num_layers=1)
+    model = train.build_model(config)
+    params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 3)))['params']
+    checkpoint.save_npz(str(tmp_path / 'bn.npz'), params)
+    with pytest.raises(ValueError, match='batch_stats'):
+        predict.Predictor(config, str(tmp_path / 'bn.npz'))
+    # A workdir without config.json.
+    wd = tmp_path / 'noconfig'
+    mngr = checkpoint.Manager(str(wd))
+    mngr.save(1, TrainState(step=jnp.asarray(1), params=setup['params'], opt_state={}, model_state={},
+                            rng=jax.random.PRNGKey(0)), force=True)
+    mngr.close()
+    assert predict.main(['--checkpoint', str(wd), img]) == 2
+    assert 'No config.json' in capsys.readouterr().err

@@ -278,6 +278,7 @@ def test_finetune_from_an_earlier_run_beats_training_from_scratch(tmp_path, caps
 
     # Predict with the fine-tuned run, as the README does.
     img = os.path.join(folder, 'test', '3', sorted(os.listdir(os.path.join(folder, 'test', '3')))[0])
+    capsys.readouterr()
     assert predict.main(['--checkpoint', str(tmp_path / 'ft'), img]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[0] == f'{img}:' and len(lines) == 6
@@ -356,3 +357,22 @@ def test_vtab_dataset_reads_tfds_records(vtab, tmp_path, task_name):
         tr = data.get_dataset(f'vtab1k:{task_name}', 'train[:8]', data_config=cfg, batch_size=4, image_size=16,
                               train=True)
         assert next(iter(tr))['image'].shape == (4, 16, 16, 3)
+
+
+def test_vtab_error_paths(vtab, tmp_path):
+    import tensorflow_datasets as tfds
+
+    from vit_jax import data
+
+    _, tasks, vtab_run = vtab
+    task = tasks.TASKS_BY_NAME['dtd']
+    with pytest.raises(ValueError, match='At least one learning rate'):
+        vtab_run.run_sweep(str(tmp_path), [task], lrs=())
+    with pytest.raises(RuntimeError, match='preempted'):
+        vtab_run.run_sweep(str(tmp_path), [task], lrs=(0.01,),
+                           train_fn=lambda c, w: {'preempted': True, 'val/accuracy': 0.0, 'step': 1})
+    _mock_tfds('dtd', str(tmp_path), splits=('train',))
+    with tfds.testing.mock_data(num_examples=24, data_dir=str(tmp_path)):
+        with pytest.raises(ValueError, match="no split 'validation'"):
+            data.get_dataset('vtab1k:dtd', 'validation[:4]', data_config={'data_dir': str(tmp_path)},
+                             batch_size=4, image_size=16, train=False)
