@@ -275,6 +275,7 @@ def test_init_from_image_vit_resamples_and_keeps_head():
     video = timesformer.TimeSformer(num_classes=7, image_size=48, num_frames=4, patch_size=4, hidden_size=32,
                                     mlp_dim=64, num_heads=2, num_layers=2, attention_type='axial')
     init = _params(video, jnp.zeros(video.input_shape(1)), seed=3)
+    assert timesformer.is_image_to_video(init, flat) and not timesformer.is_image_to_video(init, init)
     params = timesformer.init_from_image_vit(init, flat)
     pe = params['Transformer']['posembed_input']['pos_embedding']
     src_pe = image_params['Transformer']['posembed_input']['pos_embedding']

@@ -29,7 +29,7 @@ default to flip=False so that the trainer does not add `flip`.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -62,6 +62,19 @@ def clip_start(video_len: tf.Tensor, num_frames: int, stride: int, *, seed: tf.T
     if seed is not None:
         return tf.random.stateless_uniform([], seed=seed) * delta
     return delta * float(view) / float(num_views)
+
+
+def segment_indices(video_len: tf.Tensor, num_frames: int, seed: tf.Tensor | None = None) -> tf.Tensor:
+    """SlowFast's Something-Something sampling: the video cut into `num_frames` equal segments, one frame each
+    (uniformly random in training when `seed` is given, the segment's middle otherwise)."""
+    seg = (tf.cast(video_len, tf.float32) - 1.0) / float(num_frames)
+    i = tf.range(num_frames, dtype=tf.float32)
+    start = tf.cast(tf.round(seg * i), tf.int32)
+    end = tf.cast(tf.round(seg * (i + 1.0)), tf.int32)
+    if seed is None:
+        return (start + end) // 2
+    u = tf.random.stateless_uniform([num_frames], seed=seed)
+    return tf.minimum(start + tf.cast(tf.floor(u * tf.cast(end - start + 1, tf.float32)), tf.int32), end)
 
 
 def gather_frames(video: tf.Tensor, indices: tf.Tensor) -> tf.Tensor:
@@ -171,6 +184,16 @@ def video_sample(example: Example, ctx: Context, num_frames: int | None = None, 
     return example
 
 
+@preprocess.register('video_sample_segments', random=True, eval_ok=True)
+def video_sample_segments(example: Example, ctx: Context, num_frames: int | None = None) -> Example:
+    """'video' -> 'image' of T frames, one per equal segment of the video (Something-Something v2 protocol)."""
+    t, _ = _frames_cfg(ctx, num_frames, None)
+    video = _take_video(example)
+    idx = segment_indices(tf.shape(video)[0], t, ctx.seed if ctx.train else None)
+    example['image'] = _set_clip_shape(gather_frames(video, idx), t)
+    return example
+
+
 @preprocess.register('video_resize_small', random=True, eval_ok=True)
 def video_resize_small(example: Example, ctx: Context, min_size: int | None = None,
                        max_size: int | None = None) -> Example:
@@ -255,12 +278,17 @@ def multi_view_scores(predict_fn: Callable[[Any], Any], clips: Any, *, average: 
 
     `predict_fn` maps [N, T, H, W, C] clips to logits [N, classes]. Returns [B, classes].
     """
+    b, v = clips.shape[:2]
+    logits = predict_fn(clips.reshape(b * v, *clips.shape[2:]))
+    return average_views(logits.reshape(b, v, -1), average)
+
+
+def average_views(logits: Any, average: str = 'softmax') -> Any:
+    """[B, V, classes] logits of the views of each video -> [B, classes] averaged softmax (or logits)."""
     import jax
     import jax.numpy as jnp
 
-    b, v = clips.shape[:2]
-    logits = predict_fn(clips.reshape(b * v, *clips.shape[2:]))
-    logits = logits.reshape(b, v, -1).astype(jnp.float32)
+    logits = logits.astype(jnp.float32)
     if average == 'softmax':
         return jnp.mean(jax.nn.softmax(logits, axis=-1), axis=1)
     if average == 'logits':
@@ -286,10 +314,9 @@ _MOVING_DIGITS_TEST_SEED = 1234
 
 
 def moving_digits_arrays(split: str, *, num_frames: int = 8, size: int = 32, scale: int = 2,
-                         label: str = 'direction', num_examples: int = 4096, seed: int = 0
-                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Generates the clips of one split: (videos uint8 [N, T, size, size, 1], labels int32 [N], digits [N],
-    directions [N]).
+                         label: str = 'direction', num_examples: int = 4096, seed: int = 0) -> dict[str, np.ndarray]:
+    """Generates the clips of one split: {'videos': uint8 [N, T, size, size, 1], 'labels': int32 [N], 'digits',
+    'directions' (0 right, 1 left, 2 down, 3 up), 'image_index' (of the digit image in sklearn's load_digits)}.
 
     Each clip shows one real handwritten digit (the 'digits' dataset's fixed train/test partition, so test clips
     use unseen images) moving in a straight line at a constant speed of 1 to (size - glyph)/(T - 1) pixels per
@@ -306,7 +333,7 @@ def moving_digits_arrays(split: str, *, num_frames: int = 8, size: int = 32, sca
 
 @functools.lru_cache(maxsize=4)
 def _moving_digits(split, num_frames, size, scale, label, n, seed):
-    images, digit_labels, _ = datasets_lib.digits_arrays()[split]
+    images, digit_labels, image_index = datasets_lib.digits_arrays()[split]
     glyphs = images[:, ::datasets_lib.DIGITS_UPSAMPLE, ::datasets_lib.DIGITS_UPSAMPLE, 0]  # The 8x8 originals.
     glyphs = np.repeat(np.repeat(glyphs, scale, axis=1), scale, axis=2)
     g = glyphs.shape[1]
@@ -336,7 +363,8 @@ def _moving_digits(split, num_frames, size, scale, label, n, seed):
            (x0[:, :, None, None] + o[None, :]), 0] = glyphs[which][:, None]
     digits = digit_labels[which].astype(np.int32)
     labels = {'direction': direction, 'digit': digits, 'digit_direction': digits * 4 + direction}[label]
-    return videos, labels.astype(np.int32), digits, direction.astype(np.int32)
+    return {'videos': videos, 'labels': labels.astype(np.int32), 'digits': digits,
+            'directions': direction.astype(np.int32), 'image_index': image_index[which]}
 
 
 @datasets_lib.register_dataset('moving_digits', flip=False, train_pp='video_sample|video_resize',
@@ -351,9 +379,10 @@ def moving_digits(split: str, *, data_config: Mapping[str, Any]) -> datasets_lib
     cfg = {**MOVING_DIGITS_DEFAULTS, **{k: v for k, v in dict(data_config or {}).items() if v is not None}}
     label = cfg['moving_digits_label']
     n = cfg['moving_digits_train_size' if split == 'train' else 'moving_digits_test_size']
-    videos, labels, _, _ = moving_digits_arrays(
+    arrays = moving_digits_arrays(
         split, num_frames=cfg['num_frames'], size=cfg['moving_digits_size'], scale=cfg['moving_digits_scale'],
         label=label, num_examples=n, seed=cfg['moving_digits_seed'])
+    videos, labels = arrays['videos'], arrays['labels']
     names = {'direction': list(MOVING_DIGITS_DIRECTIONS), 'digit': [str(i) for i in range(10)],
              'digit_direction': [f'{d}_{m}' for d in range(10) for m in MOVING_DIGITS_DIRECTIONS]}[label]
 
@@ -409,13 +438,8 @@ def tfds_video(split: str, *, arg: str, data_config: Mapping[str, Any]) -> datas
                                select=select, class_names=list(names) if names else None)
 
 
-def dataset_num_frames(config: Any) -> int:
-    """`num_frames` of a data config (the clip length the ops produce)."""
-    return int(dict(config or {}).get('num_frames', 8) or 8)
-
-
 __all__ = [
-    'clip_indices', 'clip_start', 'gather_frames', 'resize_short_side', 'jitter_short_side', 'uniform_crop',
-    'random_crop_video', 'flip_video', 'multi_view', 'multi_view_scores', 'moving_digits_arrays',
-    'MOVING_DIGITS_DEFAULTS', 'Sequence',
+    'clip_indices', 'clip_start', 'segment_indices', 'gather_frames', 'resize_short_side', 'jitter_short_side',
+    'uniform_crop', 'random_crop_video', 'flip_video', 'multi_view', 'multi_view_scores', 'average_views',
+    'moving_digits_arrays', 'MOVING_DIGITS_DEFAULTS',
 ]

@@ -241,6 +241,7 @@ class _Transformer(nn.Module):
     activation: str
     qkv_bias: bool
     interpolate_embeddings: bool
+    time_embedding_init: float
     remat_policy: str | None
     dtype: Any
 
@@ -261,7 +262,9 @@ class _Transformer(nn.Module):
             # One class token; patches to (B, N*T, D) with time fastest, plus the time embedding.
             cls = x[:batch, :1]  # Identical for every frame (class token + its position embedding).
             p = x[:, 1:].reshape(batch, frames, gh * gw, d).transpose(0, 2, 1, 3)  # (B, N, T, D)
-            te = self.param('time_embedding', nn.initializers.zeros, (1, self.num_frames, d))
+            te_init = (nn.initializers.normal(self.time_embedding_init) if self.time_embedding_init
+                       else nn.initializers.zeros)
+            te = self.param('time_embedding', te_init, (1, self.num_frames, d))
             p = p + resize_time_embedding(te, frames)[:, None].astype(x.dtype)
             p = nn.Dropout(self.dropout_rate)(p, deterministic=not train)
             x = jnp.concatenate([cls, p.reshape(batch, gh * gw * frames, d)], axis=1)
@@ -322,6 +325,7 @@ class TimeSformer(nn.Module):
     activation: str = 'gelu_exact'  # MLP activation (PyTorch nn.GELU, the official code).
     qkv_bias: bool = True  # Bias on q/k/v projections.
     interpolate_embeddings: bool = True  # Nearest-resize pos/time embeddings for other input sizes (official).
+    time_embedding_init: float = 0.0  # Std of the time embedding's normal init; 0: zeros (the official init).
     remat_policy: str | None = None  # Rematerialise each block with this jax.checkpoint_policies name.
     dtype: Any = jnp.float32  # Compute dtype (parameters stay float32).
 
@@ -358,7 +362,8 @@ class TimeSformer(nn.Module):
             dropout_rate=self.dropout_rate, attention_dropout_rate=self.attention_dropout_rate,
             drop_path_rate=self.drop_path_rate, norm=self.norm, norm_eps=self.norm_eps, activation=self.activation,
             qkv_bias=self.qkv_bias, interpolate_embeddings=self.interpolate_embeddings,
-            remat_policy=self.remat_policy, dtype=self.dtype, name='Transformer')(x, b, t, (gh, gw), train)
+            time_embedding_init=self.time_embedding_init, remat_policy=self.remat_policy, dtype=self.dtype,
+            name='Transformer')(x, b, t, (gh, gw), train)
         out.update({f'encoder/{k}': v for k, v in enc_out.items()})
         out['encoded'] = x
         if self.attention_type == 'space_only':
@@ -368,7 +373,11 @@ class TimeSformer(nn.Module):
         x = x[:, 0]
         out['pre_logits'] = x
         if self.num_classes:
-            x = nn.Dense(self.num_classes, dtype=self.dtype, kernel_init=nn.initializers.zeros, name='head')(x)
+            # The official head init (trunc-normal 0.02). Not zero: with a zero head and the zero time embedding the
+            # model starts exactly time-reversal symmetric, and the gradient that would break the symmetry (e.g.
+            # to tell left from right motion) vanishes with the difference of the classes' head rows.
+            x = nn.Dense(self.num_classes, dtype=self.dtype, kernel_init=nn.initializers.normal(0.02),
+                         name='head')(x)
         out['logits'] = x
         return x.astype(jnp.float32), out
 
@@ -431,7 +440,8 @@ def init_from_image_vit(video_params: Mapping[str, Any], image_params: Mapping[s
     Args:
       video_params: the TimeSformer's initial `params` (nested, e.g. `variables['params']`); fixes every shape.
       image_params: the source `params`: nested or '/'-flat (`checkpoint.load_npz`), release names, scanned or not.
-      dont_load: regexes of '/'-joined video parameter names that keep their initial values (default: the head).
+      dont_load: regexes of '/'-joined video parameter names (matched at the start, as `checkpoint.load_pretrained`)
+        that keep their initial values (default: the head).
       posemb_resize: 'bilinear' (`layers.resample_posemb`, the ViT release's rule) or 'nearest_1d' (the official
         TimeSformer loader: 1-D nearest over the flattened token sequence).
       num_prefix_tokens: class-like tokens at the start of the source position embedding (1 for ViT/DeiT's cls;
@@ -451,7 +461,7 @@ def init_from_image_vit(video_params: Mapping[str, Any], image_params: Mapping[s
     patterns = [re.compile(p) for p in dont_load]
     new = {}
     for name, init in flat_video.items():
-        if any(p.fullmatch(name) for p in patterns):
+        if any(p.match(name) for p in patterns):
             new[name] = init
             continue
         value = _source_value(name, init, src, src_tr, posemb_resize, num_prefix_tokens)
@@ -465,6 +475,16 @@ def init_from_image_vit(video_params: Mapping[str, Any], image_params: Mapping[s
                              f'dont_load to keep its initial value.')
         new[name] = value
     return flax.traverse_util.unflatten_dict(new, sep='/')
+
+
+def is_image_to_video(video_params: Mapping[str, Any], source_params: Mapping[str, Any]) -> bool:
+    """Whether `source_params` is an image checkpoint for the TimeSformer `video_params` (which then need
+    `init_from_image_vit`): the model has a time embedding or factorised attentions that the source lacks."""
+    video = flax.traverse_util.flatten_dict(_tree(video_params), sep='/')
+    src = flax.traverse_util.flatten_dict(_tree(source_params), sep='/')
+    extra = [k for k in video if k not in src and (k.startswith('Transformer/time_embedding')
+                                                   or re.search(r'/(temporal|local|width)_(norm|attention)/', k))]
+    return bool(extra) and any(k.startswith('Transformer/') for k in src)
 
 
 def _source_value(name: str, init: np.ndarray, src: dict, src_tr: dict, posemb_resize: str,
