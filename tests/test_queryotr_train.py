@@ -6,6 +6,10 @@ warm-up has no discriminator step and the GAN phase has one; the outer-ring reco
 outer-ring PSNR and L1 improve over the untrained model (the figures are in the README section); the centre of every
 output equals the input; FID / IS without Inception weights are named *_random_features; the evaluator and the grid
 tool write PNGs.
+
+Marked slow (about 280 s of CPU time: the GAN train step's compilation and 300 steps): run with `-m slow`.
+Measured (seed 0): held-out outer-ring PSNR 8.43 dB -> 21.63 dB, outer L1 0.359 -> 0.065, SSIM 0.498 -> 0.771,
+full-image PSNR 10.99 -> 24.18 dB (96 test crops).
 """
 
 import json
@@ -14,6 +18,7 @@ import os
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from PIL import Image
 
 from vit_jax import config_utils, data, evaluators, objectives, sharding, train
@@ -23,6 +28,7 @@ from vit_jax.tools import outpaint_grid
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+@pytest.mark.slow
 def test_queryotr_trains_with_the_gan_objective(tmp_path):
     c = config_utils.load(os.path.join(ROOT, 'configs/queryotr_tiny.py:tiny'))
     c.batch_size = 8
