@@ -191,3 +191,29 @@ def test_adversarial_training_on_digits_is_more_robust(tmp_path):
     assert a['pgd/accuracy_eps8'] >= 0.5  # The stated robust accuracy (measured 0.689).
     assert a['pgd/accuracy_eps8'] >= c['pgd/accuracy_eps8'] + 0.3  # Same budget, far more robust.
     assert a['pgd/max_distance'] <= 8 / 255 + 1e-6  # Every adversarial example inside its eps-ball.
+
+
+def test_color_jitter_op():
+    """The light recipe's only photometric augmentation (torchvision ColorJitter(0.4, 0.4, 0.4))."""
+    import tensorflow as tf
+
+    from vit_jax.data import color, preprocess
+
+    img = tf.constant(np.random.default_rng(0).uniform(0, 255, (8, 8, 3)), tf.float32)
+    seed = tf.constant([3, 4], tf.int32)
+    a = color.color_jitter_image(img, seed).numpy()
+    np.testing.assert_array_equal(a, color.color_jitter_image(img, seed).numpy())  # Stateless: same seed, same.
+    assert not np.allclose(a, color.color_jitter_image(img, tf.constant([3, 5], tf.int32)).numpy())
+    assert a.min() >= 0 and a.max() <= 255
+    np.testing.assert_allclose(color.color_jitter_image(img, seed, 0, 0, 0).numpy(), img.numpy())
+    x = img.numpy()
+    gray = x @ np.array([0.299, 0.587, 0.114])
+    np.testing.assert_allclose(color._adjust(img, 0, 1.3).numpy(), np.clip(x * 1.3, 0, 255), rtol=1e-5)
+    np.testing.assert_allclose(color._adjust(img, 1, 0.7).numpy(), np.clip(0.7 * x + 0.3 * gray.mean(), 0, 255),
+                               rtol=1e-5)
+    np.testing.assert_allclose(color._adjust(img, 2, 0.6).numpy(), np.clip(0.6 * x + 0.4 * gray[..., None], 0, 255),
+                               rtol=1e-5)
+    b = color.color_jitter_image(img, seed, brightness=0.4, contrast=0, saturation=0).numpy()
+    f = b / np.maximum(x, 1e-3)
+    assert 0.6 - 1e-4 <= np.median(f) <= 1.4 + 1e-4 and np.allclose(f[(x > 1) & (x < 180)], np.median(f), rtol=1e-4)
+    assert 'color_jitter' in preprocess.list_ops()

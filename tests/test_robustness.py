@@ -227,7 +227,8 @@ def test_deit_distilled_models():
     np.testing.assert_allclose(logits, (out['logits_cls'] + out['logits_dist']) / 2, rtol=1e-6)
     assert out['tokens_2d'].shape == (2, 4, 4, 32)
     with pytest.raises(ValueError, match='distill_token'):
-        models.get_model('ViT-testing', classifier='gap', distill_token=True).init(jax.random.PRNGKey(0), x)
+        models.get_model('ViT-testing', image_size=16, patch_size=4, classifier='gap', distill_token=True).init(
+            jax.random.PRNGKey(0), x)
 
 
 def test_shape_token_follows_its_teacher(tmp_path):

@@ -228,7 +228,7 @@ def load_aux_model(spec: Any) -> tuple[Any, dict]:
                          'only parameter-only models can be loaded here.')
     placeholders = jax.tree_util.tree_map(lambda s: np.zeros(s.shape, s.dtype), shapes['params'])
     params = checkpoint.load_pretrained(placeholders, spec['checkpoint'])  # Every key must be in the checkpoint.
-    return model, {'params': jax.tree_util.tree_map(jnp.asarray, params)}
+    return model, {'params': jax.tree_util.tree_map(np.asarray, params)}  # numpy: safe to load inside a trace.
 
 
 # ----------------------------------------------------------------------------------------------------------------

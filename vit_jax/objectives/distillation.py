@@ -44,6 +44,7 @@ class Distillation(Classification):
         if kind not in ('hard', 'soft'):
             raise ValueError(f"objective.distillation must be 'hard' or 'soft', got {kind!r}.")
         self._teacher = None
+        self.teacher()  # Load now (outside any trace), so a wrong path fails before compiling.
 
     def teacher(self) -> tuple[Any, dict]:
         """(teacher module, its variables), loaded once from `objective.teacher`."""
