@@ -232,9 +232,14 @@ def test_multiscale_patchgan_shapes_and_spectral_norm():
     assert 'batch_stats' in v  # The spectral norm's power-iteration state.
     outs, upd = small.apply(v, xs, update_stats=True, mutable=['batch_stats'])
     assert [o.shape for o in outs] == [(2, 5, 5, 1), (2, 2, 2, 1)]
-    sig = upd['batch_stats']['scale_0']['sn_1']['conv_1/kernel/sigma']
-    w = np.asarray(v['params']['scale_0']['sn_1']['conv_1']['kernel']).reshape(-1, 8)
-    np.testing.assert_allclose(float(sig), np.linalg.svd(w, compute_uv=False)[0], rtol=0.35)  # One iteration.
+    # One power iteration per call with update_stats: sigma converges to the kernel's top singular value.
+    step = jax.jit(lambda v: small.apply(v, xs, update_stats=True, mutable=['batch_stats'])[1])
+    stats = upd['batch_stats']
+    for _ in range(30):
+        stats = step({'params': v['params'], 'batch_stats': stats})['batch_stats']
+    w = np.asarray(v['params']['scale_0']['conv_1']['kernel']).reshape(-1, 8)
+    np.testing.assert_allclose(float(stats['scale_0']['sn_1']['conv_1/kernel/sigma']),
+                               np.linalg.svd(w, compute_uv=False)[0], rtol=1e-3)
 
 
 def test_hinge_losses():
