@@ -8,7 +8,11 @@ and adversarial passes), sigmoid loss with head bias -log(10), 400 steps of batc
 official geometry relative to the patch: blocks of 2 patches, 1 patch and 1 pixel (8, 4, 1 pixels here; 32, 16, 1
 at patch 16), multipliers 20, 10, 1, eps 3/255 and step 0.5/255 in pixel scale (6/255 and 1/255 in [-1, 1]),
 5 steps toward a random target. ':baseline' is the same run without the attack. Both end with clean accuracy,
-random PatchDrop and patch shuffle.
+random PatchDrop, patch shuffle and PGD-10.
+
+Measured here (2 CPU cores, ~2.5 and ~4.5 minutes):
+  baseline:    clean 0.808, test loss 0.706, PGD-10 eps 2/255 0.656, 4/255 0.469, PatchDrop 50% 0.464, shuffle 4x4 0.319
+  Pyramid AT:  clean 0.808, test loss 0.612, PGD-10 eps 2/255 0.750, 4/255 0.669, PatchDrop 50% 0.469, shuffle 4x4 0.278
 """
 
 import math
@@ -44,7 +48,9 @@ def get_config(arg: str = 'pyramid') -> ml_collections.ConfigDict:
                            loss='sigmoid')
     c.evals = dict(
         val=dict(type='classification', split='test', every=0),
-        drop=dict(type='patchdrop', mode='random', every=0),
-        shuffle=dict(type='patch_shuffle', every=0),
+        # Batches of 36: one random mask / permutation per batch (the paper's protocol), 10 of them over the split.
+        drop=dict(type='patchdrop', mode='random', batch_size=36, every=0),
+        shuffle=dict(type='patch_shuffle', batch_size=36, every=0),
+        pgd=dict(type='adversarial', attack='pgd', eps=(2 / 255, 4 / 255), num_steps=10, every=0),
     )
     return c
