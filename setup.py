@@ -14,6 +14,7 @@ INSTALL_REQUIRES = [
     'ml-collections>=1.1.0,<2',
     'tensorflow-cpu>=2.21.0,<2.22',  # tf.data only; the model never runs in TensorFlow.
     'tensorflow-datasets>=4.9.10,<4.10',
+    'tensorboard>=2.21.0,<2.22',  # tensorflow-cpu does not pull it in; the trainer writes TensorBoard events.
     'numpy>=2.0,<3',
     'scipy>=1.13,<2',
     'scikit-learn>=1.9.1,<1.10',  # The built-in UCI digits dataset and linear probes.

@@ -37,6 +37,7 @@ class MetricWriter:
         self._tb = None
         if self.enabled and tensorboard:
             try:
+                import tensorboard  # noqa: F401  (tf.summary needs it at write time, not at import time)
                 import tensorflow as tf
 
                 self._tb = tf.summary.create_file_writer(os.path.join(workdir, 'tensorboard'))
@@ -53,11 +54,15 @@ class MetricWriter:
         if self._tb is not None:
             import tensorflow as tf
 
-            with self._tb.as_default():
-                for k, v in row.items():
-                    if k != 'step' and isinstance(v, (int, float)):
-                        tf.summary.scalar(k, v, step=int(step))
-            self._tb.flush()
+            try:
+                with self._tb.as_default():
+                    for k, v in row.items():
+                        if k != 'step' and isinstance(v, (int, float)):
+                            tf.summary.scalar(k, v, step=int(step))
+                self._tb.flush()
+            except Exception as e:  # Never lose a run to the event writer; metrics.jsonl already has the row.
+                log.warning('TensorBoard writer failed, disabling it: %s', e)
+                self._tb = None
 
 
 def _to_py(v: Any) -> Any:
