@@ -119,6 +119,19 @@ def model_image_size(model: Any) -> tuple[int, int]:
     return tuple(shape[-3:-1])
 
 
+def _bad_fraction(train_ds: Any, bad: int, seen: int) -> float:
+    """The dataset's estimate of its undecodable fraction (`Dataset.bad_fraction`), else bad / seen."""
+    frac = getattr(train_ds, 'bad_fraction', None)
+    return float(frac) if frac is not None else bad / max(seen, 1)
+
+
+def _bad_input_error(train_ds: Any, bad: int, frac: float, max_bad: float, when: str) -> None:
+    raise RuntimeError(
+        f'{bad} training example(s) could not be decoded: {frac:.2%} of the training data (more than '
+        f'data.max_bad_fraction={max_bad}); stopped {when}. The log names the files; fix or remove them, or raise '
+        f'--config.data.max_bad_fraction to accept them ({getattr(train_ds, "name", "")}).')
+
+
 def train_and_evaluate(config: Any, workdir: Optional[str] = None) -> dict[str, Any]:
     """Trains `config` in `workdir` (resuming if it holds checkpoints) and returns the final figures."""
     from vit_jax import data
@@ -213,11 +226,14 @@ def train_and_evaluate(config: Any, workdir: Optional[str] = None) -> dict[str, 
     train_ds = make_dataset(config.data.get('train_split', 'train'), batch_size=global_bs, train=True,
                             start_step=start_step)
     train_iter = iter(train_ds)
+    max_bad = float(config.data.get('max_bad_fraction', 0.01) or 0.0)
+    if getattr(train_ds, 'num_skipped', 0) and _bad_fraction(train_ds, train_ds.num_skipped, 0) > max_bad:
+        _bad_input_error(train_ds, train_ds.num_skipped, _bad_fraction(train_ds, train_ds.num_skipped, 0), max_bad,
+                         f'before step {start_step}')  # Unreadable files found when the dataset was built.
     step = start_step
     pending: list[tuple[int, dict]] = []
     t_window, steps_window, t_start = time.time(), 0, time.time()
     skipped_updates = 0
-    max_bad = float(config.data.get('max_bad_fraction', 0.01) or 0.0)
     history: list[dict[str, float]] = []
     last_eval: dict[str, float] = {}
     preempted = False
@@ -249,12 +265,10 @@ def train_and_evaluate(config: Any, workdir: Optional[str] = None) -> dict[str, 
                 bad = int(getattr(train_ds, 'num_skipped', 0) or 0)
                 mean['skipped_examples'] = bad
                 seen = (step - start_step) * global_bs // jax.process_count() + bad
-                if bad and bad > max_bad * max(seen, 1):
+                mean['bad_fraction'] = _bad_fraction(train_ds, bad, seen)
+                if bad and mean['bad_fraction'] > max_bad:
                     ckpt.wait()
-                    raise RuntimeError(
-                        f'{bad} of {seen} training examples could not be decoded (more than '
-                        f'data.max_bad_fraction={max_bad}); stopped at step {step}. Check the dataset files, or '
-                        'raise --config.data.max_bad_fraction to accept them.')
+                    _bad_input_error(train_ds, bad, mean['bad_fraction'], max_bad, f'at step {step}')
                 writer.write(step, {f'train/{k}': v for k, v in mean.items()})
                 history.append({'step': step, **mean})
                 if is_main:
@@ -288,5 +302,12 @@ def train_and_evaluate(config: Any, workdir: Optional[str] = None) -> dict[str, 
         status = 'Preempted' if preempted else 'Done'
         print(f'{status} at step {step} in {_fmt_time(result["seconds"])}. {figures}\n'
               f'Checkpoint: {result["checkpoint"]}\nMetrics: {writer.path}', flush=True)
+        try:  # A picture of the curves; never fail a finished run over it.
+            from vit_jax.tools import plot_metrics
+
+            print(f'Curves: {plot_metrics.plot_workdirs([workdir], os.path.join(workdir, "curves.png"))}', flush=True)
+        except Exception as e:
+            log.warning('Could not draw the training curves (%s); run: python -m vit_jax.tools.plot_metrics %s',
+                        e, workdir)
     ckpt.close()
     return result

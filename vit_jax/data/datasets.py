@@ -21,6 +21,7 @@ It may return a `Source` for more control (e.g. `decode_errors='skip'` for user 
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import dataclasses
 import difflib
@@ -29,6 +30,7 @@ import hashlib
 import inspect
 import logging
 import os
+import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -221,15 +223,23 @@ def digits(split: str) -> Source:
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png')
 _PIL_FORMATS = ('JPEG', 'MPO', 'PNG')
+_VERDICT_ROOTS = 8  # Folders whose per-file check results are kept in memory.
+_verdicts: collections.OrderedDict[str, dict[str, tuple[int, int, str | None]]] = collections.OrderedDict()
+_verdicts_lock = threading.Lock()
 
 
-def _list_class_files(class_dir: str) -> list[str]:
+def _list_class_files(class_dir: str, ignored: list[str] | None = None) -> list[str]:
+    """Image files under `class_dir` (subdirectories included); other files are appended to `ignored`."""
     files = []
     for dirpath, dirnames, filenames in os.walk(class_dir, followlinks=True):
         dirnames.sort()
         for fn in filenames:
-            if fn.lower().endswith(IMAGE_EXTENSIONS) and not fn.startswith('.'):
+            if fn.startswith('.'):
+                continue
+            if fn.lower().endswith(IMAGE_EXTENSIONS):
                 files.append(os.path.join(dirpath, fn))
+            elif ignored is not None:
+                ignored.append(os.path.join(dirpath, fn))
     return files
 
 
@@ -239,16 +249,90 @@ def _classes(split_dir: str) -> list[str]:
 
 
 def _check_file(path: str) -> str | None:
-    """None when `path` opens as a JPEG or PNG image (header only); the reason otherwise."""
+    """None when `path` opens as a JPEG or PNG image (header only); a short reason otherwise."""
+    import warnings
+
     from PIL import Image
 
     try:
-        with Image.open(path) as im:
-            if im.format not in _PIL_FORMATS:
-                return f'format {im.format}'
+        if os.path.getsize(path) == 0:
+            return 'empty file (0 bytes)'
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore', Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                if im.format not in _PIL_FORMATS:
+                    ext = os.path.splitext(path)[1]
+                    return f'{im.format} data in a {ext} file (only JPEG and PNG are read)'
+    except Image.DecompressionBombError as e:
+        return f'too large: {e}'
     except Exception as e:  # noqa: BLE001 - any failure to open means "not an image we can use".
-        return f'{type(e).__name__}: {e}'
+        msg = str(e).replace(f"'{path}'", '').replace(path, '').strip()
+        return f'not a readable image ({type(e).__name__}{": " + msg if msg else ""})'
     return None
+
+
+def _check_files(root: str, paths: list[str]) -> list[str | None]:
+    """`_check_file` of each path, reusing earlier results for files whose size and mtime did not change.
+
+    Verdicts are keyed on (path, size, mtime_ns) rather than on directory mtimes, so a file rewritten in place,
+    or added within the mtime resolution of its directory, is checked again.
+    """
+    stats: list[tuple[int, int] | None] = []
+    for p in paths:
+        try:
+            st = os.stat(p)
+            stats.append((st.st_size, st.st_mtime_ns))
+        except OSError:
+            stats.append(None)
+    with _verdicts_lock:
+        old = _verdicts.pop(root, {})
+    out: list[str | None] = [None] * len(paths)
+    todo = []
+    for i, (p, st) in enumerate(zip(paths, stats)):
+        prev = old.get(p)
+        if st is None:
+            out[i] = 'cannot stat the file'
+        elif prev is not None and prev[:2] == st:
+            out[i] = prev[2]
+        else:
+            todo.append(i)
+    if todo:
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            for i, reason in zip(todo, pool.map(_check_file, [paths[i] for i in todo])):
+                out[i] = reason
+    new = {p: (*st, r) for p, st, r in zip(paths, stats, out) if st is not None}
+    with _verdicts_lock:
+        _verdicts[root] = new
+        while len(_verdicts) > _VERDICT_ROOTS:
+            _verdicts.popitem(last=False)
+    return out
+
+
+def decode_problem(path: str) -> str:
+    """Why the image file at `path` cannot be decoded, in a few words (for error messages; reads the whole file).
+
+    E.g. 'empty file (0 bytes)', 'truncated JPEG (image file is truncated ...)', 'not a readable image (...)'.
+    """
+    import warnings
+
+    from PIL import Image
+
+    reason = _check_file(path)
+    if reason is not None:
+        return reason
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore', Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                fmt = im.format
+                if fmt in ('JPEG', 'MPO'):
+                    im.draft(im.mode, (max(1, im.width // 8), max(1, im.height // 8)))  # Reads every byte, fast.
+                im.load()
+    except Exception as e:  # noqa: BLE001
+        msg = str(e)
+        kind = f'truncated {fmt}' if 'truncated' in msg.lower() else f'damaged {fmt}'
+        return f'{kind} ({msg})'
+    return f'{fmt} that TensorFlow cannot decode (PIL can: an unusual variant of the format)'
 
 
 def _order_key(root: str, path: str) -> str:
@@ -256,10 +340,12 @@ def _order_key(root: str, path: str) -> str:
     return hashlib.sha1(os.path.relpath(path, root).encode('utf-8')).hexdigest()
 
 
-@functools.lru_cache(maxsize=16)
-def _scan_folder(root: str, split: str, check: bool, stamp: tuple) -> tuple[list[str], list[int], list[str],
-                                                                           list[tuple[str, str]]]:
-    del stamp  # Part of the cache key only.
+def _scan_folder(root: str, split: str, check: bool) -> tuple[list[str], list[int], list[str],
+                                                             list[tuple[str, str]], list[str]]:
+    """(files, labels, classes, [(bad file, reason)], ignored non-image files) of root/split.
+
+    The listing is redone on every call (cheap next to reading images); header checks are cached per file.
+    """
     split_dir = os.path.join(root, split)
     train_dir = os.path.join(root, 'train')
     classes = _classes(train_dir) if os.path.isdir(train_dir) else _classes(split_dir)
@@ -272,18 +358,18 @@ def _scan_folder(root: str, split: str, check: bool, stamp: tuple) -> tuple[list
         raise ValueError(f'Image folder {root!r}: classes {extra} in {split!r} are not in train/ '
                          f'(train classes: {classes}).')
     items = []
+    ignored: list[str] = []
     for label, cls in enumerate(classes):
         cdir = os.path.join(split_dir, cls)
         if os.path.isdir(cdir):
-            items.extend((f, label) for f in _list_class_files(cdir))
+            items.extend((f, label) for f in _list_class_files(cdir, ignored))
     items.sort(key=lambda t: _order_key(root, t[0]))
     bad: list[tuple[str, str]] = []
     if check and items:
-        with concurrent.futures.ThreadPoolExecutor(8) as pool:
-            reasons = list(pool.map(_check_file, [f for f, _ in items]))
+        reasons = _check_files(root, [f for f, _ in items])
         bad = [(f, r) for (f, _), r in zip(items, reasons) if r is not None]
         items = [it for it, r in zip(items, reasons) if r is None]
-    return [f for f, _ in items], [lbl for _, lbl in items], classes, bad
+    return [f for f, _ in items], [lbl for _, lbl in items], classes, bad, sorted(ignored)
 
 
 @register_dataset('folder', prefix=True)
@@ -291,13 +377,19 @@ def folder(split: str, *, arg: str, data_config: Mapping[str, Any]) -> Source:
     """Your own images: 'folder:/path/to/root' with root/train/<class>/*.jpg and root/test/<class>/*.jpg.
 
     JPEG and PNG files (any extension case: .jpg .jpeg .png) in each class directory (subdirectories included);
-    grayscale and RGBA images are converted to RGB. Classes are the train/ subdirectories in alphabetical order
-    (label 0 = first). test/ is optional: without it use a slice of train as held-out data (e.g. train split
-    'train[:90%]', eval split 'train[90%:]'; files are in a fixed pseudo-random order, so slices mix classes).
+    the content decides the format (PNG bytes named .jpg are read as PNG). Classes are the train/ subdirectories
+    in alphabetical order (label 0 = first). test/ is optional: without it use a slice of train as held-out data
+    (e.g. train split 'train[:90%]', eval split 'train[90%:]'; files are in a fixed pseudo-random order, so slices
+    mix classes).
+
+    Modes (see `preprocess.decode_image`): grayscale -> RGB, alpha dropped (not composited), palette expanded,
+    16-bit PNG scaled to 8 bits (65535 -> 255), CMYK JPEG -> RGB, 1x1 images upsampled like any other. JPEGs over
+    16.8 MP are decoded at 1/2-1/8 scale by libjpeg (a 10000x10000 photo never takes 300 MB).
 
     Files that are not readable JPEG/PNG images are skipped and counted: at construction (the header of every
-    file is checked; data config `check_images=False` turns this off) and while reading (files whose content
-    fails to decode, e.g. truncated). `Dataset.num_skipped` reports the total.
+    file is checked; data config `check_images=False` turns this off; the files and reasons are logged) and
+    while reading (files whose content fails to decode, e.g. truncated JPEGs; logged by name). Files with other
+    extensions (.txt, .gif ...) are ignored, with one warning. `Dataset.num_skipped` reports the total.
     """
     root = os.path.abspath(os.path.expanduser(arg))
     if not os.path.isdir(root):
@@ -312,13 +404,15 @@ def folder(split: str, *, arg: str, data_config: Mapping[str, Any]) -> Source:
             "split 'train[90%:]'.")
     check = data_config.get('check_images', None)
     check = True if check is None else bool(check)
-    stamp = tuple(os.path.getmtime(os.path.join(d, e)) for d in (root, split_dir) for e in ('.', *sorted(
-        x for x in os.listdir(d) if os.path.isdir(os.path.join(d, x)))))  # Rescan when directories change.
-    files, labels, classes, bad = _scan_folder(root, split, check, stamp)
+    files, labels, classes, bad, ignored = _scan_folder(root, split, check)
     if bad:
         shown = '; '.join(f'{f} ({r})' for f, r in bad[:5])
         log.warning('Image folder %s/%s: skipped %d unreadable file(s): %s%s', root, split, len(bad), shown,
                     ' ...' if len(bad) > 5 else '')
+    if ignored and check:
+        shown = ', '.join(os.path.relpath(f, split_dir) for f in ignored[:5])
+        log.warning('Image folder %s/%s: ignored %d file(s) without a .jpg/.jpeg/.png extension: %s%s', root, split,
+                    len(ignored), shown, ' ...' if len(ignored) > 5 else '')
     if not files:
         raise ValueError(f'Image folder {split_dir!r} has no readable .jpg/.jpeg/.png images in its class '
                          f'directories ({classes}).' + (f' {len(bad)} file(s) could not be read.' if bad else ''))

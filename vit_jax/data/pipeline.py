@@ -237,7 +237,8 @@ class Dataset:
 
     def __init__(self, *, tf_dataset: tf.data.Dataset, name: str, split: str, plan: _Plan, batch_size: int,
                  image_size: tuple[int, int], train: bool, seed: int, process_index: int, process_count: int,
-                 start_step: int, num_batches: int | None, config: dict):
+                 start_step: int, num_batches: int | None, config: dict,
+                 paths_dataset: tf.data.Dataset | None = None):
         self.tf_dataset = tf_dataset
         self.name, self.split = name, split
         self.num_classes = plan.num_classes
@@ -251,15 +252,35 @@ class Dataset:
         self.config = config
         self._skipped_at_build = plan.num_skipped
         self._last_iter: _NumpyIterator | None = None
+        self._paths_dataset = paths_dataset
+        self._reported: set[str] = set()  # Undecodable files named in the log (shared by this Dataset's iterators).
 
     @property
     def num_skipped(self) -> int:
-        """Examples skipped because their image could not be read: at construction + by the latest iterator."""
+        """Examples skipped because their image could not be read: at construction + by the latest iterator.
+
+        Files left out at construction count once; a file that fails to decode while reading counts each time it
+        is read (once per epoch in training).
+        """
         return self._skipped_at_build + (self._last_iter.num_skipped if self._last_iter else 0)
+
+    @property
+    def bad_fraction(self) -> float:
+        """Estimated fraction of the split's examples that cannot be decoded.
+
+        (files left out at construction + r * readable files) / all files, where r is the fraction of the examples
+        read so far by the latest iterator that failed to decode. Unlike num_skipped it does not grow with epochs.
+        """
+        built, n = self._skipped_at_build, self.num_examples
+        it = self._last_iter
+        rate = it.num_skipped / it.num_read if it is not None and it.num_read else 0.0
+        return (built + rate * n) / max(built + n, 1)
 
     def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
         first = self.start_step * self.batch_size if self.train else 0
-        it = _NumpyIterator(self.tf_dataset, first, None if self.train else self.num_examples_local)
+        it = _NumpyIterator(self.tf_dataset, first, None if self.train else self.num_examples_local,
+                            paths=self._paths_dataset, reported=self._reported, where=f'{self.name} {self.split}',
+                            name_until=first + self.num_examples_local)
         self._last_iter = it
         return it
 
@@ -275,31 +296,97 @@ class Dataset:
                 f'{self.process_count} with {self.num_examples_local})')
 
 
-class _NumpyIterator:
-    """Yields numpy batches without '_index'; counts examples dropped by decode errors (gaps in '_index')."""
+MAX_NAMED_DECODE_ERRORS = 10  # Undecodable files named in the log per Dataset (later ones are only counted).
 
-    def __init__(self, ds: tf.data.Dataset, first_index: int, expected_total: int | None):
+
+class _NumpyIterator:
+    """Yields numpy batches without '_index'; counts examples dropped by decode errors (gaps in '_index').
+
+    With `paths` (a dataset of {'_index', 'image_path'} in the order of the stream, before decoding), dropped
+    examples of the first epoch read (indices < `name_until`) are named in the log with the reason PIL gives,
+    each file once and at most `MAX_NAMED_DECODE_ERRORS` files; later ones are only counted.
+    """
+
+    def __init__(self, ds: tf.data.Dataset, first_index: int, expected_total: int | None,
+                 paths: tf.data.Dataset | None = None, reported: set[str] | None = None, where: str = '',
+                 name_until: int | None = None):
         self._it = ds.as_numpy_iterator()
+        self._first = first_index
         self._next = first_index
         self._expected = expected_total
         self.num_skipped = 0
+        self._paths = paths
+        self._paths_it = None
+        self._paths_buf: tuple[np.ndarray, np.ndarray] | None = None
+        self._reported = reported if reported is not None else set()
+        self._where = where
+        self._name_until = name_until
+
+    @property
+    def num_read(self) -> int:
+        """Examples of the stream consumed so far (decoded or skipped)."""
+        return self._next - self._first
 
     def __iter__(self) -> _NumpyIterator:
         return self
+
+    def _path_of(self, index: int) -> str | None:
+        """The file of stream example `index` (indices asked for must not decrease)."""
+        if self._paths_it is None:
+            self._paths_it = self._paths.batch(4096).as_numpy_iterator()
+        while self._paths_buf is None or self._paths_buf[0][-1] < index:
+            try:
+                b = next(self._paths_it)
+            except StopIteration:
+                return None
+            self._paths_buf = (b['_index'], b['image_path'])
+        idx, paths = self._paths_buf
+        pos = int(np.searchsorted(idx, index))
+        if pos < len(idx) and idx[pos] == index:
+            p = paths[pos]
+            return p.decode('utf-8', 'replace') if isinstance(p, bytes) else str(p)
+        return None
+
+    def _report(self, missing: list[int]) -> None:
+        for index in missing:
+            if len(self._reported) >= MAX_NAMED_DECODE_ERRORS or (
+                    self._name_until is not None and index >= self._name_until):
+                return
+            path = self._path_of(index) if self._paths is not None else None
+            key = path if path is not None else f'#{index}'
+            if key in self._reported:
+                continue
+            self._reported.add(key)
+            last = len(self._reported) == MAX_NAMED_DECODE_ERRORS
+            more = ' Further ones are only counted (Dataset.num_skipped, train/skipped_examples).' if last else ''
+            if path is None:
+                log.warning('%s: example %d of the stream could not be decoded; skipped.%s', self._where, index, more)
+            else:
+                log.warning('Cannot decode %s: %s; skipped.%s', path, datasets_lib.decode_problem(path), more)
+
+    def _skip(self, missing: list[int]) -> None:
+        self.num_skipped += len(missing)
+        if missing and len(self._reported) < MAX_NAMED_DECODE_ERRORS:
+            try:
+                self._report(missing)
+            except Exception as e:  # noqa: BLE001 - naming the file is best effort; counting is what matters.
+                log.warning('%s: %d example(s) could not be decoded (%s while naming them).', self._where,
+                            len(missing), e)
 
     def __next__(self) -> dict[str, np.ndarray]:
         try:
             batch = next(self._it)
         except StopIteration:
             if self._expected is not None and self._next < self._expected:
-                self.num_skipped += self._expected - self._next
+                self._skip(list(range(self._next, self._expected)))
                 self._next = self._expected
             raise
         idx = batch.pop('_index')
         valid = idx[idx >= 0]
         if valid.size:
             last = int(valid[-1])
-            self.num_skipped += (last - self._next + 1) - int(valid.size)
+            if (last - self._next + 1) != int(valid.size):
+                self._skip(sorted(set(range(self._next, last + 1)) - set(valid.tolist())))
             self._next = last + 1
         return batch
 
@@ -405,8 +492,11 @@ def get_dataset(name: str, split: str, *, data_config: Any = None, batch_size: i
     else:
         ds = raw.enumerate().map(with_index)
 
+    paths_ds = None
     if skip_errors:
-        ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).ignore_errors(log_warning=True)
+        if isinstance(ds.element_spec, dict) and 'image_path' in ds.element_spec:  # Image folders: name bad files.
+            paths_ds = ds.map(lambda ex: {'_index': ex['_index'], 'image_path': ex['image_path']})
+        ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).ignore_errors()
         ds = ds.map(pp, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     else:
         ds = ds.map(decode_pp, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
@@ -461,7 +551,7 @@ def get_dataset(name: str, split: str, *, data_config: Any = None, batch_size: i
     ds = ds.with_options(options)
     return Dataset(tf_dataset=ds, name=name, split=split, plan=plan, batch_size=batch_size, image_size=image_size,
                    train=train, seed=int(seed), process_index=pi, process_count=pc, start_step=start_step,
-                   num_batches=num_batches, config=cfg)
+                   num_batches=num_batches, config=cfg, paths_dataset=paths_ds)
 
 
 def _pipe(cfg: Mapping[str, Any], train: bool) -> str:
