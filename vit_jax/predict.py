@@ -11,7 +11,12 @@ as in `vit_jax.main`. Images of any size and mode (grayscale, RGBA, palette, 16-
 preprocessed like the config's evaluation data. Labels come from `--labels` (one per line), else from the
 dataset of the config (class names of 'digits', an image folder or a TFDS dataset), else `class_<i>`.
 
-Files that are not images are reported on stderr and skipped; the exit status is then 1.
+Each file that cannot be read is reported on stderr with the reason (`error: x.jpg is not an image (or a damaged
+one): truncated JPEG (...)`; also empty files, unknown formats, directories, missing files, images too large to
+decode) and skipped; the others still get their predictions. Exit status: 0 when every file was predicted, 1 when
+at least one file could not be read (whatever the others did), 2 when nothing could run (bad checkpoint, config or
+labels). JPEGs over 16.8 MP are decoded at 1/2-1/8 scale (PIL draft mode, like the training pipeline's libjpeg
+scaling), so a 10000x10000 photo needs about 5 MB.
 """
 
 from __future__ import annotations
@@ -88,28 +93,89 @@ class NotAnImageError(ValueError):
     """A file that PIL cannot read as an image."""
 
 
-def read_image(path: str) -> np.ndarray:
-    """Any image file -> uint8 RGB [H, W, 3] (EXIF orientation applied; alpha dropped as the training pipeline)."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
+LARGE_JPEG_PIXELS = 1 << 24  # As the training pipeline (vit_jax.data.preprocess): JPEGs above this are drafted,
+JPEG_DOWNSCALE_MARGIN = 4  # ... keeping the short side >= this many times the model input's long side.
+
+
+def _damage(fmt: Optional[str], e: BaseException) -> str:
+    from PIL import UnidentifiedImageError
+
+    if isinstance(e, UnidentifiedImageError):
+        return 'unrecognised format (not JPEG, PNG, GIF, BMP, TIFF, WebP ...)'
+    msg = str(e).strip() or type(e).__name__
+    if 'truncat' in msg.lower() or isinstance(e, EOFError):
+        return f'truncated {fmt or "file"} ({msg})'
+    return f'damaged {fmt} ({type(e).__name__}: {msg})' if fmt else f'unrecognised format ({type(e).__name__}: {msg})'
+
+
+def read_image(path: str, min_size: Optional[Sequence[int]] = None) -> np.ndarray:
+    """Any image file -> uint8 RGB [H, W, 3], converted as the training pipeline does.
+
+    EXIF orientation is applied; grayscale (L, LA, 1-bit) is repeated to RGB; alpha is dropped (colours as stored,
+    not composited); palette images are expanded; 16-bit images are scaled to 8 bits (v >> 8: 65535 -> 255, as
+    TensorFlow's decoder); CMYK (Adobe JPEGs too) is converted to RGB.
+
+    Args:
+        path: the image file.
+        min_size: (h, w) the image will be used at. JPEGs of more than `LARGE_JPEG_PIXELS` pixels are then decoded
+            at 1/2, 1/4 or 1/8 scale (libjpeg DCT scaling, PIL's draft mode) keeping the short side >= 4 *
+            max(min_size), so a 10000x10000 photo takes ~5 MB instead of 300 MB. Other formats are decoded fully
+            up to PIL's decompression-bomb limit (`PIL.Image.MAX_IMAGE_PIXELS`, 89 MP; twice that is refused).
+
+    Raises:
+        FileNotFoundError: no such file.
+        NotAnImageError: a directory, an empty file, not an image, a truncated/damaged one, or one too large;
+            the message says which.
+    """
+    import warnings
+
+    from PIL import Image, ImageOps
 
     if not os.path.exists(path):
         raise FileNotFoundError(f'{path}: no such file.')
     if os.path.isdir(path):
         raise NotAnImageError(f'{path} is a directory, not an image.')
+
+    def fail(reason: str) -> NotAnImageError:
+        return NotAnImageError(f'{path} is not an image (or a damaged one): {reason}')
+
+    if os.path.getsize(path) == 0:
+        raise fail('empty file (0 bytes)')
+    limit = Image.MAX_IMAGE_PIXELS
+    fmt = None
     try:
-        with Image.open(path) as im:
-            im.load()
-            im = ImageOps.exif_transpose(im)
-            if im.mode in ('I;16', 'I;16B', 'I;16L', 'I'):  # 16/32-bit grayscale: scale to 8 bits.
-                a = np.asarray(im, np.float64)
-                top = 65535.0 if a.max() > 255 else 255.0
-                a = np.clip(np.round(a / top * 255.0), 0, 255).astype(np.uint8)
-                return np.repeat(a[..., None], 3, axis=-1)
-            if im.mode == 'P':
-                im = im.convert('RGBA')
-            return np.asarray(im.convert('RGB'), np.uint8)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise NotAnImageError(f'{path} is not an image (or a damaged one): {type(e).__name__}: {e}') from None
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore', Image.DecompressionBombWarning)
+            Image.MAX_IMAGE_PIXELS = None  # Checked below, after drafting JPEGs down.
+            try:
+                im = Image.open(path)
+            finally:
+                Image.MAX_IMAGE_PIXELS = limit
+            with im:
+                fmt = im.format
+                w, h = im.size
+                if min_size is not None and fmt in ('JPEG', 'MPO') and w * h > LARGE_JPEG_PIXELS:
+                    need = JPEG_DOWNSCALE_MARGIN * max(int(min_size[0]), int(min_size[1]))
+                    im.draft(im.mode, (min(w, need), min(h, need)))  # Largest DCT scale keeping both sides >= need.
+                if limit and im.size[0] * im.size[1] > 2 * limit:
+                    raise fail(f'too large ({im.size[0]}x{im.size[1]} {fmt}: {im.size[0] * im.size[1]} pixels, '
+                               f'more than twice PIL.Image.MAX_IMAGE_PIXELS={limit})')
+                im.load()
+                im = ImageOps.exif_transpose(im)
+                if im.mode in ('I;16', 'I;16B', 'I;16L', 'I;16N'):  # 16-bit grayscale: top 8 bits, as TF.
+                    a = (np.asarray(im).astype(np.uint16) >> 8).astype(np.uint8)
+                    return np.repeat(a[..., None], 3, axis=-1)
+                if im.mode in ('I', 'F'):  # 32-bit integer / float: 16-bit data if it exceeds 255, else 8-bit.
+                    a = np.asarray(im, np.float64)
+                    a = np.clip(a, 0, 65535) / 256.0 if a.max() > 255 else np.clip(a, 0, 255)
+                    return np.repeat(np.floor(a).astype(np.uint8)[..., None], 3, axis=-1)
+                if im.mode == 'P':
+                    im = im.convert('RGBA')
+                return np.asarray(im.convert('RGB'), np.uint8)
+    except NotAnImageError:
+        raise
+    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as e:
+        raise fail(_damage(fmt, e)) from None
 
 
 class Predictor:
@@ -166,9 +232,15 @@ class Predictor:
         return np.asarray(self._pp(image), np.float32)
 
     def __call__(self, images: Sequence[np.ndarray], batch_size: int = 32) -> np.ndarray:
+        """Probabilities [N, num_classes] of uint8 RGB images of any size."""
+        return self.predict_inputs([self.preprocess(im) for im in images], batch_size)
+
+    def predict_inputs(self, inputs: Sequence[np.ndarray], batch_size: int = 32) -> np.ndarray:
+        """Probabilities [N, num_classes] of already preprocessed inputs (`preprocess`)."""
+        images = inputs
         out = []
         for i in range(0, len(images), batch_size):
-            chunk = np.stack([self.preprocess(im) for im in images[i:i + batch_size]])
+            chunk = np.stack(images[i:i + batch_size])
             n = len(chunk)
             if n < batch_size and len(images) > batch_size:  # Keep one compiled shape.
                 chunk = np.concatenate([chunk, np.zeros((batch_size - n, *chunk.shape[1:]), chunk.dtype)])
@@ -217,15 +289,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (ValueError, FileNotFoundError, KeyError) as e:
         print(f'error: {e}', file=sys.stderr)
         return 2
-    images, paths, failed = [], [], 0
-    for path in args.images:
+    inputs, paths, failed = [], [], 0
+    for path in args.images:  # Each file is read and brought to the model size at once (big images are not kept).
         try:
-            images.append(read_image(path))
+            inputs.append(predictor.preprocess(read_image(path, min_size=predictor.image_size)))
             paths.append(path)
         except (NotAnImageError, FileNotFoundError) as e:
             print(f'error: {e}', file=sys.stderr)
             failed += 1
-    probs = predictor(images) if images else np.zeros((0, predictor.num_classes))
+        except Exception as e:  # noqa: BLE001 - one odd file must not stop the others.
+            print(f'error: {path}: cannot preprocess it ({type(e).__name__}: {e})', file=sys.stderr)
+            failed += 1
+    probs = predictor.predict_inputs(inputs) if inputs else np.zeros((0, predictor.num_classes))
     k = max(1, min(args.top_k, predictor.num_classes))
     for path, pr in zip(paths, probs):
         top = np.argsort(-pr, kind='stable')[:k]
@@ -236,6 +311,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(f'{path}:')
             for i in top:
                 print(f'  {pr[i]:.4f}  {names[i]}')
+    if failed:
+        print(f'{failed} of {len(args.images)} file(s) could not be read; predictions were printed for the other '
+              f'{len(paths)}.', file=sys.stderr)
     return 1 if failed else 0
 
 
