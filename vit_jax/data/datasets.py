@@ -222,7 +222,7 @@ def digits(split: str) -> Source:
 # Built-in: image folders, root/{train,test}/<class>/*.{jpg,jpeg,png}.
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png')
-_PIL_FORMATS = ('JPEG', 'MPO', 'PNG')
+_PIL_FORMATS = ('JPEG', 'MPO', 'PNG', 'GIF', 'BMP')  # Contents TensorFlow decodes (the extension may be wrong).
 _VERDICT_ROOTS = 8  # Folders whose per-file check results are kept in memory.
 _verdicts: collections.OrderedDict[str, dict[str, tuple[int, int, str | None]]] = collections.OrderedDict()
 _verdicts_lock = threading.Lock()
@@ -262,7 +262,7 @@ def _check_file(path: str) -> str | None:
             with Image.open(path) as im:
                 if im.format not in _PIL_FORMATS:
                     ext = os.path.splitext(path)[1]
-                    return f'{im.format} data in a {ext} file (only JPEG and PNG are read)'
+                    return f'{im.format} data in a {ext} file (only JPEG, PNG, GIF and BMP contents are read)'
     except Image.DecompressionBombError as e:
         return f'too large: {e}'
     except Exception as e:  # noqa: BLE001 - any failure to open means "not an image we can use".
@@ -377,7 +377,8 @@ def folder(split: str, *, arg: str, data_config: Mapping[str, Any]) -> Source:
     """Your own images: 'folder:/path/to/root' with root/train/<class>/*.jpg and root/test/<class>/*.jpg.
 
     JPEG and PNG files (any extension case: .jpg .jpeg .png) in each class directory (subdirectories included);
-    the content decides the format (PNG bytes named .jpg are read as PNG). Classes are the train/ subdirectories
+    the content decides the format (PNG bytes named .jpg are read as PNG; GIF and BMP contents are read too, the
+    first frame of an animation). Classes are the train/ subdirectories
     in alphabetical order (label 0 = first). test/ is optional: without it use a slice of train as held-out data
     (e.g. train split 'train[:90%]', eval split 'train[90%:]'; files are in a fixed pseudo-random order, so slices
     mix classes).
