@@ -11,6 +11,7 @@ Library use:
     maps = attention.rollout_maps(model, variables, images)             # [B, gh, gw], each summing to 1
     heads = attention.head_maps(model, variables, images)               # [B, heads, gh, gw] (last layer)
     png = attention.overlay(image_uint8, maps[0])                       # heat map over the image, uint8 RGB
+    model, variables, preprocess = attention.load_model('ViT-B_16.npz', model='ViT-B/16')   # or a run's workdir
 
 Attention rollout (Abnar & Zuidema, 2020; figure 6 of the ViT paper): per layer, average the heads, add the identity
 for the residual connection, re-normalise the rows, and multiply the layers' matrices (the first layer applied
@@ -276,30 +277,35 @@ def save_png(path: str, image: np.ndarray) -> str:
 # ----------------------------------------------------------------------------------------------------------------
 # Command line.
 # ----------------------------------------------------------------------------------------------------------------
-def _load_model(args: argparse.Namespace, overrides: Sequence[tuple[str, str]]):
-    """(model, variables, preprocess fn uint8 -> model input, value range) from the CLI arguments."""
+def load_model(checkpoint_path: str, model: Optional[str] = None, config: Optional[str] = None,
+               image_size: Optional[int] = None, value_range: Sequence[float] = (-1.0, 1.0),
+               overrides: Sequence[tuple[str, str]] = ()):
+    """(model, variables, preprocess: uint8 RGB [H, W, 3] -> model input) of a checkpoint.
+
+    With `model` (a registered name) the checkpoint is a `.npz` in the release layout (e.g. a downloaded
+    `ViT-B_16.npz`); the number of classes comes from its head and images are resized to `image_size` (default: the
+    model's) and scaled to `value_range`. Without it, the model and preprocessing come from `config` (a config file
+    `path.py[:arg]` or `config.json`) or from the run workdir's config.json, as `vit_jax.predict` does.
+    """
     import ml_collections
 
-    from vit_jax import checkpoint, predict
+    from vit_jax import checkpoint, config_utils, predict
 
-    if args.model:
-        params, _ = checkpoint.load_for_inference(args.checkpoint)
+    if model:
+        params, _ = checkpoint.load_for_inference(checkpoint_path)
         flat = checkpoint.flatten(params)
         num_classes = next((int(v.shape[-1]) for k, v in flat.items() if k == 'head/kernel'), 0)
-        model_cfg = {'name': args.model, 'num_classes': num_classes}
-        if args.image_size:
-            model_cfg['image_size'] = int(args.image_size)
-        config = ml_collections.ConfigDict({'model': model_cfg, 'dataset': '',
-                                            'data': {'value_range': tuple(args.value_range), 'eval_pp': 'resize'}})
-        from vit_jax import config_utils
-
+        model_cfg = {'name': model, 'num_classes': num_classes}
+        if image_size:
+            model_cfg['image_size'] = int(image_size)
+        cfg = ml_collections.ConfigDict({'model': model_cfg, 'dataset': '',
+                                         'data': {'value_range': tuple(value_range), 'eval_pp': 'resize'}})
         for k, v in overrides:
-            config_utils.override(config, k, v)
+            config_utils.override(cfg, k, v)
     else:
-        config = predict.load_config(args.config, args.checkpoint, overrides)
-    predictor = predict.Predictor(config, args.checkpoint)
-    value_range = tuple((config.get('data', None) or {}).get('value_range', None) or args.value_range)
-    return predictor.model, predictor.variables, predictor.preprocess, value_range
+        cfg = predict.load_config(config, checkpoint_path, overrides)
+    predictor = predict.Predictor(cfg, checkpoint_path)
+    return predictor.model, predictor.variables, predictor.preprocess
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -323,7 +329,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument('--query', type=int, default=0, help='Which prefix token reads the map (1: distillation token).')
     args = p.parse_args(argv)
     try:
-        model, variables, prep, _ = _load_model(args, overrides)
+        model, variables, prep = load_model(args.checkpoint, args.model, args.config, args.image_size,
+                                            args.value_range, overrides)
         raw = predict.read_image(args.image)
         x = prep(raw)[None]
         if args.mode == 'rollout':
