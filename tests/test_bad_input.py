@@ -85,6 +85,7 @@ def _cases():
     bad = {  # name: (file, bytes, what the report says, found at construction (header) or while reading)
         'empty_jpg': ('a.jpg', b'', 'empty file (0 bytes)', 'build'),
         'truncated_jpg': ('a.jpg', big[:len(big) // 2], 'truncated JPEG', 'read'),
+        'cut_header_jpg': ('a.jpg', big[:200], 'truncated file', 'build'),
         'garbage_png': ('a.png', rs.randint(0, 256, 300, np.uint8).tobytes(), 'not a readable image', 'build'),
         'tiff_named_png': ('a.png', _enc(Image.fromarray(rgb), 'TIFF'), 'TIFF data in a .png file', 'build'),
     }
@@ -203,7 +204,7 @@ def _train_folder(root, good=22, empty=1, truncated=1):
         d = root / 'train' / ('cat' if i % 2 else 'dog')
         d.mkdir(parents=True, exist_ok=True)
         Image.fromarray(rs.randint(0, 256, (8, 8, 3), np.uint8)).save(d / f'{i}.png')
-    big = _enc(Image.fromarray(rs.randint(0, 256, (32, 32, 3), np.uint8)), 'JPEG')
+    big = _enc(Image.fromarray(rs.randint(0, 256, (96, 96, 3), np.uint8)), 'JPEG')  # Half of it: a full header.
     for i in range(empty):
         (root / 'train' / 'cat' / f'empty{i}.jpg').write_bytes(b'')
     for i in range(truncated):
@@ -222,11 +223,14 @@ def _folder_config(root, steps, max_bad):
     return c
 
 
-def test_training_skips_and_counts_bad_examples_then_stops_above_the_fraction(tmp_path):
+@pytest.mark.slow  # Two training runs (~80 s on 2 busy cores); tests/test_reliability.py has a fast one.
+def test_training_skips_and_counts_bad_examples_then_stops_above_the_fraction(tmp_path, caplog):
     _train_folder(tmp_path / 'imgs')  # 22 good, 1 empty (found at construction), 1 truncated (found reading).
     c = _folder_config(tmp_path / 'imgs', 9, 0.2)  # 36 examples read: every file at least once.
-    result = train.train_and_evaluate(c, str(tmp_path / 'ok'))
+    with caplog.at_level(logging.WARNING):
+        result = train.train_and_evaluate(c, str(tmp_path / 'ok'))
     assert result['step'] == 9
+    assert f'Cannot decode {tmp_path / "imgs" / "train" / "dog" / "trunc0.jpg"}: truncated JPEG' in caplog.text
     rows = [json.loads(line) for line in open(tmp_path / 'ok' / 'metrics.jsonl')]
     last = [r for r in rows if 'train/skipped_examples' in r][-1]
     assert last['train/skipped_examples'] >= 2  # The empty file once + the truncated one each time it was read.
@@ -259,7 +263,7 @@ def model_files(tmp_path_factory):
     c.model = dict(name='ViT-testing', num_classes=10, image_size=S, patch_size=4, hidden_size=16, mlp_dim=32,
                    num_heads=2, num_layers=1)
     model = train.build_model(c)
-    params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, S, S, 3)))['params']
+    params = jax.jit(model.init)(jax.random.PRNGKey(0), jnp.zeros((1, S, S, 3)))['params']
     checkpoint.save_npz(str(tmp / 'model.npz'), jax.tree_util.tree_map(np.asarray, params))
     with open(tmp / 'config.json', 'w') as f:
         f.write(c.to_json_best_effort(indent=2))

@@ -267,6 +267,8 @@ def _check_file(path: str) -> str | None:
         return f'too large: {e}'
     except Exception as e:  # noqa: BLE001 - any failure to open means "not an image we can use".
         msg = str(e).replace(f"'{path}'", '').replace(path, '').strip()
+        if 'truncat' in msg.lower():
+            return f'truncated file ({msg})'
         return f'not a readable image ({type(e).__name__}{": " + msg if msg else ""})'
     return None
 
