@@ -25,6 +25,9 @@ def _run(name, tmp_path, monkeypatch):
     nb.cells.insert(0, nbformat.v4.new_code_cell('import sys; print(sys.executable)'))
     client = nbclient.NotebookClient(nb, kernel_name='python3', timeout=600, resources={'metadata': {'path': REPO}})
     client.execute()
+    if os.environ.get('VIT_JAX_COLAB_SAVE'):  # Keep the executed notebook (with its pictures) for inspection.
+        os.makedirs(os.environ['VIT_JAX_COLAB_SAVE'], exist_ok=True)
+        nbformat.write(nb, os.path.join(os.environ['VIT_JAX_COLAB_SAVE'], name))
     assert nb.cells[0].outputs[0]['text'].strip() == sys.executable
     images = sum(1 for c in nb.cells for o in c.get('outputs', []) if 'image/png' in o.get('data', {}))
     return nb, images
