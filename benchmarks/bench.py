@@ -13,9 +13,11 @@ then times, in one process:
 - vit_jax compile time (`jax.jit(f).lower(...).compile()`), model FLOPs from XLA's cost analysis of the compiled
   function, achieved FLOP/s (those FLOPs / median time, for both frameworks: same model, same FLOPs) and that as a
   fraction of the machine's measured matmul peak (a 2048^3 float32 matmul, best of jax and torch, in the same run);
-- memory: JAX from `compiled.memory_analysis()` (argument + output + temp - alias bytes); torch from the process's
-  peak resident set size during one call (VmHWM after resetting it through /proc/self/clear_refs, minus the RSS
-  before the call): the extra memory the torch call touched, beyond the already-resident parameters.
+- memory: JAX from `compiled.memory_analysis()`: temp bytes (activations, gradients, workspace: the table's
+  "jax tmp MB") and argument + output + temp - alias bytes (the JSON's `jax_memory_bytes`); torch: the peak of
+  the bytes its CPU allocator holds above the starting level during one call, from `torch.profiler`
+  (`profile_memory=True`; allocations and frees in time order), i.e. without the parameters and optimizer state
+  that exist before the call: the counterpart of JAX's temp bytes.
 
 Results are printed as a table and written as JSON to `--out`.
 """
@@ -111,24 +113,22 @@ MODELS: dict[str, tuple[Callable[[int], Any], int, str]] = {
 # ----------------------------------------------------------------------------------------------------------------
 # Helpers.
 # ----------------------------------------------------------------------------------------------------------------
-def _rss_bytes(field: str) -> int:
-    with open('/proc/self/status') as f:
-        for line in f:
-            if line.startswith(field + ':'):
-                return int(line.split()[1]) * 1024
-    return -1
+def torch_peak_alloc_bytes(fn: Callable[[], Any]) -> int:
+    """Peak of the bytes torch's CPU allocator holds above the starting level while `fn` runs.
 
+    From `torch.profiler` with `profile_memory=True`: allocations (each op's self memory) and frees ('[memory]'
+    events) in time order; the peak of their running sum. Parameters and optimizer state that exist before the call
+    are not included (compare with JAX's temp bytes).
+    """
+    import torch
 
-def torch_peak_extra_bytes(fn: Callable[[], Any]) -> int:
-    """Peak RSS increase while `fn` runs (Linux: VmHWM reset via /proc/self/clear_refs); -1 where unsupported."""
-    try:
-        with open('/proc/self/clear_refs', 'w') as f:
-            f.write('5')
-    except OSError:
-        return -1
-    before = _rss_bytes('VmRSS')
-    fn()
-    return max(_rss_bytes('VmHWM') - before, 0)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    cur = peak = 0
+    for e in sorted(prof.events(), key=lambda e: e.time_range.start):
+        cur += e.cpu_memory_usage if e.name == '[memory]' else e.self_cpu_memory_usage
+        peak = max(peak, cur)
+    return int(peak)
 
 
 def _time(fn: Callable[[], Any]) -> float:
@@ -173,7 +173,7 @@ def matmul_peak(n: int = 2048, reps: int = 5) -> dict[str, float]:
 # ----------------------------------------------------------------------------------------------------------------
 def run(model_name: str, batch: int, res: int | None = None, dtype: str = 'float32', reps: int = 5, warmup: int = 1,
         modes: tuple[str, ...] = ('inference', 'train'), threads: int | None = None,
-        check_parity: bool = True) -> dict:
+        check_parity: bool = True, peak_n: int = 2048) -> dict:
     """Runs the benchmark; returns the result dict (see `main` for the printed table)."""
     import jax
     import jax.numpy as jnp
@@ -226,7 +226,8 @@ def run(model_name: str, batch: int, res: int | None = None, dtype: str = 'float
         'date': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
         'machine': platform.processor() or platform.machine(), 'loadavg_start': os.getloadavg(),
     }
-    result['matmul'] = matmul_peak()
+    result['matmul'] = matmul_peak(peak_n)
+    result['matmul']['n'] = peak_n
     peak = result['matmul']['peak']
 
     def jax_fwd(v, inp):
@@ -299,7 +300,7 @@ def run(model_name: str, batch: int, res: int | None = None, dtype: str = 'float
         jax_mem = (mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes
                    - mem.alias_size_in_bytes) if mem is not None else -1
         times = interleaved({'jax': jax_call, 'torch': torch_call}, reps=reps, warmup=warmup)
-        torch_mem = torch_peak_extra_bytes(torch_call)
+        torch_mem = torch_peak_alloc_bytes(torch_call)
         tj, tt = statistics.median(times['jax']), statistics.median(times['torch'])
         n_items = batch
         result[mode] = {
@@ -310,7 +311,7 @@ def run(model_name: str, batch: int, res: int | None = None, dtype: str = 'float
             'jax_memory_bytes': int(jax_mem),
             'jax_temp_bytes': int(mem.temp_size_in_bytes) if mem is not None else -1,
             'jax_argument_bytes': int(mem.argument_size_in_bytes) if mem is not None else -1,
-            'torch_peak_extra_rss_bytes': int(torch_mem),
+            'torch_peak_alloc_bytes': int(torch_mem),
         }
     result['loadavg_end'] = os.getloadavg()
     return result
@@ -321,14 +322,14 @@ def format_table(r: dict) -> str:
     flags = r.get('xla_flags_by_mode') or {'all modes': r['xla_flags']}
     lines = [f"{r['model']} res={r['res']} dtype={r['dtype']} torch threads={r['torch_threads']} "
              f"XLA_FLAGS: {flags}",
-             f"matmul peak (2048^3 f32): jax {r['matmul']['jax'] / 1e9:.1f} GFLOP/s, torch "
+             f"matmul peak ({r['matmul'].get('n', 2048)}^3 f32): jax {r['matmul']['jax'] / 1e9:.1f} GFLOP/s, torch "
              f"{r['matmul']['torch'] / 1e9:.1f} GFLOP/s",
              ]
     if 'parity_max_abs_diff' in r:
         lines.append(f"parity: max|jax - torch| = {r['parity_max_abs_diff']:.2e} (output scale "
                      f"{r['parity_output_scale']:.2e})")
     lines.append(f"{'mode':<10} {'batch':>5} {'jax img/s':>10} {'torch img/s':>12} {'ratio':>6} {'compile s':>10} "
-                 f"{'GFLOP':>8} {'jax GF/s':>9} {'%peak':>6} {'jax MB':>8} {'torch MB':>9}")
+                 f"{'GFLOP':>8} {'jax GF/s':>9} {'%peak':>6} {'jax tmp MB':>10} {'torch MB':>9}")
     for mode in ('inference', 'train'):
         if mode not in r:
             continue
@@ -336,8 +337,8 @@ def format_table(r: dict) -> str:
         lines.append(f"{mode:<10} {m['batch']:>5} {m['jax_images_per_s']:>10.2f} {m['torch_images_per_s']:>12.2f} "
                      f"{m['ratio']:>6.2f} "
                      f"{m['compile_s']:>10.1f} {m['flops'] / 1e9:>8.1f} {m['jax_flops_per_s'] / 1e9:>9.1f} "
-                     f"{100 * m['jax_fraction_of_peak']:>5.0f}% {m['jax_memory_bytes'] / 2**20:>8.0f} "
-                     f"{m['torch_peak_extra_rss_bytes'] / 2**20:>9.0f}")
+                     f"{100 * m['jax_fraction_of_peak']:>5.0f}% {m['jax_temp_bytes'] / 2**20:>10.0f} "
+                     f"{m['torch_peak_alloc_bytes'] / 2**20:>9.0f}")
     return '\n'.join(lines)
 
 
@@ -391,6 +392,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument('--xla-preset', default='auto', choices=['auto', 'default', 'onednn'],
                    help="XLA:CPU flags (vit_jax.xla_flags). 'auto': each mode in its own process with "
                         f'{AUTO_PRESETS}.')
+    p.add_argument('--peak-size', type=int, default=2048, help='n of the n^3 float32 matmul that measures the peak.')
     p.add_argument('--no-parity', action='store_true', help='Skip the logits agreement check.')
     p.add_argument('--out', default=None, help='JSON file for the results (appends to a list if it exists).')
     p.add_argument('--quiet', action='store_true', help='Do not print the table.')
@@ -419,18 +421,23 @@ def main(argv: list[str] | None = None) -> dict:
 
         if not xla_flags.backend_started():
             xla_flags.use_cpu_presets(args.xla_preset)
-        if 'inference' in modes:
-            results = run(args.model, args.batch, args.res, args.dtype, args.reps, args.warmup, ('inference',),
-                          args.threads, check_parity=not args.no_parity)
+        tb = args.train_batch or args.batch
+        if 'inference' in modes and 'train' in modes and tb == args.batch:  # One model build for both modes.
+            results = run(args.model, args.batch, args.res, args.dtype, args.reps, args.warmup, ('inference', 'train'),
+                          args.threads, check_parity=not args.no_parity, peak_n=args.peak_size)
+        else:
+            if 'inference' in modes:
+                results = run(args.model, args.batch, args.res, args.dtype, args.reps, args.warmup, ('inference',),
+                              args.threads, check_parity=not args.no_parity, peak_n=args.peak_size)
+            if 'train' in modes:
+                r = run(args.model, tb, args.res, args.dtype, args.reps, args.warmup, ('train',), args.threads,
+                        check_parity=False, peak_n=args.peak_size)
+                if results:
+                    results['train'] = r['train']
+                    results['loadavg_end'] = r['loadavg_end']
+                else:
+                    results = r
         if 'train' in modes:
-            tb = args.train_batch or args.batch
-            r = run(args.model, tb, args.res, args.dtype, args.reps, args.warmup, ('train',), args.threads,
-                    check_parity=False)
-            if results:
-                results['train'] = r['train']
-                results['loadavg_end'] = r['loadavg_end']
-            else:
-                results = r
             results['train_batch'] = tb
         results['xla_preset'] = args.xla_preset
     results['command'] = 'python -m benchmarks.bench ' + ' '.join(argv)
