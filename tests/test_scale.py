@@ -58,7 +58,7 @@ def runs(tmp_path_factory):
         dict(tag='dp8', mesh={'data': 8}, workdir=wd('dp8'), steps=6),
         dict(tag='fsdp8', mesh={'data': 1, 'fsdp': 8}, workdir=wd('fsdp8'), steps=6),
         dict(tag='dp2fsdp4', mesh={'data': 2, 'fsdp': 4}, workdir=wd('dp2fsdp4'), steps=6),
-        dict(tag='fsdp8_half', mesh={'fsdp': 8, 'data': 1}, workdir=wd('resharded'), steps=3),
+        dict(tag='fsdp8_half', mesh={'fsdp': 8, 'data': 1}, workdir=wd('resharded'), steps=6, stop_at=3),
     ], devices=8)
     return out
 

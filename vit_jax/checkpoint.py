@@ -199,8 +199,21 @@ def find_checkpoint_step(path: str) -> str:
 def _restore_state_dict(step_dir: str) -> dict:
     import orbax.checkpoint as ocp
 
+    path = os.path.join(step_dir, 'default')
     try:
-        restored = ocp.StandardCheckpointer().restore(os.path.join(step_dir, 'default'))
+        # Restore onto this process's first device whatever layout wrote it (a pod slice, 2 processes, 8 devices):
+        # without a target Orbax re-creates the saved sharding and refuses a different topology.
+        ckptr = ocp.StandardCheckpointer()
+        meta = ckptr.metadata(path)
+        meta = getattr(meta, 'item_metadata', meta)
+        sd = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+
+        def target(m):
+            if hasattr(m, 'shape') and hasattr(m, 'dtype') and m.dtype is not None:
+                return jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=sd)
+            return m
+
+        restored = ckptr.restore(path, jax.tree_util.tree_map(target, meta))
     except Exception as e:  # Truncated / foreign directories: say which one.
         raise ValueError(f'The Orbax checkpoint {step_dir!r} could not be restored ({type(e).__name__}: '
                          f'{str(e)[:300]}).') from None

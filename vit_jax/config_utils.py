@@ -168,6 +168,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.checkpoint_every = 1000  # Steps between checkpoints (0: only at the end).
     c.keep_checkpoints = 3  # Checkpoints kept.
     c.on_nonfinite = 'stop'  # 'stop' or 'skip' when a loss or gradient is not finite.
+    c.stop_at_step = 0  # If > 0: save and exit at this step (a job-length limit); the same command resumes.
     c.tensorboard = True  # Also write TensorBoard events.
     c.optimizer = ml_collections.ConfigDict(dict(
         name='sgd',  # 'sgd', 'adam', 'adamw', 'lamb'.

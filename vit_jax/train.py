@@ -223,6 +223,7 @@ def train_and_evaluate(config: Any, workdir: Optional[str] = None) -> dict[str, 
     log_every = max(int(config.get('log_every', 50)), 1)
     ckpt_every = int(config.get('checkpoint_every', 0) or 0)
     on_nonfinite = config.get('on_nonfinite', 'stop')
+    stop_at = int(config.get('stop_at_step', 0) or 0)
     train_ds = make_dataset(config.data.get('train_split', 'train'), batch_size=global_bs, train=True,
                             start_step=start_step)
     train_iter = iter(train_ds)
@@ -281,7 +282,7 @@ def train_and_evaluate(config: Any, workdir: Optional[str] = None) -> dict[str, 
                 last_eval = run_evals(step) or last_eval
             if ckpt_every and step % ckpt_every == 0 and step < total_steps:
                 ckpt.save(step, state)
-            if preemption.requested:
+            if preemption.requested or step == stop_at:
                 ckpt.save(step, state, force=True)
                 ckpt.wait()
                 preempted = True
@@ -299,7 +300,7 @@ def train_and_evaluate(config: Any, workdir: Optional[str] = None) -> dict[str, 
     if is_main:
         figures = ', '.join(f'{k} {v:.4f}' for k, v in last_eval.items()
                             if isinstance(v, float) and not k.endswith('seconds'))
-        status = 'Preempted' if preempted else 'Done'
+        status = 'Done' if not preempted else ('Preempted' if preemption.requested else 'Stopped (stop_at_step)')
         print(f'{status} at step {step} in {_fmt_time(result["seconds"])}. {figures}\n'
               f'Checkpoint: {result["checkpoint"]}\nMetrics: {writer.path}', flush=True)
         try:  # A picture of the curves; never fail a finished run over it.
