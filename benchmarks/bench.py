@@ -173,7 +173,7 @@ def matmul_peak(n: int = 2048, reps: int = 5) -> dict[str, float]:
 # ----------------------------------------------------------------------------------------------------------------
 def run(model_name: str, batch: int, res: int | None = None, dtype: str = 'float32', reps: int = 5, warmup: int = 1,
         modes: tuple[str, ...] = ('inference', 'train'), threads: int | None = None,
-        check_parity: bool = True, peak_n: int = 2048) -> dict:
+        check_parity: bool = True, peak_n: int = 2048, flush_denormal: bool = True) -> dict:
     """Runs the benchmark; returns the result dict (see `main` for the printed table)."""
     import jax
     import jax.numpy as jnp
@@ -186,7 +186,7 @@ def run(model_name: str, batch: int, res: int | None = None, dtype: str = 'float
     threads = threads or os.cpu_count() or 1
     torch.set_num_threads(threads)
     # Denormal arithmetic is slow on x86; flushing them keeps the torch timings free of that artefact.
-    flush_denormal = bool(torch.set_flush_denormal(True))
+    flush_denormal = bool(flush_denormal and torch.set_flush_denormal(True))
     if model_name not in MODELS:
         raise ValueError(f'Unknown benchmark model {model_name!r}; choose one of {sorted(MODELS)}.')
     build, default_res, kind = MODELS[model_name]
@@ -404,6 +404,7 @@ def main(argv: list[str] | None = None) -> dict:
                    help="XLA:CPU flags (vit_jax.xla_flags). 'auto': each mode in its own process with "
                         f'{AUTO_PRESETS}.')
     p.add_argument('--peak-size', type=int, default=2048, help='n of the n^3 float32 matmul that measures the peak.')
+    p.add_argument('--no-flush-denormal', action='store_true', help='Leave torch.set_flush_denormal alone.')
     p.add_argument('--no-parity', action='store_true', help='Skip the logits agreement check.')
     p.add_argument('--out', default=None, help='JSON file for the results (appends to a list if it exists).')
     p.add_argument('--quiet', action='store_true', help='Do not print the table.')
@@ -433,16 +434,17 @@ def main(argv: list[str] | None = None) -> dict:
         if not xla_flags.backend_started():
             xla_flags.use_cpu_presets(args.xla_preset)
         tb = args.train_batch or args.batch
+        extra = dict(peak_n=args.peak_size, flush_denormal=not args.no_flush_denormal)
         if 'inference' in modes and 'train' in modes and tb == args.batch:  # One model build for both modes.
             results = run(args.model, args.batch, args.res, args.dtype, args.reps, args.warmup, ('inference', 'train'),
-                          args.threads, check_parity=not args.no_parity, peak_n=args.peak_size)
+                          args.threads, check_parity=not args.no_parity, **extra)
         else:
             if 'inference' in modes:
                 results = run(args.model, args.batch, args.res, args.dtype, args.reps, args.warmup, ('inference',),
-                              args.threads, check_parity=not args.no_parity, peak_n=args.peak_size)
+                              args.threads, check_parity=not args.no_parity, **extra)
             if 'train' in modes:
                 r = run(args.model, tb, args.res, args.dtype, args.reps, args.warmup, ('train',), args.threads,
-                        check_parity=False, peak_n=args.peak_size)
+                        check_parity=False, **extra)
                 if results:
                     results['train'] = r['train']
                     results['loadavg_end'] = r['loadavg_end']

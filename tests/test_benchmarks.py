@@ -18,7 +18,7 @@ def test_bench_cli_tiny(tmp_path):
     threads = torch.get_num_threads()
     r = bench.main(['--model', 'ViT-testing', '--batch', '2', '--res', '32', '--reps', '1', '--warmup', '0',
                     '--xla-preset', 'default', '--threads', str(threads), '--peak-size', '256', '--out', str(out),
-                    '--quiet'])
+                    '--quiet', '--no-flush-denormal'])
     saved = json.loads(out.read_text())
     assert isinstance(saved, list) and saved[-1]['model'] == 'ViT-testing'
     for key in ('model', 'batch', 'res', 'dtype', 'torch_threads', 'matmul', 'params', 'parity_max_abs_diff',
