@@ -10,6 +10,9 @@
 
     # On the built-in digits (CPU, minutes; a random-init CLIP-architecture teacher: a stand-in, not MILAN):
     python -m vit_jax.main --config=configs/milan_b16.py:digits --workdir=workdirs/milan_digits
+    # ... or with a trained ViT teacher from a workdir (trained with the digits labels: an illustration only):
+    python -m vit_jax.main --config=configs/milan_b16.py:digits_scratch --workdir=workdirs/milan_teacher_digits
+    python -m vit_jax.main --config=configs/milan_b16.py:digits_vit_teacher --workdir=workdirs/milan_digits
     python -m vit_jax.main --config=configs/milan_b16.py:digits_finetune --workdir=workdirs/milan_digits_ft \
         --config.init_from.path=workdirs/milan_digits
 
@@ -83,7 +86,7 @@ def get_config(arg=None):
         c.objective = ml_collections.ConfigDict(dict(type='classification', label_smoothing=0.1, loss='softmax'))
         c.evals = ml_collections.ConfigDict(dict(val=dict(type='classification', split='validation', every=5000)))
         return c
-    if arg in ('digits', 'digits_tiny'):
+    if arg in ('digits', 'digits_tiny', 'digits_vit_teacher'):
         c.dataset = 'digits'
         c.model = ml_collections.ConfigDict(dict(name='MILAN-testing', **_digits_encoder(), decoder_dim=64,
                                                  decoder_depth=2, decoder_heads=4, target_dim=32, mask_ratio=0.75))
@@ -102,6 +105,13 @@ def get_config(arg=None):
                                                               mlp_dim=128, num_heads=4, num_layers=2,
                                                               projection_dim=32),
                          weights=None, allow_random=True, tokens='tokens_proj')))
+        if arg == 'digits_vit_teacher':
+            # A trained vit_jax ViT as the teacher, weights from its workdir (e.g. a `:digits_scratch` run). It was
+            # trained with the digits labels, so this shows the teacher path end to end; it is not self-supervised.
+            c.model.target_dim = 64
+            c.objective.teacher = dict(model='ViT-testing', overrides=dict(num_classes=10, **_digits_encoder(),
+                                                                          posemb='sincos2d', activation='gelu_exact'),
+                                       weights='workdirs/milan_teacher_digits', allow_random=False, tokens='encoded')
         c.evals = ml_collections.ConfigDict(dict(fewshot=dict(type='fewshot', every=0, shots=(5, 10), seeds=3)))
         return c
     if arg in ('digits_finetune', 'digits_scratch'):
@@ -124,5 +134,5 @@ def get_config(arg=None):
         if arg == 'digits_finetune':
             c.init_from.path = 'workdirs/milan_digits'
         return c
-    raise ValueError(f'Unknown argument {arg!r}: use pretrain, finetune, digits, digits_tiny, digits_finetune or '
-                     'digits_scratch.')
+    raise ValueError(f'Unknown argument {arg!r}: use pretrain, finetune, digits, digits_tiny, digits_vit_teacher, '
+                     'digits_finetune or digits_scratch.')

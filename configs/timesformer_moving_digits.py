@@ -6,8 +6,8 @@
 Clips of 8 frames of 32x32 show a real handwritten digit (scikit-learn's UCI digits) moving right, left, down or
 up; the label is the direction, so a single frame says nothing: the model must relate frames. 4096 training clips;
 1024 fixed test clips made from held-out digit images. The divided space-time model (2 blocks, width 64) reaches
->= 95% test accuracy in 300 steps; the space-only model, which averages frames and so cannot tell the order of
-frames, cannot separate right from left or down from up (it stays near 50%). See README for measured figures.
+>= 95% test accuracy in 200 steps (measured 99.6%, ~5 minutes on 2 busy CPU cores); the space-only model, which
+averages frames and so cannot order them, stays at chance (measured 25.0%). See the README.
 """
 
 from vit_jax import config_utils

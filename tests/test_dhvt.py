@@ -219,3 +219,42 @@ def test_parity_with_official_layout(name, patch, size, train):
     else:
         got = jax.jit(model.apply)(variables, jnp.asarray(x))[0]
     assert np.abs(np.asarray(got) - want).max() <= 1e-4, np.abs(np.asarray(got) - want).max()
+
+
+_SHARDED_BN = r'''
+import jax, jax.numpy as jnp, numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from vit_jax import models
+assert jax.device_count() == 2
+x = jnp.asarray(np.random.RandomState(0).randn(4, 8, 8, 3).astype(np.float32))
+mesh = Mesh(np.array(jax.devices()), ('data',))
+for groups in (1, 2):
+    model = models.get_model('DHVT-T-CIFAR/2', hidden_size=16, num_heads=2, num_layers=1, image_size=8,
+                             drop_path_rate=0.0, daff_bn_groups=groups)
+    v = jax.jit(model.init)(jax.random.PRNGKey(0), x)
+    f = jax.jit(lambda v, x: model.apply(v, x, train=True, mutable=['batch_stats']))
+    (one, _), s1 = f(v, x)
+    (two, _), s2 = f(v, jax.device_put(x, NamedSharding(mesh, P('data'))))
+    np.testing.assert_allclose(one, two, atol=1e-5)
+    for a, b in zip(jax.tree_util.tree_leaves(s1), jax.tree_util.tree_leaves(s2)):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+    # groups=2 is per-half (per-device) DAFF statistics: the result differs from global statistics.
+    if groups == 2:
+        assert not np.allclose(one, ref, atol=1e-4)
+    ref = one
+print('OK')
+'''
+
+
+def test_batchnorm_statistics_do_not_depend_on_device_sharding():
+    """Under jit the batch statistics are those of the global batch (SyncBatchNorm) whether or not the batch is split
+    over devices; daff_bn_groups=2 gives per-half statistics (the official per-GPU DAFF BatchNorm on 2 GPUs)."""
+    import os
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=2')
+    r = subprocess.run([sys.executable, '-c', _SHARDED_BN], env=env, cwd=root, capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0 and 'OK' in r.stdout, r.stdout + r.stderr

@@ -197,3 +197,20 @@ def test_hf_hybrid_depth_parity():
     diff, scale, model, _, _ = _parity(hf, X64)
     assert scale > 0.1 and diff <= 1e-4 * scale, (diff, scale)  # Measured: ~6e-6 at scale ~4.6.
     assert model.stem == 'resnet' and model.hooks[:2] == ('resnet/block1', 'resnet/block2')
+
+
+def test_backbone_initialises_from_a_vit_checkpoint(tmp_path, tiny):
+    from vit_jax import checkpoint
+    from vit_jax.models.vit import VisionTransformer
+
+    model, v, _ = tiny
+    vit = VisionTransformer(num_classes=10, image_size=32, patch_size=4, hidden_size=64, mlp_dim=128, num_heads=2,
+                            num_layers=4, activation='gelu_exact')
+    vit_params = jax.jit(vit.init)(jax.random.PRNGKey(3), jnp.zeros((1, 32, 32, 3)))['params']
+    path = str(tmp_path / 'vit.npz')
+    checkpoint.save_npz(path, vit_params)
+    dont_load = ('neck/.*', 'depth_head/.*', 'head/.*')
+    params = checkpoint.load_pretrained(jax.device_get(v['params']), path, dont_load=dont_load)
+    np.testing.assert_array_equal(params['embedding']['kernel'], vit_params['embedding']['kernel'])
+    # DPT-testing stores the position embedding for 32x32 inputs (the fixture's 32x64 batch resized it on the fly).
+    assert params['Transformer']['posembed_input']['pos_embedding'].shape == (1, 65, 64)

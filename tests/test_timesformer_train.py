@@ -17,25 +17,39 @@ def _config(arg=None):
     return c
 
 
+@pytest.mark.slow  # ~1-3 min on 2 cores; tests/test_train.py keeps an end-to-end training run in the default set.
 def test_moving_digits_direction_end_to_end(tmp_path):
-    """The quickstart config: the direction of motion needs time, a single frame says nothing (chance 25%)."""
+    """The quickstart recipe, shortened to 100 steps and 512 test clips (~60 s of CPU): the direction of motion
+    needs time (a single frame says nothing; chance is 25%)."""
     c = _config()
+    c.total_steps = 100
+    c.data.moving_digits_test_size = 512
     result = train.train_and_evaluate(c, str(tmp_path))
-    # Stated in configs/timesformer_moving_digits.py and the README: >= 95% (measured: see the README).
-    assert result['val/accuracy'] >= 0.95
-    assert result['val/num_examples'] == 1024  # The whole fixed test split, each clip once.
+    assert result['val/accuracy'] >= 0.90  # Measured: 0.994 (2 CPU cores).
+    assert result['val/num_examples'] == 512  # The whole fixed test split, each clip once.
+
+
+@pytest.mark.slow
+def test_moving_digits_quickstart_reaches_stated_accuracy(tmp_path):
+    """configs/timesformer_moving_digits.py as documented: 200 steps, >= 95% on the 1024 test clips."""
+    result = train.train_and_evaluate(_config(), str(tmp_path))
+    assert result['val/accuracy'] >= 0.95  # Measured: 0.996.
+    assert result['val/num_examples'] == 1024
 
 
 def test_multi_view_evaluator_smoke(tmp_path):
     """A few steps with 3 distinct spatial crops per test clip (24-px crops of the 32-px frames)."""
     c = _config('tiny')
+    c.total_steps = 2
+    c.batch_size = 8
     c.model.image_size = 24
-    c.data.moving_digits_train_size = 64
-    c.data.moving_digits_test_size = 40
-    c.evals.val = dict(type='video', split='test', temporal_views=1, spatial_crops=3, batch_size=16,
+    c.model.num_layers = 1
+    c.data.moving_digits_train_size = 16
+    c.data.moving_digits_test_size = 20
+    c.evals.val = dict(type='video', split='test', temporal_views=1, spatial_crops=3, batch_size=8,
                        data=dict(test_short_side=32))
     result = train.train_and_evaluate(c, str(tmp_path))
-    assert result['val/views'] == 3 and result['val/num_examples'] == 40
+    assert result['val/views'] == 3 and result['val/num_examples'] == 20
     assert 0.0 <= result['val/accuracy'] <= 1.0 and 'val/accuracy_1view' in result
 
 
@@ -43,7 +57,7 @@ def test_multi_view_evaluator_smoke(tmp_path):
 def test_space_only_cannot_tell_direction(tmp_path):
     """Space-only attention averages frames: it cannot order them, so opposite directions are confused."""
     result = train.train_and_evaluate(_config('space_only'), str(tmp_path))
-    assert result['val/accuracy'] <= 0.6
+    assert result['val/accuracy'] <= 0.6  # Measured: 0.250 (chance).
 
 
 @pytest.mark.parametrize('spec,name,frames,classes', [

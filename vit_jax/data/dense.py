@@ -3,12 +3,12 @@
 Examples carry 'image' [H, W, 3] with per-pixel targets 'label' [H, W] (class ids, `ignore_label` = 255 where there
 is no target) and/or 'depth' [H, W] (float, 0 = no measurement). Datasets registered here:
 
-- 'dense_digits' (built-in, no download): UCI handwritten digits (scikit-learn) pasted at three sizes on coloured,
-  shaded canvases; 11 classes (0 = background, 1 + d for digit d), 255 on the anti-aliased glyph borders, and a
-  synthetic depth map (a receding floor from 8 m at the top to 5 m at the bottom; each digit at 32 / size metres:
-  bigger digits are nearer, and nearer digits occlude farther ones). Train canvases use only glyphs of the digits
-  train split, test canvases only test glyphs. Data config `dense_canvas` (32) sets the canvas side,
-  `dense_num_train` (2000) / `dense_num_test` (500) the number of canvases.
+- 'dense_digits' (built-in, no download): UCI handwritten digits (scikit-learn), one (70%) or two per canvas, at
+  three sizes (16, 20, 24 px) on coloured, shaded canvases; 11 classes (0 = background, 1 + d for digit d), 255 on
+  the anti-aliased glyph borders, and a synthetic depth map (a receding floor from 8 m at the top to 5 m at the
+  bottom; each digit at 32 / size metres: bigger digits are nearer, and nearer digits occlude farther ones). Train
+  canvases use only glyphs of the digits train split, test canvases only test glyphs. Data config `dense_canvas`
+  (32) sets the canvas side, `dense_num_train` (2000) / `dense_num_test` (500) the number of canvases.
 - 'scene_parse150' / 'ade20k' (TFDS ADE20K, 150 classes; label 0 'other' -> 255, k -> k - 1), 'cityscapes_seg'
   (TFDS 'cityscapes/semantic_segmentation', manual download; labelIds -> the 19 trainIds), 'nyu_depth_v2' /
   'nyu_depth' (TFDS NYU depth v2, 'depth' in metres). Prepare them with `tfds build` as the error message says.
@@ -47,7 +47,7 @@ DENSE_KEYS = ('label', 'depth')  # Per-pixel targets moved with the image.
 # ---------------------------------------------------------------------------------------------------------------
 # Built-in: digits on canvases.
 
-DIGIT_SIZES = (8, 12, 16)  # Glyph sizes in pixels (the 8x8 digits at 1x, 1.5x, 2x).
+DIGIT_SIZES = (16, 20, 24)  # Glyph sizes in pixels (the 8x8 digits at 2x, 2.5x, 3x).
 
 
 def _glyphs(images8: np.ndarray, size: int) -> np.ndarray:
@@ -84,7 +84,7 @@ def dense_digits_arrays(split: str, canvas: int = 32, num: int | None = None) ->
         img = np.broadcast_to(bg * shade, (c, c, 3)).copy() + rng.normal(0, 6, size=(c, c, 3))
         lab = np.zeros((c, c), np.uint8)
         dep = np.broadcast_to(8.0 - 3.0 * y, (c, c)).astype(np.float32).copy()
-        count = int(rng.integers(1, 4))
+        count = 1 if rng.uniform() < 0.7 else 2
         sizes = sorted((int(rng.choice(DIGIT_SIZES)) for _ in range(count)))  # Far (small) first.
         for size in sizes:
             k = int(rng.choice(glyph_idx))
