@@ -112,6 +112,7 @@ def test_perturbation_image_and_errors():
         attacks.get_attack('cw')
 
 
+@pytest.mark.slow  # Trains a model first: ~1-2 min.
 def test_attacks_lower_accuracy_of_a_trained_tiny_vit():
     params = rc.trained_params()
     model = rc.tiny_model()

@@ -76,6 +76,7 @@ def _tiny():
                             depths=(1, 1, 2))
 
 
+@pytest.mark.slow  # ~1 min.
 def test_train_mode_updates_batch_stats_and_drop_path():
     model = _tiny().clone(drop_path_rate=(0.0, 0.0, 0.5), dropout_rate=0.1)
     x = jax.random.normal(jax.random.PRNGKey(0), (4, 32, 32, 3))

@@ -80,6 +80,7 @@ def test_shapes_taps_and_input_resolution(tiny):
     assert d2.shape == (1, 36, 44)
 
 
+@pytest.mark.slow  # ~1-3 min.
 def test_metric_depth_and_segmentation_head():
     x = jax.random.normal(jax.random.PRNGKey(0), (1, 32, 32, 3))
     m = models.get_model('DPT-testing', depth_scale=0.5, depth_shift=0.25)
@@ -97,6 +98,7 @@ def test_metric_depth_and_segmentation_head():
     assert logits_t.shape == logits.shape and 'batch_stats' in upd
 
 
+@pytest.mark.slow  # Builds several DPT variants: ~1-3 min.
 def test_readout_options_and_errors():
     x = jnp.zeros((1, 32, 32, 3))
     for ro in ('ignore', 'add'):

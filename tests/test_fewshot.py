@@ -83,6 +83,7 @@ def _tiny_config():
     return c
 
 
+@pytest.mark.slow  # ~1-2 min.
 def test_evaluator_on_digits_with_a_model():
     config = _tiny_config()
     ctx, model, objective = _context(config)

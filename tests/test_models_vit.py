@@ -134,6 +134,7 @@ def test_scan_matches_loop_and_remat():
         np.testing.assert_allclose(y_scan, y_loop, atol=1e-5)
 
 
+@pytest.mark.slow  # ~1 min.
 def test_stochastic_depth_and_dropout_are_train_only():
     model = models.get_model('ViT-testing', num_classes=10, drop_path_rate=0.5, dropout_rate=0.2,
                              attention_dropout_rate=0.1)
@@ -159,6 +160,7 @@ def test_bf16_compute_close_to_float32():
     assert float(jnp.max(jnp.abs(y16 - y32))) < 0.05 * float(jnp.max(jnp.abs(y32))) + 0.05
 
 
+@pytest.mark.slow  # ~1-2 min.
 def test_conv_stem_batchnorm_train_and_eval():
     model = models.get_model('ViTC-1GF', num_classes=10, image_size=32, num_layers=1)
     x = jax.random.normal(jax.random.PRNGKey(0), (4, 32, 32, 3))

@@ -231,6 +231,7 @@ def test_deit_distilled_models():
             jax.random.PRNGKey(0), x)
 
 
+@pytest.mark.slow  # Trains a teacher and a student: ~1 min.
 def test_shape_token_follows_its_teacher(tmp_path):
     """The distillation token learns the teacher's labelling while the class token learns the true labels.
 

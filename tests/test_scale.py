@@ -63,6 +63,7 @@ def runs(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow  # Eight simulated devices, four layouts: ~3-6 min on 2 cores.
 @pytest.mark.parametrize('tag', ['dp8', 'fsdp8', 'dp2fsdp4'])
 def test_layouts_match_single_device(runs, tag):
     ref, got = load(runs, 'single'), load(runs, tag)
@@ -71,6 +72,7 @@ def test_layouts_match_single_device(runs, tag):
     assert_params_close(runs / 'single.npz', runs / f'{tag}.npz')
 
 
+@pytest.mark.slow  # Shares the 8-device runs above.
 def test_fsdp_really_shards_parameters(runs):
     specs = load(runs, 'fsdp8')['specs']
     sharded = [k for k, v in specs.items() if 'fsdp' in v]
@@ -79,6 +81,7 @@ def test_fsdp_really_shards_parameters(runs):
     assert all('fsdp' not in v for v in load(runs, 'dp8')['specs'].values())  # Pure data parallel: replicated.
 
 
+@pytest.mark.slow  # ~1-2 min per layout.
 @pytest.mark.parametrize('devices,mesh', [(1, {'data': -1}), (4, {'data': 2, 'fsdp': 2})])
 def test_checkpoint_restores_under_another_layout(runs, tmp_path, devices, mesh):
     """A checkpoint written with FSDP over 8 devices resumes on 1 device and on 4 (8 -> 1, 8 -> 4)."""
@@ -98,6 +101,7 @@ def _free_port():
         return s.getsockname()[1]
 
 
+@pytest.mark.slow  # Two JAX processes: ~1-2 min.
 def test_two_processes_train_together(tmp_path):
     """Two local processes (jax.distributed over CPU) share one global batch, agree on the loss, save once."""
     port = _free_port()
