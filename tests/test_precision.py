@@ -28,12 +28,12 @@ def test_bfloat16_logits_match_float32(name, overrides):
     m32 = models.get_model(name, num_classes=10, **overrides)
     m16 = m32.clone(dtype=jnp.bfloat16)
     x = jnp.asarray(np.random.RandomState(0).uniform(-1, 1, (4, *models.input_shape(m32)[1:])).astype(np.float32))
-    variables = _perturbed(m32.init(jax.random.PRNGKey(0), x))
+    variables = _perturbed(jax.jit(m32.init)(jax.random.PRNGKey(0), x))
     # Parameters stay float32 under a bfloat16 compute dtype.
     shapes16 = jax.eval_shape(m16.init, jax.random.PRNGKey(0), x)
     assert {leaf.dtype for leaf in jax.tree_util.tree_leaves(shapes16)} == {jnp.dtype(jnp.float32)}
-    a, out32 = m32.apply(variables, x)
-    b, out16 = m16.apply(variables, x)
+    a, _ = jax.jit(m32.apply)(variables, x)
+    b, out16 = jax.jit(m16.apply)(variables, x)
     assert b.dtype == jnp.float32  # Logits are returned in float32.
     assert out16['encoded'].dtype == jnp.bfloat16  # ... but the body really ran in bfloat16.
     scale = float(jnp.abs(a).max())
