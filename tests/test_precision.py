@@ -1,8 +1,8 @@
 """bfloat16 compute with float32 parameters, checked against float32 compute.
 
 Tolerance: bfloat16 keeps 8 significant bits (eps = 2**-8 = 0.39%); through a few transformer blocks the logits
-drift by about 1.1-1.2% of their largest magnitude (measured: ViT-testing 1.06%, a 4-layer ViT-Ti/16 at 64 px
-1.17%). The test allows 3% of max|logits| and requires the same arg-max on every example.
+drift by about 1% of their largest magnitude (measured with these random weights: ViT-testing 0.65%, a 4-layer
+ViT-Ti/16 at 64 px 1.28%). The test allows 3% of max|logits| and requires the same arg-max on every example.
 """
 
 import jax
@@ -15,12 +15,17 @@ from vit_jax import models
 REL_TOL = 0.03  # max|logits_bf16 - logits_f32| <= 3% of max|logits_f32|.
 
 
-def _perturbed(variables, scale=0.02, seed=1):
-    # The release zero-initialises the head; random offsets everywhere give non-trivial logits.
-    leaves, tree = jax.tree_util.tree_flatten(variables)
-    keys = jax.random.split(jax.random.PRNGKey(seed), len(leaves))
-    return jax.tree_util.tree_unflatten(tree, [x + scale * jax.random.normal(k, x.shape, x.dtype)
-                                               for x, k in zip(leaves, keys)])
+def _random_variables(model, x, scale=0.05, seed=1):
+    # Random values of the right shapes (cheaper than compiling the RNG-based init on CPU); unlike the release init
+    # (zero head) they give non-trivial logits. Norm scales around 1.
+    shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), x)
+    rs = np.random.RandomState(seed)
+
+    def fill(path, s):
+        base = 1.0 if 'scale' in str(path[-1]) else 0.0
+        return jnp.asarray(base + scale * rs.randn(*s.shape), s.dtype)
+
+    return jax.tree_util.tree_map_with_path(fill, shapes)
 
 
 @pytest.mark.parametrize('name,overrides', [('ViT-testing', {}), ('ViT-Ti/16', dict(image_size=64, num_layers=4))])
@@ -28,7 +33,7 @@ def test_bfloat16_logits_match_float32(name, overrides):
     m32 = models.get_model(name, num_classes=10, **overrides)
     m16 = m32.clone(dtype=jnp.bfloat16)
     x = jnp.asarray(np.random.RandomState(0).uniform(-1, 1, (4, *models.input_shape(m32)[1:])).astype(np.float32))
-    variables = _perturbed(jax.jit(m32.init)(jax.random.PRNGKey(0), x))
+    variables = _random_variables(m32, x)
     # Parameters stay float32 under a bfloat16 compute dtype.
     shapes16 = jax.eval_shape(m16.init, jax.random.PRNGKey(0), x)
     assert {leaf.dtype for leaf in jax.tree_util.tree_leaves(shapes16)} == {jnp.dtype(jnp.float32)}
