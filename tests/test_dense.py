@@ -370,6 +370,7 @@ def test_segmenter_smoke(tmp_path):
 
 # The configs' own settings (600 steps, batch 32), evaluated on the first 200 test canvases. Thresholds sit below the
 # figures measured on 2 shared CPU cores (README); a run takes roughly 10-15 minutes there.
+@pytest.mark.xfail(reason='dense_digits runs do not learn yet (figures above); open problem', strict=False)
 @pytest.mark.slow
 @pytest.mark.parametrize('decoder', ['mask', 'linear'])
 def test_segmenter_trains_on_dense_digits(tmp_path, decoder):
@@ -379,9 +380,10 @@ def test_segmenter_trains_on_dense_digits(tmp_path, decoder):
     res = train.train_and_evaluate(c, str(tmp_path))
     print(decoder, {k: v for k, v in res.items() if k.startswith('val/')})
     assert res['val/miou'] > MIN_SEG_MIOU[decoder], res
-    assert res['val/pixel_accuracy'] > 0.80, res
+    assert res['val/pixel_accuracy'] > 0.85, res
 
 
+@pytest.mark.xfail(reason='dense_digits runs do not learn yet (figures above); open problem', strict=False)
 @pytest.mark.slow
 def test_dpt_depth_trains_on_dense_digits(tmp_path):
     from vit_jax import train
@@ -393,6 +395,7 @@ def test_dpt_depth_trains_on_dense_digits(tmp_path):
     assert res['val/delta1'] > MIN_DPT_DELTA1, res
 
 
+@pytest.mark.xfail(reason='dense_digits runs do not learn yet (figures above); open problem', strict=False)
 @pytest.mark.slow
 def test_dpt_segmentation_trains_on_dense_digits(tmp_path):
     from vit_jax import train
@@ -403,8 +406,9 @@ def test_dpt_segmentation_trains_on_dense_digits(tmp_path):
     assert res['val/miou'] > MIN_SEG_MIOU['dpt'], res
 
 
-# Measured (600 steps): Segmenter linear 0.122 mIoU / 0.847 pixel accuracy, mask 0.076 / 0.836 (background only):
-# these short runs have not learned the digit classes yet, so the thresholds only check that training runs.
-MIN_SEG_MIOU = {'mask': 0.05, 'linear': 0.05, 'dpt': 0.05}
-MAX_DPT_ABS_REL = 1.0
-MIN_DPT_DELTA1 = 0.0
+# Measured (600 steps, 2 CPU cores): Segmenter linear 0.122 mIoU / 0.847 pixel accuracy, mask 0.076 / 0.836
+# (background only); DPT depth AbsRel 1.35, delta1 0.000 at both step 300 and 600 (suspicious: a constant output or
+# an alignment bug). These runs do not learn yet, so the three tests are expected failures until that is fixed.
+MIN_SEG_MIOU = {'mask': 0.3, 'linear': 0.3, 'dpt': 0.3}
+MAX_DPT_ABS_REL = 0.2
+MIN_DPT_DELTA1 = 0.7
