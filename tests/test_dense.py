@@ -368,8 +368,8 @@ def test_segmenter_smoke(tmp_path):
     assert os.listdir(tmp_path / 'png')
 
 
-# The configs' own settings (600 steps, batch 32), evaluated on the first 200 test canvases. Thresholds sit below the
-# figures measured on 2 shared CPU cores (README); a run takes roughly 10-15 minutes there.
+# The configs' own settings (600 steps, batch 32), evaluated on the first 200 test canvases; the thresholds are what
+# a working run should reach (see the measured figures at the bottom of this file); 2-6 minutes each on 2 cores.
 @pytest.mark.xfail(reason='dense_digits runs do not learn yet (figures above); open problem', strict=False)
 @pytest.mark.slow
 @pytest.mark.parametrize('decoder', ['mask', 'linear'])
