@@ -120,6 +120,7 @@ def test_map_head_names_are_not_renamed():
     assert checkpoint.normalise_keys(flat).keys() == flat.keys()
 
 
+@pytest.mark.slow  # ~30-55 s on 2 cores.
 def test_big_vision_scanned_layout_loads_into_loop_and_scan_models(tiny):
     model, params = tiny
     flat = _flat(params)

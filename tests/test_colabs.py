@@ -10,8 +10,8 @@ nbclient = pytest.importorskip('nbclient')
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COLABS = os.path.join(REPO, 'colabs')
-FAST = ['tour.ipynb', 'model_zoo.ipynb']
-SLOW = ['finetune_own_images.ipynb', 'robustness.ipynb', 'dense_prediction.ipynb']
+FAST = ['tour.ipynb']
+SLOW = ['model_zoo.ipynb', 'finetune_own_images.ipynb', 'robustness.ipynb', 'dense_prediction.ipynb']
 
 
 def _run(name, tmp_path, monkeypatch):

@@ -291,6 +291,7 @@ def test_more_errors(tmp_path, capsys):
         convert.convert_file('keras', 'x', str(tmp_path / 'o.npz'))
 
 
+@pytest.mark.slow  # ~20-30 s on 2 cores.
 def test_command_line_timm_safetensors(tmp_path):
     """`python -m vit_jax.convert` on a .safetensors timm file (read without torch)."""
     import subprocess

@@ -356,6 +356,7 @@ def _small(config, steps):
     return config
 
 
+@pytest.mark.slow  # A short training run with PNGs: ~45-90 s on 2 cores.
 def test_segmenter_smoke(tmp_path):
     from vit_jax import train
 

@@ -246,6 +246,7 @@ print('OK')
 '''
 
 
+@pytest.mark.slow  # A 2-device subprocess: ~40-75 s.
 def test_batchnorm_statistics_do_not_depend_on_device_sharding():
     """Under jit the batch statistics are those of the global batch (SyncBatchNorm) whether or not the batch is split
     over devices; daff_bn_groups=2 gives per-half statistics (the official per-GPU DAFF BatchNorm on 2 GPUs)."""

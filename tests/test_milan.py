@@ -119,6 +119,7 @@ def test_tiny_milan_pretraining_loss_falls(tmp_path):
     assert 'train/loss_random_teacher' in rows[-1]  # The stand-in teacher is named as such.
 
 
+@pytest.mark.slow  # ~30-50 s on 2 cores.
 def test_feature_teacher_interface_and_mae_decoder():
     teacher = milan_obj.FeatureTeacher(dict(model='ViT-testing', overrides=dict(num_classes=0, image_size=16)),
                                        image_size=(16, 16), value_range=(-1.0, 1.0))

@@ -149,6 +149,7 @@ def test_stochastic_depth_and_dropout_are_train_only():
     assert not np.allclose(t1, t2)
 
 
+@pytest.mark.slow  # tests/test_precision.py covers bfloat16 in the default run.
 def test_bf16_compute_close_to_float32():
     x = jax.random.normal(jax.random.PRNGKey(0), (2, 32, 32, 3))
     m32 = models.get_model('ViT-testing', num_classes=10, head_bias_init=0.0)

@@ -74,6 +74,7 @@ def test_bad_inputs_give_clear_errors():
         jax.eval_shape(lambda: bad.init(jax.random.PRNGKey(0), jnp.zeros((1, 128, 128, 3))))
 
 
+@pytest.mark.slow  # ~30-50 s on 2 cores.
 def test_qem_writes_encoder_tokens_twice():
     """After the final LN the inner queries are overwritten by the raw encoder tokens, then `embed` is applied."""
     model = models.get_model('QueryOTR-testing')
@@ -220,6 +221,7 @@ def test_psm_coverage_of_the_paper_geometry():
 # ----------------------------------------------------------------------------------------------------------------
 # Discriminator and DiffAugment.
 # ----------------------------------------------------------------------------------------------------------------
+@pytest.mark.slow  # ~30-50 s on 2 cores.
 def test_multiscale_patchgan_shapes_and_spectral_norm():
     d = patchgan.MultiScalePatchGAN()  # QueryOTR: 2 scales x 4 layers, 64 channels.
     x = jnp.zeros((1, 192, 192, 3))
@@ -250,6 +252,7 @@ def test_hinge_losses():
     np.testing.assert_allclose(float(patchgan.hinge_g_loss(fake)), 1.0 - 0.5)
 
 
+@pytest.mark.slow  # ~15-25 s on 2 cores.
 def test_diffaugment():
     x = jax.random.uniform(jax.random.PRNGKey(0), (8, 16, 16, 3))
     y = patchgan.diff_augment(x, jax.random.PRNGKey(1))

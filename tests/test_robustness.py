@@ -211,6 +211,7 @@ def test_perturbation_semantics(tmp_path):
 # ----------------------------------------------------------------------------------------------------------------
 # Shape token: DeiT distillation token trained against a teacher.
 # ----------------------------------------------------------------------------------------------------------------
+@pytest.mark.slow  # ~30-40 s on 2 cores.
 def test_deit_distilled_models():
     from vit_jax import models
 

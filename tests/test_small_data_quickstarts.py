@@ -21,7 +21,7 @@ def _load(spec):
 QUICKSTARTS = [
     ('quickstart_cct.py:CCT,tiny', 0.70),
     ('quickstart_dhvt.py:tiny', 0.80),
-    ('quickstart_dtn.py:tiny', 0.75),
+    pytest.param('quickstart_dtn.py:tiny', 0.75, marks=pytest.mark.slow),  # 600 steps: ~1 min on 2 cores.
 ]
 
 
@@ -77,6 +77,7 @@ def _on_digits(spec, **model):
     return c
 
 
+@pytest.mark.slow  # ~40-80 s on 2 cores.
 def test_cct_cifar_recipe_runs_end_to_end(tmp_path):
     c = _on_digits('cct_7_3x1.py:cifar10', hidden_size=16, num_layers=1, num_heads=2)
     result = train.train_and_evaluate(c, str(tmp_path))

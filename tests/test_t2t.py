@@ -83,6 +83,7 @@ def _tiny(tokens_type='performer', **kw):
                             hidden_size=32, num_layers=2, num_heads=2, mlp_ratio=2.0, **kw)
 
 
+@pytest.mark.slow  # ~30-50 s on 2 cores.
 def test_performer_constants():
     model = _tiny()
     x = jnp.zeros((2, 32, 32, 3))

@@ -37,6 +37,7 @@ def test_moving_digits_quickstart_reaches_stated_accuracy(tmp_path):
     assert result['val/num_examples'] == 1024
 
 
+@pytest.mark.slow  # ~20-35 s on 2 cores.
 def test_multi_view_evaluator_smoke(tmp_path):
     """A few steps with 3 distinct spatial crops per test clip (24-px crops of the 32-px frames)."""
     c = _config('tiny')
