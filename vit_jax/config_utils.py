@@ -189,3 +189,25 @@ def base_config() -> ml_collections.ConfigDict:
     c.sharding_rules = ()  # ((regex, 'replicate' | 'fsdp' | (axis, ...)), ...) per-parameter overrides.
     c.sharding_min_size = 2**14  # FSDP leaves arrays with fewer elements replicated.
     return c
+
+
+def split_overrides(argv) -> tuple[list, list[tuple[str, str]]]:
+    """Splits `--config.a.b=value` (or `--config.a.b value`) out of argv: (the other args, [(key, value), ...])."""
+    rest, overrides, i = [], [], 0
+    argv = list(argv)
+    while i < len(argv):
+        a = argv[i]
+        if a.startswith('--config.'):
+            body = a[len('--config.'):]
+            if '=' in body:
+                k, v = body.split('=', 1)
+            elif i + 1 < len(argv):
+                k, v = body, argv[i + 1]
+                i += 1
+            else:
+                raise SystemExit(f'{a} needs a value (--config.key=value).')
+            overrides.append((k, v))
+        else:
+            rest.append(a)
+        i += 1
+    return rest, overrides

@@ -27,23 +27,10 @@ _OVERRIDES: list[tuple[str, str]] = []
 
 def _split_overrides(argv: Sequence[str]) -> list[str]:
     """Removes `--config.a.b=value` (or `--config.a.b value`) from argv and records them."""
-    rest, i = [], 0
-    argv = list(argv)
-    while i < len(argv):
-        a = argv[i]
-        if a.startswith('--config.'):
-            body = a[len('--config.'):]
-            if '=' in body:
-                k, v = body.split('=', 1)
-            elif i + 1 < len(argv):
-                k, v = body, argv[i + 1]
-                i += 1
-            else:
-                raise SystemExit(f'{a} needs a value (--config.key=value).')
-            _OVERRIDES.append((k, v))
-        else:
-            rest.append(a)
-        i += 1
+    from vit_jax import config_utils
+
+    rest, overrides = config_utils.split_overrides(argv)
+    _OVERRIDES.extend(overrides)
     return rest
 
 

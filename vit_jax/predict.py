@@ -249,24 +249,9 @@ class Predictor:
 
 
 def _split_overrides(argv: Sequence[str]) -> tuple[list[str], list[tuple[str, str]]]:
-    rest, overrides, i = [], [], 0
-    argv = list(argv)
-    while i < len(argv):
-        a = argv[i]
-        if a.startswith('--config.'):
-            body = a[len('--config.'):]
-            if '=' in body:
-                k, v = body.split('=', 1)
-            elif i + 1 < len(argv):
-                k, v = body, argv[i + 1]
-                i += 1
-            else:
-                raise SystemExit(f'{a} needs a value (--config.key=value).')
-            overrides.append((k, v))
-        else:
-            rest.append(a)
-        i += 1
-    return rest, overrides
+    from vit_jax import config_utils
+
+    return config_utils.split_overrides(argv)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
