@@ -126,29 +126,9 @@ def digits(model: dict, *, image_size: int, steps: int = 1500, batch_size: int =
 
     With `tiny=True`: a short run for the tests (no intermediate evaluations or checkpoints).
     """
-    c = config_utils.base_config()
-    c.dataset = 'digits'
-    c.model = dict(num_classes=10, image_size=image_size, **model)
-    c.data.train_pp = 'random_shift'
-    c.data.flip = False  # Mirrored digits are other digits.
-    c.batch_size = batch_size
-    c.total_steps = steps
-    c.log_every = 100
-    c.eval_every = 500
-    c.checkpoint_every = 500
-    c.optimizer = dict(c.optimizer, name='adamw', weight_decay=weight_decay, wd_mask='no_bias_norm',
-                       grad_clip_norm=1.0)
-    c.lr = dict(base=lr, warmup_steps=max(steps // 15, 1), decay='cosine', end=1e-5)
-    c.objective.label_smoothing = 0.1
-    c.evals.val = dict(type='classification', split='test', every=500)
-    if tiny:
-        c.batch_size = 64
-        c.log_every = 50
-        c.eval_every = 0
-        c.checkpoint_every = 0
-        c.tensorboard = False
-        c.evals.val.every = 0
-    return c
+    return config_utils.digits_recipe(dict(image_size=image_size, **model), steps=steps,
+                                      warmup_steps=max(steps // 15, 1), lr=lr, weight_decay=weight_decay,
+                                      batch_size=batch_size, tiny=tiny)
 
 
 def get_config(arg: str = 'ViT-S/16') -> ml_collections.ConfigDict:

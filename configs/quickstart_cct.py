@@ -29,28 +29,9 @@ def get_config(arg=None):
     if family not in MODELS:
         raise ValueError(f'Unknown family {family!r}; choose one of {sorted(MODELS)} (optionally with ",tiny").')
     name, over = MODELS[family]
-    c = config_utils.base_config()
-    c.dataset = 'digits'
-    c.model = dict(name=name, num_classes=10, image_size=8, **over)
-    c.data.train_pp = 'random_shift'
-    c.data.flip = False  # Mirrored digits are other digits.
-    c.batch_size = 128
-    c.total_steps = 1500
-    c.log_every = 100
-    c.eval_every = 500
-    c.checkpoint_every = 500
-    c.optimizer = dict(c.optimizer, name='adamw', weight_decay=0.05, wd_mask='no_bias_norm', grad_clip_norm=1.0)
-    c.lr = dict(base=2e-3, warmup_steps=100, decay='cosine', end=1e-5)
-    c.objective.label_smoothing = 0.1
-    c.evals.val = dict(type='classification', split='test', every=500)
-    if 'tiny' in opts:  # For tests: a narrower model, a short run.
+    tiny = 'tiny' in opts  # For tests: a narrower model, a short run.
+    c = config_utils.digits_recipe(dict(name=name, image_size=8, **over), steps=200 if tiny else 1500,
+                                   warmup_steps=20 if tiny else 100, tiny=tiny)
+    if tiny:
         c.model.hidden_size = 32
-        c.batch_size = 64
-        c.total_steps = 200
-        c.log_every = 50
-        c.eval_every = 0
-        c.checkpoint_every = 0
-        c.tensorboard = False
-        c.lr.warmup_steps = 20
-        c.evals.val.every = 0
     return c

@@ -211,3 +211,36 @@ def split_overrides(argv) -> tuple[list, list[tuple[str, str]]]:
             rest.append(a)
         i += 1
     return rest, overrides
+
+
+def digits_recipe(model: dict, *, train_pp: str = 'random_shift', steps: int = 1500, warmup_steps: int = 100,
+                  lr: float = 2e-3, weight_decay: float = 0.05, batch_size: int = 128, tiny: bool = False):
+    """The CPU-sized classification recipe on the built-in digits that the family quickstarts share: AdamW with
+    weight decay off biases and norms, cosine with warm-up, label smoothing 0.1, random 1-pixel shifts, no flips.
+
+    `model` is `config.model` (name, image_size and overrides; num_classes is set to 10). `tiny=True` is the
+    short form the tests run: batch 64, no intermediate evaluations or checkpoints, no TensorBoard.
+    """
+    c = base_config()
+    c.dataset = 'digits'
+    c.model = dict(num_classes=10, **model)
+    c.data.train_pp = train_pp
+    c.data.flip = False  # Mirrored digits are other digits.
+    c.batch_size = batch_size
+    c.total_steps = steps
+    c.log_every = 100
+    c.eval_every = 500
+    c.checkpoint_every = 500
+    c.optimizer = dict(c.optimizer, name='adamw', weight_decay=weight_decay, wd_mask='no_bias_norm',
+                       grad_clip_norm=1.0)
+    c.lr = dict(base=lr, warmup_steps=warmup_steps, decay='cosine', end=1e-5)
+    c.objective.label_smoothing = 0.1
+    c.evals.val = dict(type='classification', split='test', every=500)
+    if tiny:
+        c.batch_size = 64
+        c.log_every = 50
+        c.eval_every = 0
+        c.checkpoint_every = 0
+        c.tensorboard = False
+        c.evals.val.every = 0
+    return c
