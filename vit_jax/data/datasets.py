@@ -37,6 +37,8 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from vit_jax import registry
+
 log = logging.getLogger(__name__)
 
 
@@ -118,17 +120,9 @@ _extensions_loaded = False
 
 def _load_extensions() -> None:
     global _extensions_loaded
-    if _extensions_loaded:
-        return
-    _extensions_loaded = True
-    import importlib
-
-    for mod in _EXTENSIONS:
-        try:
-            importlib.import_module(mod)
-        except ModuleNotFoundError as e:
-            if e.name != mod:
-                raise
+    if not _extensions_loaded:
+        _extensions_loaded = True
+        registry.import_optional(_EXTENSIONS)
 
 
 def list_datasets() -> list[str]:

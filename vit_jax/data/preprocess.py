@@ -38,6 +38,8 @@ from typing import Any
 
 import tensorflow as tf
 
+from vit_jax import registry
+
 Example = dict[str, tf.Tensor]
 
 
@@ -115,17 +117,9 @@ _extensions_loaded = False
 
 def _load_extensions() -> None:
     global _extensions_loaded
-    if _extensions_loaded:
-        return
-    _extensions_loaded = True
-    import importlib
-
-    for mod in _EXTENSIONS:
-        try:
-            importlib.import_module(mod)
-        except ModuleNotFoundError as e:
-            if e.name != mod:
-                raise
+    if not _extensions_loaded:
+        _extensions_loaded = True
+        registry.import_optional(_EXTENSIONS)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -8,9 +8,9 @@ Each entry becomes `Evaluator(name, entry, ctx)`; `run(state)` returns named fig
 
 from __future__ import annotations
 
-import difflib
-import importlib
 from typing import Any
+
+from vit_jax import registry
 
 _REGISTRY: dict[str, type] = {}
 # Modules imported on first lookup; add new evaluator modules here.
@@ -30,16 +30,9 @@ def register(name: str):
 def get(name: str) -> type:
     """The evaluator class registered as `name`."""
     if name not in _REGISTRY:
-        for m in _MODULES:
-            try:
-                importlib.import_module(f'vit_jax.evaluators.{m}')
-            except ModuleNotFoundError as e:
-                if e.name != f'vit_jax.evaluators.{m}':
-                    raise
+        registry.import_optional(f'vit_jax.evaluators.{m}' for m in _MODULES)
     if name not in _REGISTRY:
-        close = difflib.get_close_matches(name, list(_REGISTRY), n=3)
-        raise ValueError(f'Unknown evaluator type {name!r}' + (f' (did you mean {", ".join(close)}?)' if close else '')
-                         + f'; registered: {", ".join(sorted(_REGISTRY))}.')
+        raise registry.unknown_name('evaluator type', name, _REGISTRY)
     return _REGISTRY[name]
 
 

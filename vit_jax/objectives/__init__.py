@@ -8,9 +8,9 @@
 
 from __future__ import annotations
 
-import difflib
-import importlib
 from typing import Any
+
+from vit_jax import registry
 
 _REGISTRY: dict[str, type] = {}
 # Modules imported on first lookup; add new objective modules here.
@@ -29,12 +29,7 @@ def register(name: str):
 
 
 def _load() -> None:
-    for m in _MODULES:
-        try:
-            importlib.import_module(f'vit_jax.objectives.{m}')
-        except ModuleNotFoundError as e:
-            if e.name != f'vit_jax.objectives.{m}':
-                raise
+    registry.import_optional(f'vit_jax.objectives.{m}' for m in _MODULES)
 
 
 def get(name: str) -> type:
@@ -42,9 +37,7 @@ def get(name: str) -> type:
     if name not in _REGISTRY:
         _load()
     if name not in _REGISTRY:
-        close = difflib.get_close_matches(name, list(_REGISTRY), n=3)
-        raise ValueError(f'Unknown objective {name!r}' + (f' (did you mean {", ".join(close)}?)' if close else '')
-                         + f'; registered: {", ".join(sorted(_REGISTRY))}.')
+        raise registry.unknown_name('objective', name, _REGISTRY)
     return _REGISTRY[name]
 
 
