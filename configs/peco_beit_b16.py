@@ -32,6 +32,8 @@ import ml_collections
 from vit_jax import config_utils
 
 STEPS_PER_EPOCH_2048 = 1_281_167 // 2048
+DIGITS_FINETUNE_STEPS = 150  # The digits fine-tune / scratch budget (batch 128).
+DIGITS_FINETUNE_LR = 4e-3  # Best of the scratch sweep 1e-3 / 2e-3 / 4e-3 / 8e-3 at that budget.
 
 
 def _pretrain_common(c):
@@ -87,12 +89,13 @@ def get_config(arg=None):
         c.data.train_pp = 'random_shift|beit_mask(grid=4, num_masking_patches=6, min_num_patches=2)'
         c.data.flip = False
         c.batch_size = 128
-        c.total_steps = 1000 if arg == 'digits' else 150
+        c.total_steps = 1000 if arg == 'digits' else 300
         c.log_every = 50
         c.checkpoint_every = 0
         c.optimizer = ml_collections.ConfigDict(dict(c.optimizer.to_dict(), name='adamw', b1=0.9, b2=0.98,
                                                      weight_decay=0.05, wd_mask='no_bias_norm', grad_clip_norm=3.0))
-        c.lr = ml_collections.ConfigDict(dict(base=1.5e-3, warmup_steps=50, decay='cosine', end=1e-5))
+        c.lr = ml_collections.ConfigDict(dict(base=3e-3, warmup_steps=50, decay='cosine', end=1e-5))
+        c.tensorboard = False
         c = _pretrain_common(c)
         c.objective.tokenizer = dict(type='vqgan', model='VQGAN-testing',
                                      overrides=dict(image_size=16, num_codes=64, code_dim=16),
@@ -104,14 +107,17 @@ def get_config(arg=None):
         c.data.train_pp = 'random_shift'
         c.data.flip = False
         c.batch_size = 128
-        c.total_steps = 300
+        c.total_steps = DIGITS_FINETUNE_STEPS
         c.log_every = 50
         c.eval_every = 0
         c.checkpoint_every = 0
+        c.tensorboard = False
+        # The same recipe for both; the fine-tune only adds layer decay (as BEiT/PeCo fine-tune). lr: the best of the
+        # scratch sweep (see the module docstring).
         c.optimizer = ml_collections.ConfigDict(dict(c.optimizer.to_dict(), name='adamw', weight_decay=0.05,
                                                      wd_mask='no_bias_norm', grad_clip_norm=None,
                                                      layer_decay=0.75 if arg == 'digits_finetune' else None))
-        c.lr = ml_collections.ConfigDict(dict(base=2e-3, warmup_steps=30, decay='cosine', end=1e-5))
+        c.lr = ml_collections.ConfigDict(dict(base=DIGITS_FINETUNE_LR, warmup_steps=30, decay='cosine', end=1e-5))
         c.objective = ml_collections.ConfigDict(dict(type='classification', label_smoothing=0.1, loss='softmax'))
         c.evals = ml_collections.ConfigDict(dict(val=dict(type='classification', split='test', every=0)))
         c.init_from = ml_collections.ConfigDict(dict(
@@ -123,10 +129,15 @@ def get_config(arg=None):
 
 
 def digits_model(c, num_classes, vocab_size=None):
-    """A small BEiT for the 16x16 digits: 4x4 patches (a 4x4 grid, like the f4 tokenizer), width 64, 4 layers."""
+    """A small BEiT for the 16x16 digits: 4x4 patches (a 4x4 grid, like the f4 tokenizer), width 64, 4 layers.
+
+    Unlike BEiT-B (relative position bias only), it also has a learned absolute position embedding: without one the
+    tiny model starts as a bag of patches and learned markedly slower both from scratch (33% vs 39% test accuracy
+    after 150 steps) and in MIM.
+    """
     c.dataset = 'digits'
     c.model = ml_collections.ConfigDict(dict(
         name='BEiT-testing', num_classes=num_classes, image_size=16, patch_size=4, hidden_size=64, mlp_dim=128,
-        num_heads=4, num_layers=4, classifier='gap', rel_pos_bias='shared', layer_scale=0.1, drop_path_rate=0.0,
-        vocab_size=vocab_size))
+        num_heads=4, num_layers=4, classifier='gap', rel_pos_bias='shared', abs_posemb=True, layer_scale=0.1,
+        drop_path_rate=0.0, vocab_size=vocab_size))
     return c

@@ -104,19 +104,58 @@ def test_cosine_loss():
     np.testing.assert_allclose(milan_obj.cosine_loss(a, b), [[0.0, 4.0]], atol=1e-6)
 
 
-@pytest.mark.slow
-def test_tiny_milan_pretraining_loss_falls(tmp_path):
+@pytest.fixture(scope='module')
+def milan_digits(tmp_path_factory):
+    """MILAN pretraining (`milan_b16.py:digits_tiny`, random stand-in teacher) -> the `:digits_finetune` /
+    `:digits_scratch` pair (same model, steps, optimizer, lr and augmentation; the fine-tune starts from the MILAN
+    encoder and adds layer decay 0.75). Returns the pretraining loss curve and both accuracies."""
     import json
     import os
 
     from vit_jax import config_utils, train
 
-    c = config_utils.load('configs/milan_b16.py:digits_tiny')
-    train.train_and_evaluate(c, str(tmp_path))
-    rows = [json.loads(line) for line in open(os.path.join(tmp_path, 'metrics.jsonl'))]
-    rows = [r for r in rows if 'train/loss' in r]
+    tmp = tmp_path_factory.mktemp('milan')
+    pre_dir = str(tmp / 'pretrain')
+    train.train_and_evaluate(config_utils.load('configs/milan_b16.py:digits_tiny'), pre_dir)
+    rows = [json.loads(line) for line in open(os.path.join(pre_dir, 'metrics.jsonl'))]
+    accuracy = {}
+    for arg in ('digits_finetune', 'digits_scratch'):
+        c = config_utils.load(f'configs/milan_b16.py:{arg}')
+        if arg == 'digits_finetune':
+            c.init_from.path = pre_dir
+        accuracy[arg] = train.train_and_evaluate(c, str(tmp / arg))['val/accuracy']
+    print('MILAN digits: fine-tuned', accuracy['digits_finetune'], 'scratch', accuracy['digits_scratch'])
+    return dict(rows=[r for r in rows if 'train/loss' in r], accuracy=accuracy)
+
+
+@pytest.mark.slow
+def test_tiny_milan_pretraining_loss_falls(milan_digits):
+    rows = milan_digits['rows']
     assert rows[-1]['train/loss'] < 0.7 * rows[0]['train/loss'], (rows[0]['train/loss'], rows[-1]['train/loss'])
     assert 'train/loss_random_teacher' in rows[-1]  # The stand-in teacher is named as such.
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=False, reason='MILAN with the random STAND-IN teacher does not beat a tuned scratch '
+                   'baseline on the digits (measured figures in the docstring)')
+def test_milan_digits_finetune_vs_scratch(milan_digits):
+    """The issue's claim: fine-tuning after MILAN pretraining beats training from scratch at the same budget by > 2
+    points.
+
+    STAND-IN TEACHER: the real MILAN teacher is CLIP ViT-B/16, whose weights cannot be downloaded here; the digits
+    config distils a frozen random-init CLIP-architecture network (metric `loss_random_teacher`), so this is not MILAN's
+    language-assisted target. Not reached at CPU-test sizes (both runs: the same ViT-4x64, global average pooling, 150
+    steps at batch 128, AdamW lr 4e-3 (the scratch sweep's best), cosine, warm-up 30, label smoothing 0.1, random
+    shifts; the fine-tune adds layer decay 0.75). Measured (test accuracy, 360 images):
+    - scratch, lr 4e-3: 65.8%; fine-tuned after 200 / 600 pretraining steps: 64.7% / 66.7% (lr 2e-3: 58.9%).
+    - at a 400-step budget: scratch 91.9%, fine-tuned after 600 pretraining steps 89.2%.
+    - with the class-token head instead: scratch lr 2e-3 / 4e-3: 59.7% / 63.3%; fine-tuned 57.2% (2e-3), 56.9%
+      (4e-3, no layer decay).
+    A random teacher's token features are mostly a function of each token's own patch: 600 steps reach cos 0.97 /
+    0.96 / 0.76 on the class token / visible / masked tokens, and 48% / 56% 5/10-shot accuracy.
+    """
+    acc = milan_digits['accuracy']
+    assert acc['digits_finetune'] > acc['digits_scratch'] + 0.02, acc
 
 
 @pytest.mark.slow  # ~30-50 s on 2 cores.
