@@ -449,7 +449,7 @@ USE_REAL_DATA = False  # True: ADE20K / NYUv2 configs (prepared TFDS data) and t
 CHECKPOINTS = None     # With USE_REAL_DATA: {'seg': 'workdirs/seg_ade20k', 'depth': 'workdirs/dpt_nyu'}
 SEG_CONFIG = 'segmenter_ade20k.py' if USE_REAL_DATA else 'segmenter_digits.py'
 DEPTH_CONFIG = 'dpt_nyu.py' if USE_REAL_DATA else 'dpt_digits.py'
-TRAIN_STEPS = 5 if SMOKE else 300   # The configs' own: 1500 (about 10 min each on 2 CPU cores).
+TRAIN_STEPS = 5 if SMOKE else 300   # The configs' own: 4000 (Segmenter), 1500 (DPT); 5-10 min each on 2 cores.
 NUM_SHOWN = 4''',
     '''from vit_jax import config_utils, data, train
 

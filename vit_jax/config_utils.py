@@ -244,3 +244,38 @@ def digits_recipe(model: dict, *, train_pp: str = 'random_shift', steps: int = 1
         c.tensorboard = False
         c.evals.val.every = 0
     return c
+
+
+def dense_digits_recipe(model: dict, *, steps: int, lr: float, objective: dict, evals: dict,
+                        dont_load: Sequence[str], tiny: bool = False):
+    """The CPU-sized dense-prediction recipe on the built-in 'dense_digits' that the Segmenter and DPT configs
+    share: 20000 freshly drawn training canvases (2000 are memorised long before a tiny ViT learns which digit a
+    stroke belongs to), batch 32, AdamW (weight decay 0.01 off biases and norms, clipping at 1), cosine with 50
+    warm-up steps, evaluation on the 500 test canvases (glyphs training never sees) every quarter of the run.
+
+    `model` is `config.model`; `objective` / `evals` the dense objective and the evaluator entry ('every' is set
+    here); `dont_load` the decoder's parameters for `init_from` (a ViT checkpoint initialises the backbone).
+    `tiny=True` is the short form the smoke tests run: 10 steps on 2000 canvases, no evaluation, no checkpoints.
+    """
+    c = base_config()
+    c.dataset = 'dense_digits'
+    c.model = dict(model)
+    c.data = dict(c.data, train_pp='dense_decode|dense_random_crop', eval_pp='dense_decode|dense_resize',
+                  flip=False, dense_num_train=20000)
+    c.batch_size = 32
+    c.total_steps = steps
+    c.log_every = 100
+    c.eval_every = max(steps // 4, 1)
+    c.checkpoint_every = c.eval_every
+    c.optimizer = dict(c.optimizer, name='adamw', weight_decay=0.01, wd_mask='no_bias_norm', grad_clip_norm=1.0)
+    c.lr = dict(base=lr, warmup_steps=50, decay='cosine', end=1e-5)
+    c.objective = dict(objective)
+    c.evals = dict(val=dict(evals, split='test', every=c.eval_every))
+    c.init_from = dict(path=None, dont_load=tuple(dont_load))
+    if tiny:
+        c.data.dense_num_train = 2000
+        c.total_steps = 10
+        c.log_every = 5
+        c.eval_every = 0
+        c.checkpoint_every = 0
+    return c
