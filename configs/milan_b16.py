@@ -8,13 +8,26 @@
     python -m vit_jax.main --config=configs/milan_b16.py:finetune --workdir=workdirs/milan_b16_ft \
         --config.init_from.path=workdirs/milan_b16
 
-    # On the built-in digits (CPU, minutes; a random-init CLIP-architecture teacher: a stand-in, not MILAN):
+    # On the built-in digits (CPU, minutes; a STAND-IN teacher: a frozen random-init CLIP-architecture network, not
+    # CLIP, so not MILAN's language-assisted targets; metrics say `loss_random_teacher`):
     python -m vit_jax.main --config=configs/milan_b16.py:digits --workdir=workdirs/milan_digits
-    # ... or with a trained ViT teacher from a workdir (trained with the digits labels: an illustration only):
-    python -m vit_jax.main --config=configs/milan_b16.py:digits_scratch --workdir=workdirs/milan_teacher_digits
-    python -m vit_jax.main --config=configs/milan_b16.py:digits_vit_teacher --workdir=workdirs/milan_digits
     python -m vit_jax.main --config=configs/milan_b16.py:digits_finetune --workdir=workdirs/milan_digits_ft \
         --config.init_from.path=workdirs/milan_digits
+    python -m vit_jax.main --config=configs/milan_b16.py:digits_scratch --workdir=workdirs/milan_digits_scratch
+    # ... or with a trained ViT teacher from a workdir (trained with the digits labels: it shows the teacher path end
+    # to end; fine-tuning gains from it would be label distillation, so it is never used for a comparison):
+    python -m vit_jax.main --config=configs/milan_b16.py:digits_scratch --workdir=workdirs/milan_teacher_digits
+    python -m vit_jax.main --config=configs/milan_b16.py:digits_vit_teacher --workdir=workdirs/milan_digits_vt
+
+Digits figures (test accuracy on the 360 held-out digits; `tests/test_milan.py` runs `:digits_tiny` then the pair).
+The pretraining sees all 1437 training images without labels. `:digits_finetune` and `:digits_scratch` are the same
+label-scarce recipe (labels of 10% of the training images = 143, 400 steps at batch 128; ViT 4 layers x 64, sin-cos
+position embedding, global average pooling, AdamW lr 8e-3 = the best of a scratch sweep 2e-3 / 4e-3 / 8e-3 / 1.6e-2:
+72.2% / 73.3% / 74.7% / S16, cosine, warm-up 30, label smoothing 0.1, random shifts); the fine-tune starts from the
+MILAN encoder and adds layer decay 0.75 (as MILAN/MAE fine-tune). With the random STAND-IN teacher and 300
+pretraining steps (loss 1.18 -> 0.37 / 1.10 -> 0.37): fine-tuned 77.8% vs scratch 74.7% (seed 0), 78.6% vs 72.8%
+(seed 1). Without label scarcity pretraining on a random teacher does not help: all labels, 150 steps, lr 4e-3:
+scratch 65.8% vs fine-tuned 64.7% / 66.7% after 200 / 600 pretraining steps; 400 steps: 91.9% vs 89.2%.
 
 Recipe (specs_c.md section 2, zejiangh/MILAN PRETRAIN.sh / FINETUNE.sh): MAE ViT-B/16 encoder on 49 of 196 patches,
 semantic-aware masking from CLIP's last-block class-token attention (kept patches drawn without replacement
@@ -37,8 +50,12 @@ from vit_jax import config_utils
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-DIGITS_FINETUNE_STEPS = 150  # The digits fine-tune / scratch budget (batch 128).
-DIGITS_FINETUNE_LR = 4e-3  # Best of the scratch sweep 1e-3 / 2e-3 / 4e-3 / 8e-3 at that budget.
+# The digits fine-tune / scratch comparison: label-scarce, as self-supervised pretraining is meant to be used: the
+# pretraining sees all 1437 training images without labels, both classifiers see the labels of the first 10% (143
+# images, a fixed random subset), 400 steps at batch 128.
+DIGITS_FINETUNE_SPLIT = 'train[:10%]'
+DIGITS_FINETUNE_STEPS = 400
+DIGITS_FINETUNE_LR = 8e-3  # The best of the scratch sweep (see the module docstring).
 
 
 def _digits_encoder():
@@ -124,6 +141,7 @@ def get_config(arg=None):
         c.data.train_pp = 'random_shift'
         c.data.flip = False
         c.batch_size = 128
+        c.data.train_split = DIGITS_FINETUNE_SPLIT
         c.total_steps = DIGITS_FINETUNE_STEPS
         c.log_every = 50
         c.eval_every = 0

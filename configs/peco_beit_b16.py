@@ -12,6 +12,18 @@
     python -m vit_jax.main --config=configs/peco_beit_b16.py:digits --workdir=workdirs/peco_digits
     python -m vit_jax.main --config=configs/peco_beit_b16.py:digits_finetune --workdir=workdirs/peco_digits_ft \
         --config.init_from.path=workdirs/peco_digits
+    python -m vit_jax.main --config=configs/peco_beit_b16.py:digits_scratch --workdir=workdirs/peco_digits_scratch
+
+Digits figures (test accuracy on the 360 held-out digits; `tests/test_mim.py::test_peco_digits_*` runs the whole
+chain with the `:digits_tiny` stages). The MIM sees all 1437 training images without labels. `:digits_finetune` and
+`:digits_scratch` are the same label-scarce recipe (labels of 10% of the training images = 143, 400 steps at batch
+128; BEiT 4 layers x 64 with an absolute position embedding, AdamW lr 4e-3 = the best of a scratch sweep at 150
+steps, cosine, warm-up 30, label smoothing 0.1, random shifts); the fine-tune starts from the MIM weights and adds
+layer decay 0.75 (BEiT/PeCo fine-tune with layer decay). Measured: fine-tuned after 400 MIM steps 64.2% vs scratch
+76.4%; with all labels and 150 steps 40.6% vs 39.4%. PeCo pretraining does NOT beat training from scratch here:
+after 400 steps (loss 3.83 -> 3.08) the MIM predicts 17% of the masked codes (64 codes) and its features give 17-19%
+5/10-shot accuracy; codes of 4x4-pixel patches from a 150-step tokenizer are a low-level target and minutes of CPU
+pretraining are far from the paper's 800 epochs. The test keeps the comparison as a non-strict xfail.
 
 Recipe (specs_c.md sections 1 and 3; the unilm BEiT scripts): BEiT ViT-B/16 (layer scale 0.1, shared relative
 position bias, no absolute position embedding, qkv bias, LayerNorm eps 1e-6), blockwise masking of 75 of 196
@@ -32,8 +44,12 @@ import ml_collections
 from vit_jax import config_utils
 
 STEPS_PER_EPOCH_2048 = 1_281_167 // 2048
-DIGITS_FINETUNE_STEPS = 150  # The digits fine-tune / scratch budget (batch 128).
-DIGITS_FINETUNE_LR = 4e-3  # Best of the scratch sweep 1e-3 / 2e-3 / 4e-3 / 8e-3 at that budget.
+# The digits fine-tune / scratch comparison: label-scarce, as self-supervised pretraining is meant to be used: the
+# pretraining sees all 1437 training images without labels, both classifiers see the labels of the first 10% (143
+# images, a fixed random subset), 400 steps at batch 128.
+DIGITS_FINETUNE_SPLIT = 'train[:10%]'
+DIGITS_FINETUNE_STEPS = 400
+DIGITS_FINETUNE_LR = 4e-3  # The best of the scratch sweep (see the module docstring).
 
 
 def _pretrain_common(c):
@@ -107,6 +123,7 @@ def get_config(arg=None):
         c.data.train_pp = 'random_shift'
         c.data.flip = False
         c.batch_size = 128
+        c.data.train_split = DIGITS_FINETUNE_SPLIT
         c.total_steps = DIGITS_FINETUNE_STEPS
         c.log_every = 50
         c.eval_every = 0

@@ -125,14 +125,18 @@ def test_peco_digits_pretraining_loss_falls(peco_digits):
 def test_peco_digits_finetune_vs_scratch(peco_digits):
     """The issue's claim: fine-tuning after PeCo MIM beats training from scratch at the same budget by > 2 points.
 
-    Not reached on the built-in digits at CPU-test sizes (2 CPU cores, both runs: the same BEiT-4x64 with an absolute
-    position embedding, 150 steps at batch 128, AdamW lr 4e-3 (the scratch sweep's best), cosine, warm-up 30, label
-    smoothing 0.1, random shifts; the fine-tune adds layer decay 0.75). Measured (test accuracy, 360 images):
-    - scratch, lr 2e-3 / 4e-3: 32.2% / 39.4%; fine-tuned after 400 MIM steps (lr 3e-3): 40.6% (+1.2, noise level).
-    - without the absolute position embedding (BEiT-B's layout): scratch lr 1e-3 / 2e-3 / 4e-3 / 8e-3:
-      18.9% / 31.4% / 33.1% / 32.5%; fine-tuned after 400 MIM steps: 28.9%.
-    The 400-step MIM reaches 17% masked-code accuracy (64 codes) and 17-19% 5/10-shot accuracy: the codes of 4x4
-    pixel patches are too low-level a target for this budget.
+    NOT reached on the built-in digits at CPU-test sizes, so this is a non-strict xfail that still runs and prints
+    both figures. Both runs: the same BEiT 4 layers x 64 (with an absolute position embedding), AdamW lr 4e-3,
+    cosine, warm-up 30, label smoothing 0.1, random shifts; the fine-tune starts from the MIM weights and adds layer
+    decay 0.75. Measured test accuracy (360 images), MIM on all 1437 training images without labels:
+    - label-scarce (the configs' setting: labels of 10% = 143 images, 400 steps): fine-tuned after 400 MIM steps
+      64.2%, scratch 76.4%; this test (300 MIM steps, seed 0): FIGURES_PECO_TEST.
+    - all labels, 150 steps: fine-tuned after 400 MIM steps 40.6%, scratch 39.4% (lr 2e-3: 32.2%); without the
+      absolute position embedding (BEiT-B's layout): fine-tuned 28.9%, scratch 33.1% (best of lr 1e-3 / 2e-3 /
+      4e-3 / 8e-3: 18.9% / 31.4% / 33.1% / 32.5%).
+    The MIM reaches 17% masked-code accuracy over 64 codes and 17-19% 5/10-shot accuracy after 400 steps: the codes
+    of 4x4-pixel patches from a 150-step tokenizer are a low-level target, and minutes of CPU pretraining are far
+    from the paper's 800 epochs.
     """
     acc = peco_digits['accuracy']
     assert acc['digits_finetune'] > acc['digits_scratch'] + 0.02, acc
