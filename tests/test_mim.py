@@ -130,7 +130,7 @@ def test_peco_digits_finetune_vs_scratch(peco_digits):
     cosine, warm-up 30, label smoothing 0.1, random shifts; the fine-tune starts from the MIM weights and adds layer
     decay 0.75. Measured test accuracy (360 images), MIM on all 1437 training images without labels:
     - label-scarce (the configs' setting: labels of 10% = 143 images, 400 steps): fine-tuned after 400 MIM steps
-      64.2%, scratch 76.4%; this test (300 MIM steps, seed 0): FIGURES_PECO_TEST.
+      64.2%, scratch 76.4%; this test (300 MIM steps, loss 3.83 -> 3.20, seed 0): 65.8% vs 76.4%.
     - all labels, 150 steps: fine-tuned after 400 MIM steps 40.6%, scratch 39.4% (lr 2e-3: 32.2%); without the
       absolute position embedding (BEiT-B's layout): fine-tuned 28.9%, scratch 33.1% (best of lr 1e-3 / 2e-3 /
       4e-3 / 8e-3: 18.9% / 31.4% / 33.1% / 32.5%).
