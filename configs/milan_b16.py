@@ -16,7 +16,8 @@
     python -m vit_jax.main --config=configs/milan_b16.py:digits_scratch --workdir=workdirs/milan_digits_scratch
     # ... or with a trained ViT teacher from a workdir (trained with the digits labels: it shows the teacher path end
     # to end; fine-tuning gains from it would be label distillation, so it is never used for a comparison):
-    python -m vit_jax.main --config=configs/milan_b16.py:digits_scratch --workdir=workdirs/milan_teacher_digits
+    python -m vit_jax.main --config=configs/milan_b16.py:digits_scratch --workdir=workdirs/milan_teacher_digits \
+        --config.model.classifier=token --config.data.train_split=train   # the teacher needs a class token
     python -m vit_jax.main --config=configs/milan_b16.py:digits_vit_teacher --workdir=workdirs/milan_digits_vt
 
 Digits figures (test accuracy on the 360 held-out digits; `tests/test_milan.py` runs `:digits_tiny` then the pair).
@@ -129,7 +130,8 @@ def get_config(arg=None):
             # trained with the digits labels, so this shows the teacher path end to end; it is not self-supervised.
             c.model.target_dim = 64
             c.objective.teacher = dict(model='ViT-testing', overrides=dict(num_classes=10, **_digits_encoder(),
-                                                                          posemb='sincos2d', activation='gelu_exact'),
+                                                                          posemb='sincos2d', activation='gelu_exact',
+                                                                          classifier='token'),
                                        weights='workdirs/milan_teacher_digits', allow_random=False, tokens='encoded')
         c.evals = ml_collections.ConfigDict(dict(fewshot=dict(type='fewshot', every=0, shots=(5, 10), seeds=3)))
         return c
