@@ -16,14 +16,23 @@
 
 Digits figures (test accuracy on the 360 held-out digits; `tests/test_mim.py::test_peco_digits_*` runs the whole
 chain with the `:digits_tiny` stages). The MIM sees all 1437 training images without labels. `:digits_finetune` and
-`:digits_scratch` are the same label-scarce recipe (labels of 10% of the training images = 143, 400 steps at batch
-128; BEiT 4 layers x 64 with an absolute position embedding, AdamW lr 4e-3 = the best of a scratch sweep at 150
-steps, cosine, warm-up 30, label smoothing 0.1, random shifts); the fine-tune starts from the MIM weights and adds
-layer decay 0.75 (BEiT/PeCo fine-tune with layer decay). Measured: fine-tuned after 400 MIM steps 64.2% vs scratch
-76.4%; with all labels and 150 steps 40.6% vs 39.4%. PeCo pretraining does NOT beat training from scratch here:
-after 400 steps (loss 3.83 -> 3.08) the MIM predicts 17% of the masked codes (64 codes) and its features give 17-19%
-5/10-shot accuracy; codes of 4x4-pixel patches from a 150-step tokenizer are a low-level target and minutes of CPU
-pretraining are far from the paper's 800 epochs. The test keeps the comparison as a non-strict xfail.
+`:digits_scratch` are exactly the same label-scarce recipe (labels of 10% of the training images = 143, 400 steps at
+batch 128; BEiT 4 layers x 64 with an absolute position embedding, AdamW lr 4e-3 = the best of a scratch sweep at
+150 steps, cosine, warm-up 30, label smoothing 0.1, random shifts, no layer decay); the fine-tune starts from the MIM
+weights except the heads and the layer-scale gammas (re-initialised at 0.1). Measured (MIM: the test's 300 steps on
+a 150-step tokenizer, loss 3.83 -> 3.20): fine-tuned 76.7% vs scratch 76.4%, i.e. PeCo pretraining does NOT beat
+training from scratch here. Diagnosis of the earlier 65.8% vs 76.4% (one run each, same MIM checkpoint):
+- layer decay 0.75 (formerly on the fine-tune only) starves the lower layers of this 4-layer model at a 400-step
+  budget: with it the fine-tune gets 65.8% and scratch 50.3%, without it 74.2% and 76.4% (so with equal recipes
+  the MIM init was +15.5 points under layer decay and -2.2 without);
+- the loaded layer-scale gammas: the short MIM shrinks them (gamma_1 means ~0.08, gamma_2 0.02-0.04, init 0.1);
+  re-initialising them: 76.7% (re-initialising the absolute and relative position tables instead: 75.6%);
+- no parameter arrives with outsized norms (embedding, position tables, mask token, LayerNorms all near init
+  scale); the MIM init fits the 143 labels faster (train loss 0.67 vs 0.72) but generalises no better: after 300
+  steps the MIM predicts 15% of the masked codes (64 codes; tokenizer perplexity 40, L1 0.23) and its features give
+  17-20% 5/10-shot accuracy, i.e. near-random features. Codes of 4x4-pixel patches from a 150-step tokenizer are a
+  low-level target and minutes of CPU pretraining are far from the paper's 800 epochs.
+The test keeps the comparison as a non-strict xfail.
 
 Recipe (specs_c.md sections 1 and 3; the unilm BEiT scripts): BEiT ViT-B/16 (layer scale 0.1, shared relative
 position bias, no absolute position embedding, qkv bias, LayerNorm eps 1e-6), blockwise masking of 75 of 196
@@ -129,17 +138,19 @@ def get_config(arg=None):
         c.eval_every = 0
         c.checkpoint_every = 0
         c.tensorboard = False
-        # The same recipe for both; the fine-tune only adds layer decay (as BEiT/PeCo fine-tune). lr: the best of the
-        # scratch sweep (see the module docstring).
+        # Exactly the same recipe for both (lr: the best of the scratch sweep, see the module docstring). No layer
+        # decay: 0.75 over this 4-layer model leaves the embeddings 0.24x and block 0 0.32x the lr, which alone costs
+        # the scratch run 26 points (76.4% -> 50.3%) and the fine-tune 8 (74.2% -> 65.8%) at this 400-step budget.
         c.optimizer = ml_collections.ConfigDict(dict(c.optimizer.to_dict(), name='adamw', weight_decay=0.05,
-                                                     wd_mask='no_bias_norm', grad_clip_norm=None,
-                                                     layer_decay=0.75 if arg == 'digits_finetune' else None))
+                                                     wd_mask='no_bias_norm', grad_clip_norm=None, layer_decay=None))
         c.lr = ml_collections.ConfigDict(dict(base=DIGITS_FINETUNE_LR, warmup_steps=30, decay='cosine', end=1e-5))
         c.objective = ml_collections.ConfigDict(dict(type='classification', label_smoothing=0.1, loss='softmax'))
         c.evals = ml_collections.ConfigDict(dict(val=dict(type='classification', split='test', every=0)))
         c.init_from = ml_collections.ConfigDict(dict(
             path='workdirs/peco_digits' if arg == 'digits_finetune' else None,
-            dont_load=('head/.*', 'mim_.*', 'fc_norm/.*')))
+            # The layer-scale gammas start again at 0.1: the short MIM shrinks them (gamma_2 means 0.02-0.04), which
+            # damps the residual branches of the fine-tune (loading them: 74.2%, re-initialised: 76.7%).
+            dont_load=('head/.*', 'mim_.*', 'fc_norm/.*', r'Transformer/encoderblock_\d+/gamma_.*')))
         return c
     raise ValueError(f'Unknown argument {arg!r}: use pretrain, finetune, digits, digits_tiny, digits_finetune or '
                      'digits_scratch.')
