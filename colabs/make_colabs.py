@@ -440,14 +440,14 @@ trainer wrote `curves.png`:''',
 DENSE = [
     '''md:# Dense prediction: segmentation and depth drawn over images
 
-Segmenter (mask-transformer decoder) and DPT (depth head) trained briefly on the built-in `dense_digits` (digits on
+Segmenter (linear decoder) and DPT (depth head) trained briefly on the built-in `dense_digits` (digits on
 32x32 canvases with per-pixel classes and a synthetic depth map; no download), then their predictions drawn with
 `vit_jax.tools.dense_vis`: image | prediction | ground truth.''',
     SETUP,
     '''# ---- Settings -------------------------------------------------------------------------------------------------
 USE_REAL_DATA = False  # True: ADE20K / NYUv2 configs (prepared TFDS data) and the CHECKPOINTS runs below.
 CHECKPOINTS = None     # With USE_REAL_DATA: {'seg': 'workdirs/seg_ade20k', 'depth': 'workdirs/dpt_nyu'}
-SEG_CONFIG = 'segmenter_ade20k.py' if USE_REAL_DATA else 'segmenter_digits.py'
+SEG_CONFIG = 'segmenter_ade20k.py' if USE_REAL_DATA else 'segmenter_digits.py:linear'
 DEPTH_CONFIG = 'dpt_nyu.py' if USE_REAL_DATA else 'dpt_digits.py'
 TRAIN_STEPS = 5 if SMOKE else 300   # The configs' own: 4000 (Segmenter), 1500 (DPT); 5-10 min each on 2 cores.
 NUM_SHOWN = 4''',

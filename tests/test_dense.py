@@ -382,14 +382,20 @@ def _configs_own(spec):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize('decoder', ['mask', 'linear'])
-def test_segmenter_trains_on_dense_digits(tmp_path, decoder):
+def test_segmenter_trains_on_dense_digits(tmp_path):
+    """Linear decoder from scratch, then the mask-transformer decoder on the linear run's backbone (the configs'
+    recipe: the paper's mask decoder always starts from a trained ViT)."""
     from vit_jax import train
 
-    res = train.train_and_evaluate(_configs_own(f'configs/segmenter_digits.py:{decoder}'), str(tmp_path))
-    print(decoder, {k: v for k, v in res.items() if k.startswith('val/')})
-    assert res['val/miou'] > MIN_SEG_MIOU[decoder], res
-    assert res['val/pixel_accuracy'] > MIN_SEG_PIXEL_ACCURACY, res
+    linear_dir = str(tmp_path / 'linear')
+    res = {'linear': train.train_and_evaluate(_configs_own('configs/segmenter_digits.py:linear'), linear_dir)}
+    c = _configs_own('configs/segmenter_digits.py:mask')
+    c.init_from.path = linear_dir
+    res['mask'] = train.train_and_evaluate(c, str(tmp_path / 'mask'))
+    for decoder, r in res.items():
+        print(decoder, {k: v for k, v in r.items() if k.startswith('val/')})
+        assert r['val/miou'] > MIN_SEG_MIOU[decoder], (decoder, r)
+        assert r['val/pixel_accuracy'] > MIN_SEG_PIXEL_ACCURACY, (decoder, r)
 
 
 @pytest.mark.slow
@@ -413,11 +419,14 @@ def test_dpt_segmentation_trains_on_dense_digits(tmp_path):
 
 
 # Measured with exactly these settings on 2 shared CPU cores (see the README), and the margin each threshold leaves:
-# Segmenter linear (4000 steps): mIoU 0.449, pixel accuracy 0.921. Predicting background everywhere gives mIoU
-# ~0.08 and pixel accuracy ~0.83; strokes right but every digit guessed, mIoU ~0.12 / 0.85 (the plateau these runs
-# sit on for the first ~1500 steps).
-# DPT depth (1500 steps): AbsRel 0.182, delta1 0.873 (a constant prediction: AbsRel 1.35, delta1 0.00).
-MIN_SEG_MIOU = {'mask': 0.3, 'linear': 0.35, 'dpt': 0.3}
+# Segmenter linear (4000 steps): mIoU 0.449, pixel accuracy 0.921; mask decoder (600 steps on that backbone):
+# 0.483 / 0.926. Predicting background everywhere gives mIoU ~0.08 and pixel accuracy ~0.83 (where the mask
+# decoder stays from a random backbone, 4000 steps); strokes right but every digit guessed, mIoU ~0.12 / 0.85 (the
+# plateau the linear run sits on for its first ~1500 steps).
+# DPT segmentation (1500 steps): mIoU 0.752, pixel accuracy 0.971 (its convolutional fusion learns digit identity
+# within ~500 steps). DPT depth (1500 steps): AbsRel 0.182, delta1 0.873 (a constant prediction: AbsRel 1.35,
+# delta1 0.00).
+MIN_SEG_MIOU = {'mask': 0.3, 'linear': 0.35, 'dpt': 0.6}
 MIN_SEG_PIXEL_ACCURACY = 0.88
 MAX_DPT_ABS_REL = 0.25
 MIN_DPT_DELTA1 = 0.8
