@@ -24,7 +24,7 @@ def get_config(arg=None):
     seg = 'seg' in args
     model = dict(name='DPT-Base', image_size=32, patch_size=4, hidden_size=64, mlp_dim=128, num_heads=2,
                  num_layers=4, hooks=(0, 1, 2, 3), features=(16, 32, 64, 64), fusion_features=32,
-                 backbone_classes=0, head='segmentation' if seg else 'depth', num_classes=11, non_negative=seg)
+                 backbone_classes=0, head='segmentation' if seg else 'depth', num_classes=11, non_negative=False)
     if seg:
         objective = dict(type='segmentation', ignore_label=255)
         evals = dict(type='segmentation')
