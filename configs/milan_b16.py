@@ -51,11 +51,8 @@ from vit_jax import config_utils
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-# The digits fine-tune / scratch comparison: label-scarce, as self-supervised pretraining is meant to be used: the
-# pretraining sees all 1437 training images without labels, both classifiers see the labels of the first 10% (143
-# images, a fixed random subset), 400 steps at batch 128.
-DIGITS_FINETUNE_SPLIT = 'train[:10%]'
-DIGITS_FINETUNE_STEPS = 400
+# The digits fine-tune / scratch comparison: label-scarce (`config_utils.label_scarce_digits`: the labels of 10% of
+# the training images, 400 steps at batch 128); the pretraining sees all 1437 training images without labels.
 DIGITS_FINETUNE_LR = 8e-3  # The best of the scratch sweep (see the module docstring).
 
 
@@ -140,26 +137,11 @@ def get_config(arg=None):
         # Global average pooling as MILAN fine-tunes; the pretrained class token is not used (dont_load 'cls').
         c.model = ml_collections.ConfigDict(dict(name='ViT-testing', num_classes=10, **_digits_encoder(),
                                                  posemb='sincos2d', classifier='gap', activation='gelu_exact'))
-        c.data.train_pp = 'random_shift'
-        c.data.flip = False
-        c.batch_size = 128
-        c.data.train_split = DIGITS_FINETUNE_SPLIT
-        c.total_steps = DIGITS_FINETUNE_STEPS
-        c.log_every = 50
-        c.eval_every = 0
-        c.checkpoint_every = 0
-        c.tensorboard = False
         # The same recipe for both; the fine-tune only adds layer decay (as MILAN/MAE fine-tune). lr: the best of the
         # scratch sweep (see the module docstring).
-        c.optimizer = ml_collections.ConfigDict(dict(c.optimizer.to_dict(), name='adamw', weight_decay=0.05,
-                                                     wd_mask='no_bias_norm', grad_clip_norm=None,
-                                                     layer_decay=0.75 if arg == 'digits_finetune' else None))
-        c.lr = ml_collections.ConfigDict(dict(base=DIGITS_FINETUNE_LR, warmup_steps=30, decay='cosine', end=1e-5))
-        c.objective = ml_collections.ConfigDict(dict(type='classification', label_smoothing=0.1, loss='softmax'))
-        c.evals = ml_collections.ConfigDict(dict(val=dict(type='classification', split='test', every=0)))
-        c.init_from.dont_load = ('head/.*', 'decoder.*', 'mask_token', 'cls')
-        if arg == 'digits_finetune':
-            c.init_from.path = 'workdirs/milan_digits'
-        return c
+        return config_utils.label_scarce_digits(
+            c, lr=DIGITS_FINETUNE_LR, layer_decay=0.75 if arg == 'digits_finetune' else None,
+            init_path='workdirs/milan_digits' if arg == 'digits_finetune' else None,
+            dont_load=('head/.*', 'decoder.*', 'mask_token', 'cls'))
     raise ValueError(f'Unknown argument {arg!r}: use pretrain, finetune, digits, digits_tiny, digits_vit_teacher, '
                      'digits_finetune or digits_scratch.')

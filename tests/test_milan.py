@@ -109,23 +109,16 @@ def milan_digits(tmp_path_factory):
     """MILAN pretraining (`milan_b16.py:digits_tiny`: 300 steps on all 1437 training digits, no labels, random
     STAND-IN teacher) -> the `:digits_finetune` / `:digits_scratch` pair. Returns the pretraining loss curve and
     both test accuracies."""
-    import json
-    import os
+    import _mim_common
 
     from vit_jax import config_utils, train
 
     tmp = tmp_path_factory.mktemp('milan')
     pre_dir = str(tmp / 'pretrain')
     train.train_and_evaluate(config_utils.load('configs/milan_b16.py:digits_tiny'), pre_dir)
-    rows = [json.loads(line) for line in open(os.path.join(pre_dir, 'metrics.jsonl'))]
-    accuracy = {}
-    for arg in ('digits_finetune', 'digits_scratch'):
-        c = config_utils.load(f'configs/milan_b16.py:{arg}')
-        if arg == 'digits_finetune':
-            c.init_from.path = pre_dir
-        accuracy[arg] = train.train_and_evaluate(c, str(tmp / arg))['val/accuracy']
-    print('MILAN digits: fine-tuned', accuracy['digits_finetune'], 'scratch', accuracy['digits_scratch'])
-    return dict(rows=[r for r in rows if 'train/loss' in r], accuracy=accuracy)
+    accuracy = _mim_common.finetune_vs_scratch('configs/milan_b16.py', pre_dir, tmp)
+    rows = _mim_common.metrics_rows(pre_dir)
+    return dict(rows=[r for r in rows if 'train/loss' in r], accuracy={k: v[0] for k, v in accuracy.items()})
 
 
 @pytest.mark.slow

@@ -2,9 +2,6 @@
 token of the batch; tokenizer/patch-grid checks; layer-wise learning-rate decay; and (slow) the digits pipeline:
 tokenizer -> MIM pretraining whose loss falls -> fine-tuning vs training from scratch at the same budget."""
 
-import json
-import os
-
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -86,61 +83,51 @@ def test_layer_decay():
     assert float(upd['head']['kernel'].ravel()[0]) == pytest.approx(-1.0)
 
 
-def _rows(workdir):
-    return [json.loads(line) for line in open(os.path.join(workdir, 'metrics.jsonl'))]
+SEEDS = (0, 1, 2)  # Classifier seeds: one fine-tune vs scratch comparison swings by 4-6 points between seeds.
 
 
 @pytest.fixture(scope='module')
 def peco_digits(tmp_path_factory):
-    """Tokenizer (`peco_tokenizer.py:digits_tiny`) -> MIM pretraining (`peco_beit_b16.py:digits_tiny`) -> the
-    `:digits_finetune` / `:digits_scratch` pair (same model, steps, optimizer, lr and augmentation; the fine-tune
-    starts from the MIM weights, heads and layer-scale gammas re-initialised). Returns the MIM loss curve and both
-    accuracies."""
+    """Tokenizer (`peco_tokenizer.py:digits`, 300 steps) -> MIM pretraining (`peco_beit_b16.py:digits`, 600 steps)
+    -> the `:digits_finetune` / `:digits_scratch` pair (same model, steps, optimizer, lr and augmentation; the
+    fine-tune starts from the MIM weights, heads and layer-scale gammas re-initialised) for each of SEEDS. Returns the
+    MIM loss curve and the accuracies. About 10 minutes on one CPU core."""
+    import _mim_common
+
     from vit_jax import train
 
     tmp = tmp_path_factory.mktemp('peco')
     tok_dir, mim_dir = str(tmp / 'tok'), str(tmp / 'mim')
-    train.train_and_evaluate(config_utils.load('configs/peco_tokenizer.py:digits_tiny'), tok_dir)
-    c = config_utils.load('configs/peco_beit_b16.py:digits_tiny')
+    train.train_and_evaluate(config_utils.load('configs/peco_tokenizer.py:digits'), tok_dir)
+    c = config_utils.load('configs/peco_beit_b16.py:digits')
     c.objective.tokenizer.weights = tok_dir
     train.train_and_evaluate(c, mim_dir)
-    accuracy = {}
-    for arg in ('digits_finetune', 'digits_scratch'):
-        ft = config_utils.load(f'configs/peco_beit_b16.py:{arg}')
-        if arg == 'digits_finetune':
-            ft.init_from.path = mim_dir
-        accuracy[arg] = train.train_and_evaluate(ft, str(tmp / arg))['val/accuracy']
-    print('PeCo digits: fine-tuned from MIM', accuracy['digits_finetune'], 'scratch', accuracy['digits_scratch'])
-    return dict(rows=[r for r in _rows(mim_dir) if 'train/loss' in r], accuracy=accuracy, config=c, mim_dir=mim_dir)
+    accuracy = _mim_common.finetune_vs_scratch('configs/peco_beit_b16.py', mim_dir, tmp, seeds=SEEDS)
+    rows = _mim_common.metrics_rows(mim_dir)
+    return dict(rows=[r for r in rows if 'train/loss' in r], accuracy=accuracy)
 
 
 @pytest.mark.slow
 def test_peco_digits_pretraining_loss_falls(peco_digits):
-    rows = peco_digits['rows']
-    assert rows[-1]['train/loss'] < rows[0]['train/loss'] - 0.1, (rows[0]['train/loss'], rows[-1]['train/loss'])
+    rows = peco_digits['rows']  # Measured: 3.94 -> 3.04.
+    assert rows[-1]['train/loss'] < rows[0]['train/loss'] - 0.5, (rows[0]['train/loss'], rows[-1]['train/loss'])
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason='PeCo MIM on the digits does not beat a tuned scratch baseline at a '
-                   'test-sized budget (measured figures in the docstring)')
-def test_peco_digits_finetune_vs_scratch(peco_digits):
-    """The issue's claim: fine-tuning after PeCo MIM beats training from scratch at the same budget by > 2 points.
+def test_peco_digits_finetune_beats_scratch(peco_digits):
+    """Fine-tuning after PeCo MIM beats training from scratch at the same budget, with few labels: by > 2 points on
+    the mean of three classifier seeds.
 
-    NOT reached on the built-in digits at CPU-test sizes, so this is a non-strict xfail that still runs and prints
-    both figures. Both runs: the same BEiT 4 layers x 64 (with an absolute position embedding), AdamW lr 8e-3,
-    cosine, warm-up 30, label smoothing 0.1, random shifts, no layer decay; the fine-tune starts from the MIM weights
-    with the layer-scale gammas re-initialised at 0.1. Measured test accuracy (360 images), label-scarce (labels of
-    10% = 143 images, 400 steps), MIM on all 1437 training images without labels, one seed: this test's tiny stages
-    (150-step tokenizer, 300 MIM steps, loss 3.83 -> 3.20): fine-tuned 80.6% vs scratch 82.2% (scratch at 1.6e-2:
-    83.3%); the configs' full digits stages (600-step tokenizer, 600 MIM steps): fine-tuned 85.8%, i.e. +3.6 / +2.5
-    points, too slow for a test. Diagnosis of the former 65.8% vs 76.4% (lr 4e-3, same tiny MIM checkpoint):
-    layer decay 0.75, then on the fine-tune only, starved the lower layers (fine-tune 65.8% with it / 74.2% without;
-    scratch 50.3% with it / 76.4% without); loading the MIM's shrunken layer-scale gammas (gamma_2 means 0.02-0.04)
-    cost 2.5 more points (74.2% -> 76.7% re-initialised). What remains is weak pretraining: the MIM predicts 15% of
-    the masked codes (64 codes of 4x4-pixel patches from a 150-step tokenizer) and its features give 17-20% 5/10-shot
-    accuracy. Earlier figures (layer decay on the fine-tune): all labels, 150 steps: 40.6% vs 39.4%; without the
-    absolute position embedding (BEiT-B's layout): fine-tuned 28.9%, scratch 33.1% (best of lr 1e-3 / 2e-3 / 4e-3 /
-    8e-3: 18.9% / 31.4% / 33.1% / 32.5%).
+    STAND-IN PERCEPTUAL NET: PeCo's perceptual loss uses a self-supervised ViT-B/16 whose weights cannot be
+    downloaded here; the digits tokenizer uses a frozen random-init ViT (`perceptual_loss_random_features`).
+
+    Label-scarce setting: pretraining (tokenizer and MIM) on all 1437 training images without labels; both
+    classifiers then train on the labels of 10% of them (143 images) for 400 steps at batch 128 with the same recipe
+    (BEiT 4 layers x 64, AdamW lr 8e-3, cosine, label smoothing 0.1, random shifts, no layer decay). Measured test
+    accuracy (360 images), seeds 0 / 1 / 2: fine-tuned 83.9% / 84.2% / 82.5%, scratch 82.2% / 78.6% / 76.1%: +4.6
+    points on the mean (17.7 min for the two tests on 2 CPU cores shared with other runs). The docstring of
+    `configs/peco_beit_b16.py` has the history: a 150-step tokenizer with 300 MIM steps gave no gain, and two
+    fine-tuning details (layer decay, the shrunken layer-scale gammas) had cost 11 points.
     """
-    acc = peco_digits['accuracy']
-    assert acc['digits_finetune'] > acc['digits_scratch'] + 0.02, acc
+    ft, scratch = (np.mean(peco_digits['accuracy'][k]) for k in ('digits_finetune', 'digits_scratch'))
+    assert ft > scratch + 0.02, peco_digits['accuracy']

@@ -246,6 +246,39 @@ def digits_recipe(model: dict, *, train_pp: str = 'random_shift', steps: int = 1
     return c
 
 
+LABEL_SCARCE_SPLIT = 'train[:10%]'  # 143 of the 1437 training digits: a fixed random subset.
+LABEL_SCARCE_STEPS = 400
+
+
+def label_scarce_digits(c: ml_collections.ConfigDict, *, lr: float, dont_load: Sequence[str],
+                        init_path: str | None = None, layer_decay: float | None = None) -> ml_collections.ConfigDict:
+    """The fine-tune / scratch comparison after self-supervised pretraining on the digits (PeCo, MILAN configs).
+
+    Label-scarce, as self-supervised pretraining is meant to be used: the pretraining sees all 1437 training images
+    without labels; the classifier sees the labels of LABEL_SCARCE_SPLIT for LABEL_SCARCE_STEPS steps at batch 128
+    (AdamW, weight decay 0.05 off biases and norms, no clipping, cosine with 30 warm-up steps, label smoothing 0.1,
+    random shifts) and is evaluated once, on the 360 test digits. Sets everything but `c.model` / `c.dataset`;
+    `init_path` (the pretraining's workdir, None for scratch) and `dont_load` go to `init_from`.
+    """
+    c.data.train_pp = 'random_shift'
+    c.data.flip = False
+    c.batch_size = 128
+    c.data.train_split = LABEL_SCARCE_SPLIT
+    c.total_steps = LABEL_SCARCE_STEPS
+    c.log_every = 50
+    c.eval_every = 0
+    c.checkpoint_every = 0
+    c.tensorboard = False
+    c.optimizer = ml_collections.ConfigDict(dict(c.optimizer.to_dict(), name='adamw', weight_decay=0.05,
+                                                 wd_mask='no_bias_norm', grad_clip_norm=None,
+                                                 layer_decay=layer_decay))
+    c.lr = ml_collections.ConfigDict(dict(base=lr, warmup_steps=30, decay='cosine', end=1e-5))
+    c.objective = ml_collections.ConfigDict(dict(type='classification', label_smoothing=0.1, loss='softmax'))
+    c.evals = ml_collections.ConfigDict(dict(val=dict(type='classification', split='test', every=0)))
+    c.init_from = ml_collections.ConfigDict(dict(path=init_path, dont_load=tuple(dont_load)))
+    return c
+
+
 def dense_digits_recipe(model: dict, *, steps: int, lr: float, objective: dict, evals: dict,
                         dont_load: Sequence[str], tiny: bool = False):
     """The CPU-sized dense-prediction recipe on the built-in 'dense_digits' that the Segmenter and DPT configs
