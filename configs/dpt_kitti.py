@@ -21,26 +21,9 @@ def get_config(arg=None):
     plain = [p for p in parts if '=' not in p]
     root = next((p for p in plain if '/' in p), '/path/to/kitti_eigen')
     variant = next((p for p in plain if p != root), 'Hybrid')
-    c = config_utils.base_config()
-    c.dataset = f'dense_folder:{root}'
-    c.model = dict(name=f'DPT-{variant}', image_size=(352, 1216), head='depth', backbone_classes=0)
-    if variant == 'Hybrid' and opts.get('init'):
-        c.model.resnet_variant = 'release'
-    c.data = dict(c.data, train_split='train', flip=False, depth_png_scale=1 / 256,
+    return config_utils.dpt_depth_finetune(
+        variant, init=opts.get('init', None), dataset=f'dense_folder:{root}', image_size=(352, 1216),
+        data=dict(train_split='train', flip=False, depth_png_scale=1 / 256,
                   train_pp='dense_decode|dense_random_crop(cat_max_ratio=1.0)|dense_flip|photometric',
-                  eval_pp='dense_decode|dense_fit', eval_scale=(1216, 352))
-    c.batch_size = 8
-    c.total_steps = 40_000
-    c.log_every = 100
-    c.eval_every = 5_000
-    c.checkpoint_every = 5_000
-    c.optimizer = dict(c.optimizer, name='adam', weight_decay=0.0, grad_clip_norm=0.0,
-                       lr_mults=((r'^(?!(neck|depth_head|seg_head|aux_head)/)', 0.1),))
-    c.lr = dict(base=1e-4, warmup_steps=0, decay='cosine', end=1e-6)
-    c.objective = dict(type='depth', loss='ssi_mse', alpha=0.5, scales=4, target_space='disparity', min_depth=1e-3,
-                       max_depth=80.0)
-    c.evals = dict(val=dict(type='depth', split='test', every=5_000, batch_size=4, prediction='inverse_depth',
-                            align='scale_shift', min_depth=1e-3, max_depth=80.0, crop='garg'))
-    c.init_from = dict(path=opts.get('init', None), dont_load=('neck/.*', 'depth_head/.*', 'head/.*',
-                                                               'pre_logits/.*'))
-    return c
+                  eval_pp='dense_decode|dense_fit', eval_scale=(1216, 352)),
+        batch_size=8, steps=40_000, max_depth=80.0, evals=dict(split='test', batch_size=4, crop='garg'))

@@ -18,33 +18,15 @@ resnet_variant='release' is set when initialising from it).
 
 from vit_jax import config_utils
 
-_DECODER = ('neck/.*', 'depth_head/.*', 'seg_head/.*', 'aux_head/.*')
-
 
 def get_config(arg=None):
     parts = [p for p in (arg or 'Hybrid').split(',') if p]
     variant = next((p for p in parts if '=' not in p), 'Hybrid')
     opts = dict(p.split('=', 1) for p in parts if '=' in p)
-    c = config_utils.base_config()
-    c.dataset = 'nyu_depth_v2'
-    c.model = dict(name=f'DPT-{variant}', image_size=(480, 640), head='depth', backbone_classes=0)
-    if variant == 'Hybrid' and opts.get('init'):
-        c.model.resnet_variant = 'release'
-    c.data = dict(c.data, train_split='train', flip=False, shuffle_buffer=5_000, value_range=(-1.0, 1.0),
+    return config_utils.dpt_depth_finetune(
+        variant, init=opts.get('init', None), dataset='nyu_depth_v2', image_size=(480, 640),
+        data=dict(train_split='train', flip=False, shuffle_buffer=5_000, value_range=(-1.0, 1.0),
                   train_pp='dense_decode|dense_rescale(scale=(853, 480), ratio=(1.0, 1.5))|'
                            'dense_random_crop(cat_max_ratio=1.0)|dense_flip|photometric',
-                  eval_pp='dense_decode|dense_resize')
-    c.batch_size = 16
-    c.total_steps = 60_000
-    c.log_every = 100
-    c.eval_every = 5_000
-    c.checkpoint_every = 5_000
-    c.optimizer = dict(c.optimizer, name='adam', weight_decay=0.0, grad_clip_norm=0.0,
-                       lr_mults=((r'^(?!(neck|depth_head|seg_head|aux_head)/)', 0.1),))
-    c.lr = dict(base=1e-4, warmup_steps=0, decay='cosine', end=1e-6)
-    c.objective = dict(type='depth', loss='ssi_mse', alpha=0.5, scales=4, target_space='disparity', min_depth=1e-3,
-                       max_depth=10.0)
-    c.evals = dict(val=dict(type='depth', split='validation', every=5_000, batch_size=8, prediction='inverse_depth',
-                            align='scale_shift', min_depth=1e-3, max_depth=10.0, crop='eigen_nyu'))
-    c.init_from = dict(path=opts.get('init', None), dont_load=_DECODER + ('head/.*', 'pre_logits/.*'))
-    return c
+                  eval_pp='dense_decode|dense_resize'),
+        batch_size=16, steps=60_000, max_depth=10.0, evals=dict(split='validation', batch_size=8, crop='eigen_nyu'))

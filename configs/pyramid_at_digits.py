@@ -25,20 +25,9 @@ from vit_jax import config_utils
 def get_config(arg: str = 'pyramid') -> ml_collections.ConfigDict:
     if arg not in ('pyramid', 'pixel', 'baseline'):
         raise ValueError(f"Argument must be 'pyramid', 'pixel' or 'baseline', got {arg!r}.")
-    c = config_utils.base_config()
-    c.dataset = 'digits'
-    c.model = dict(name='ViT-testing', num_classes=10, image_size=16, patch_size=4, dropout_rate=0.1,
-                   drop_path_rate=0.1, head_bias_init=-math.log(10.0))
-    c.data.train_pp = 'resize'
-    c.data.flip = False
-    c.batch_size = 64
-    c.eval_batch_size = 360
-    c.total_steps = 400
-    c.log_every = 100
-    c.eval_every = 0
-    c.checkpoint_every = 0
-    c.optimizer = dict(c.optimizer, name='adamw', weight_decay=0.05, wd_mask='no_bias_norm', grad_clip_norm=1.0)
-    c.lr = dict(base=3e-3, warmup_steps=20, decay='cosine', end=1e-5)
+    c = config_utils.robust_digits_recipe(dict(name='ViT-testing', num_classes=10, image_size=16, patch_size=4,
+                                               dropout_rate=0.1, drop_path_rate=0.1,
+                                               head_bias_init=-math.log(10.0)))
     if arg == 'baseline':
         c.objective = dict(type='classification', loss='sigmoid')
     else:

@@ -246,6 +246,29 @@ def digits_recipe(model: dict, *, train_pp: str = 'random_shift', steps: int = 1
     return c
 
 
+def robust_digits_recipe(model: dict) -> ml_collections.ConfigDict:
+    """The CPU-sized training recipe of the adversarial-training configs on the built-in digits (robust_vit_digits,
+    pyramid_at_digits): `model` (a dict for `config.model`) on 16 px digits resized, not shifted (the attacks are the
+    perturbation), batch 64, 400 steps, AdamW (weight decay 0.05 off biases and norms, clipping at 1), lr 3e-3,
+    cosine with 20 warm-up steps; evaluation only at the end, on all 360 test digits in one batch. The configs add
+    the objective and the evaluators.
+    """
+    c = base_config()
+    c.dataset = 'digits'
+    c.model = dict(model)
+    c.data.train_pp = 'resize'
+    c.data.flip = False
+    c.batch_size = 64
+    c.eval_batch_size = 360
+    c.total_steps = 400
+    c.log_every = 100
+    c.eval_every = 0
+    c.checkpoint_every = 0
+    c.optimizer = dict(c.optimizer, name='adamw', weight_decay=0.05, wd_mask='no_bias_norm', grad_clip_norm=1.0)
+    c.lr = dict(base=3e-3, warmup_steps=20, decay='cosine', end=1e-5)
+    return c
+
+
 LABEL_SCARCE_SPLIT = 'train[:10%]'  # 143 of the 1437 training digits: a fixed random subset.
 LABEL_SCARCE_STEPS = 400
 
@@ -276,6 +299,41 @@ def label_scarce_digits(c: ml_collections.ConfigDict, *, lr: float, dont_load: S
     c.objective = ml_collections.ConfigDict(dict(type='classification', label_smoothing=0.1, loss='softmax'))
     c.evals = ml_collections.ConfigDict(dict(val=dict(type='classification', split='test', every=0)))
     c.init_from = ml_collections.ConfigDict(dict(path=init_path, dont_load=tuple(dont_load)))
+    return c
+
+
+DPT_DECODER = ('neck/.*', 'depth_head/.*', 'seg_head/.*', 'aux_head/.*')
+
+
+def dpt_depth_finetune(variant: str, *, init: str | None, dataset: str, image_size: tuple[int, int], data: dict,
+                       batch_size: int, steps: int, max_depth: float, evals: dict) -> ml_collections.ConfigDict:
+    """The monocular-depth fine-tuning recipe of the DPT configs (NYU v2, KITTI): DPT-`variant` with a depth head,
+    Adam (no weight decay, no clipping) with the backbone at 1/10 of the decoder's learning rate (1e-5 / 1e-4, the
+    paper's monodepth setting), cosine to 1e-6, the MiDaS scale- and shift-invariant loss with gradient matching
+    (alpha 0.5, 4 scales) in disparity, evaluation every 5000 steps in inverse depth with per-image scale and shift.
+
+    `data` updates `config.data`; `evals` updates the depth evaluator (split, batch_size, crop); `init` is a ViT
+    release checkpoint (its BiT epsilons for the Hybrid: resnet_variant='release') whose decoder is not loaded.
+    """
+    c = base_config()
+    c.dataset = dataset
+    c.model = dict(name=f'DPT-{variant}', image_size=tuple(image_size), head='depth', backbone_classes=0)
+    if variant == 'Hybrid' and init:
+        c.model.resnet_variant = 'release'
+    c.data = dict(c.data, **data)
+    c.batch_size = batch_size
+    c.total_steps = steps
+    c.log_every = 100
+    c.eval_every = 5_000
+    c.checkpoint_every = 5_000
+    c.optimizer = dict(c.optimizer, name='adam', weight_decay=0.0, grad_clip_norm=0.0,
+                       lr_mults=((r'^(?!(neck|depth_head|seg_head|aux_head)/)', 0.1),))
+    c.lr = dict(base=1e-4, warmup_steps=0, decay='cosine', end=1e-6)
+    c.objective = dict(type='depth', loss='ssi_mse', alpha=0.5, scales=4, target_space='disparity', min_depth=1e-3,
+                       max_depth=max_depth)
+    c.evals = dict(val=dict(dict(type='depth', every=5_000, prediction='inverse_depth', align='scale_shift',
+                                 min_depth=1e-3, max_depth=max_depth), **evals))
+    c.init_from = dict(path=init, dont_load=DPT_DECODER + ('head/.*', 'pre_logits/.*'))
     return c
 
 
