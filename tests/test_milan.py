@@ -107,8 +107,8 @@ def test_cosine_loss():
 @pytest.fixture(scope='module')
 def milan_digits(tmp_path_factory):
     """MILAN pretraining (`milan_b16.py:digits_tiny`: 300 steps on all 1437 training digits, no labels, random
-    STAND-IN teacher) -> the `:digits_finetune` / `:digits_scratch` pair. Returns the pretraining loss curve and
-    both test accuracies."""
+    STAND-IN teacher) -> the `:digits_finetune` / `:digits_scratch` pair for classifier seeds 0, 1, 2. Returns the
+    pretraining loss curve and the test accuracies."""
     import _mim_common
 
     from vit_jax import config_utils, train
@@ -116,9 +116,9 @@ def milan_digits(tmp_path_factory):
     tmp = tmp_path_factory.mktemp('milan')
     pre_dir = str(tmp / 'pretrain')
     train.train_and_evaluate(config_utils.load('configs/milan_b16.py:digits_tiny'), pre_dir)
-    accuracy = _mim_common.finetune_vs_scratch('configs/milan_b16.py', pre_dir, tmp)
+    accuracy = _mim_common.finetune_vs_scratch('configs/milan_b16.py', pre_dir, tmp, seeds=(0, 1, 2))
     rows = _mim_common.metrics_rows(pre_dir)
-    return dict(rows=[r for r in rows if 'train/loss' in r], accuracy={k: v[0] for k, v in accuracy.items()})
+    return dict(rows=[r for r in rows if 'train/loss' in r], accuracy=accuracy)
 
 
 @pytest.mark.slow
@@ -130,7 +130,8 @@ def test_tiny_milan_pretraining_loss_falls(milan_digits):
 
 @pytest.mark.slow
 def test_milan_digits_finetune_beats_scratch(milan_digits):
-    """Fine-tuning after MILAN pretraining beats training from scratch at the same budget, with few labels.
+    """Fine-tuning after MILAN pretraining beats training from scratch at the same budget, with few labels: by > 2
+    points on the mean of three classifier seeds (one comparison swings by several points between seeds).
 
     STAND-IN TEACHER: the real MILAN teacher is CLIP ViT-B/16, whose weights cannot be downloaded here; the digits
     config distils a frozen random-init CLIP-architecture network (metric `loss_random_teacher`), so these are not
@@ -140,12 +141,13 @@ def test_milan_digits_finetune_beats_scratch(milan_digits):
     labels of 10% of them (143 images) for 400 steps at batch 128, the same recipe (ViT 4 layers x 64, global
     average pooling, AdamW lr 8e-3 = the best of the scratch sweep 2e-3 / 4e-3 / 8e-3 / 1.6e-2: 72.2% / 73.3% /
     74.7% / 66.1%, cosine, label smoothing 0.1, random shifts); the fine-tune adds layer decay 0.75 (as MILAN/MAE
-    fine-tune). Measured test accuracy (360 images), fine-tuned vs scratch: seed 0 77.8% vs 74.7% (+3.1), seed 1
-    78.6% vs 72.8% (+5.8); hence the 2-point margin. Without label scarcity the random-teacher pretraining does not
-    help (all labels, 150 steps: 66.7% vs 65.8%; 400 steps: 89.2% vs 91.9%). About 4-5 minutes on 2 CPU cores.
+    fine-tune). Measured test accuracy (360 images), classifier seeds 0 / 1 / 2: fine-tuned 77.8% / 79.4% / 81.7%,
+    scratch 74.7% / 72.8% / 73.1%: +6.1 points on the mean (a pretraining with seed 1: 78.6% vs 72.8% for classifier
+    seed 1). Without label scarcity the random-teacher pretraining does not help (all labels, 150 steps: 66.7% vs
+    65.8%; 400 steps: 89.2% vs 91.9%). About 8 minutes on 2 CPU cores.
     """
-    acc = milan_digits['accuracy']
-    assert acc['digits_finetune'] > acc['digits_scratch'] + 0.02, acc
+    ft, scratch = (np.mean(milan_digits['accuracy'][k]) for k in ('digits_finetune', 'digits_scratch'))
+    assert ft > scratch + 0.02, milan_digits['accuracy']
 
 
 @pytest.mark.slow  # ~30-50 s on 2 cores.
