@@ -45,69 +45,7 @@ def from_transformers(hf_model: Any) -> tuple[Any, dict]:
 # ----------------------------------------------------------------------------------------------------------------
 # Layout helpers shared by the converters.
 # ----------------------------------------------------------------------------------------------------------------
-def to_numpy(t: Any) -> np.ndarray:
-    """A torch tensor (or array) as a float32 numpy array."""
-    if hasattr(t, 'detach'):
-        t = t.detach().cpu().float().numpy()
-    return np.asarray(t, np.float32)
-
-
-def linear(sd: dict, prefix: str, bias: bool = True) -> dict:
-    """torch Linear `prefix.weight` (out, in) -> flax Dense {'kernel': (in, out), 'bias'}."""
-    p = {'kernel': to_numpy(sd[f'{prefix}.weight']).T}
-    if bias and f'{prefix}.bias' in sd:
-        p['bias'] = to_numpy(sd[f'{prefix}.bias'])
-    return p
-
-
-def conv(sd: dict, prefix: str, bias: bool = True) -> dict:
-    """torch Conv2d/3d weight (O, I, *K) -> flax Conv {'kernel': (*K, I, O), 'bias'}."""
-    w = to_numpy(sd[f'{prefix}.weight'])
-    p = {'kernel': np.transpose(w, tuple(range(2, w.ndim)) + (1, 0))}
-    if bias and f'{prefix}.bias' in sd:
-        p['bias'] = to_numpy(sd[f'{prefix}.bias'])
-    return p
-
-
-def norm(sd: dict, prefix: str) -> dict:
-    """torch LayerNorm/GroupNorm weight/bias -> flax {'scale', 'bias'}."""
-    return {'scale': to_numpy(sd[f'{prefix}.weight']), 'bias': to_numpy(sd[f'{prefix}.bias'])}
-
-
-def batchnorm(sd: dict, prefix: str) -> tuple[dict, dict]:
-    """torch BatchNorm -> (flax params {'scale', 'bias'}, batch_stats {'mean', 'var'})."""
-    return (norm(sd, prefix), {'mean': to_numpy(sd[f'{prefix}.running_mean']),
-                               'var': to_numpy(sd[f'{prefix}.running_var'])})
-
-
-def attention_in(sd: dict, prefix: str, num_heads: int, bias: bool = True) -> dict:
-    """torch Linear (H*hd, D) -> flax DenseGeneral {'kernel': (D, H, hd), 'bias': (H, hd)}."""
-    w = to_numpy(sd[f'{prefix}.weight'])
-    out, d = w.shape
-    p = {'kernel': w.T.reshape(d, num_heads, out // num_heads)}
-    if bias and f'{prefix}.bias' in sd:
-        p['bias'] = to_numpy(sd[f'{prefix}.bias']).reshape(num_heads, out // num_heads)
-    return p
-
-
-def attention_out(sd: dict, prefix: str, num_heads: int, bias: bool = True) -> dict:
-    """torch Linear (D, H*hd) -> flax DenseGeneral over (heads, head_dim) {'kernel': (H, hd, D), 'bias': (D,)}."""
-    w = to_numpy(sd[f'{prefix}.weight'])
-    d, inner = w.shape
-    p = {'kernel': w.T.reshape(num_heads, inner // num_heads, d)}
-    if bias and f'{prefix}.bias' in sd:
-        p['bias'] = to_numpy(sd[f'{prefix}.bias'])
-    return p
-
-
-def hf_activation(name: str) -> str:
-    """Maps a HuggingFace `hidden_act` to a vit_jax activation name."""
-    table = {'gelu': 'gelu_exact', 'gelu_new': 'gelu_tanh', 'gelu_pytorch_tanh': 'gelu_tanh',
-             'quick_gelu': 'quick_gelu', 'relu': 'relu', 'silu': 'silu', 'swish': 'silu'}
-    if name not in table:
-        raise ValueError(f'Unsupported HuggingFace activation {name!r}.')
-    return table[name]
-
+from vit_jax.porting.common import attention_in, attention_out, batchnorm, conv, hf_activation, linear, norm, to_numpy  # noqa: E402,F401
 
 # ----------------------------------------------------------------------------------------------------------------
 # ViT: HuggingFace transformers (ViTModel / ViTForImageClassification) and timm-style state dicts.
