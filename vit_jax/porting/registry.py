@@ -24,8 +24,8 @@ import numpy as np
 
 # Porting modules imported on first use of the registry (each registers its families). Add new modules here.
 _MODULES = (
-    'vit', 'cct', 'dhvt', 't2t', 'crossvit', 'cvt', 'segmenter', 'dpt', 'timesformer', 'dtn', 'milan', 'vit_c',
-    'beit', 'queryotr', 'clip', 'inception', 'vgg', 'export',
+    'hf', 'timm', 'cct', 'dhvt', 't2t', 'crossvit', 'cvt', 'segmenter', 'dpt', 'timesformer', 'dtn', 'milan',
+    'vit_c', 'beit', 'queryotr', 'inception', 'vgg', 'export',
 )
 _loaded = False
 
