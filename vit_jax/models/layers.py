@@ -140,22 +140,59 @@ class MlpBlock(nn.Module):
         return nn.Dropout(self.dropout_rate)(x, deterministic=deterministic)
 
 
+# Attention kernels: 'auto' picks per platform; 'xla' is jax.nn.dot_product_attention's XLA path, 'cudnn' its cuDNN
+# fused (flash) kernel, 'cpu' the deferred-normalisation einsum path tuned for XLA:CPU.
+ATTENTION_IMPLS = ('auto', 'xla', 'cudnn', 'cpu')
+
+
+def resolve_attention_impl(impl: str, *, dtype: Any, head_dim: int) -> str:
+    """The kernel `impl` stands for here: 'auto' -> cuDNN fused attention on GPUs when dtype and head size allow it
+    (bfloat16/float16, head_dim a multiple of 8 up to 128), XLA's on TPUs (and other GPU cases), 'cpu' on CPUs.
+    'cudnn' off a GPU, or with a dtype/head size cuDNN cannot run, is a ValueError that says so."""
+    if impl not in ATTENTION_IMPLS:
+        raise ValueError(f'attention_impl={impl!r} is not one of {ATTENTION_IMPLS}.')
+    platform = jax.default_backend()
+    cudnn_ok = jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16) and head_dim % 8 == 0 and head_dim <= 128
+    if impl == 'cudnn':
+        if platform != 'gpu':
+            raise ValueError(f"attention_impl='cudnn' needs an NVIDIA GPU; this process runs on {platform!r}. "
+                             "Use attention_impl='auto' (or 'xla').")
+        if not cudnn_ok:
+            raise ValueError(f"attention_impl='cudnn' needs bfloat16/float16 compute and head_dim a multiple of 8 "
+                             f"up to 128; got dtype {jnp.dtype(dtype).name}, head_dim {head_dim}. Set "
+                             "--config.model.dtype=bfloat16 or attention_impl='auto'.")
+        return 'cudnn'
+    if impl != 'auto':
+        return impl
+    if platform == 'gpu' and cudnn_ok:
+        return 'cudnn'
+    return 'cpu' if platform == 'cpu' else 'xla'
+
+
 def dot_product_attention(q: Array, k: Array, v: Array, *, scale: float, bias: Optional[Array] = None,
                           dropout_rate: float = 0.0, deterministic: bool = True,
-                          dropout_rng: Optional[Array] = None, return_weights: bool = False
-                          ) -> tuple[Array, Optional[Array]]:
+                          dropout_rng: Optional[Array] = None, return_weights: bool = False,
+                          implementation: str = 'auto') -> tuple[Array, Optional[Array]]:
     """Scaled dot-product attention on [B, T, heads, head_dim] inputs.
 
-    Without attention-probability dropout and without returned weights, the softmax normalisation is deferred:
-    out = (exp(s - max s) @ v) / sum(exp(s - max s)), the same function as softmax(s) @ v. On XLA:CPU this is 13%
-    (forward) to 17% (train step) faster for ViT-B/16 than `jax.nn.dot_product_attention`, whose materialised,
-    normalised probabilities leave a standalone softmax reduction that XLA:CPU runs slowly (see
-    benchmarks/README.md). Otherwise the normalised weights are materialised.
+    `implementation` (see `ATTENTION_IMPLS`, `resolve_attention_impl`) picks the kernel of the plain case (no
+    attention dropout in training, no returned weights): 'xla' / 'cudnn' call `jax.nn.dot_product_attention`; 'cpu'
+    defers the softmax normalisation: out = (exp(s - max s) @ v) / sum(exp(s - max s)), the same function as
+    softmax(s) @ v. On XLA:CPU this is 13% (forward) to 17% (train step) faster for ViT-B/16 than
+    `jax.nn.dot_product_attention`, whose materialised, normalised probabilities leave a standalone softmax reduction
+    that XLA:CPU runs slowly (see benchmarks/README.md). With attention dropout or returned weights (attention maps)
+    the normalised weights are materialised whatever the implementation: fused kernels return no probabilities.
 
     Returns:
       (output [B, Tq, heads, head_dim], weights [B, heads, Tq, Tk] or None).
     """
     need_dropout = dropout_rate > 0.0 and not deterministic
+    impl = resolve_attention_impl(implementation, dtype=q.dtype, head_dim=q.shape[-1])
+    if not need_dropout and not return_weights and impl in ('xla', 'cudnn'):
+        out = jax.nn.dot_product_attention(q, k.astype(q.dtype), v.astype(q.dtype),
+                                           bias=None if bias is None else bias.astype(q.dtype), scale=scale,
+                                           implementation=impl)
+        return out.astype(q.dtype), None
     if not need_dropout and not return_weights:
         logits = jnp.einsum('bqhd,bkhd->bhqk', q * jnp.asarray(scale, q.dtype), k)
         if bias is not None:
@@ -196,6 +233,7 @@ class MultiHeadAttention(nn.Module):
     attention_dropout_rate: float = 0.0  # Dropout on the attention probabilities.
     dtype: Dtype = jnp.float32  # Compute dtype.
     kernel_init: Initializer = nn.initializers.xavier_uniform()  # Projection kernels.
+    attention_impl: str = 'auto'  # Attention kernel: 'auto', 'xla', 'cudnn', 'cpu' (see resolve_attention_impl).
     # Factory of a module `(x_q, x_kv, deterministic=) -> (q_in, k_in, v_in)` applied before the q/k/v projections
     # (CvT's convolutional projection); built under the name 'qkv_transform'. None: q_in = x_q, k_in = v_in = x_kv.
     qkv_transform: Optional[Callable[..., nn.Module]] = None
@@ -224,7 +262,8 @@ class MultiHeadAttention(nn.Module):
             rng = self.make_rng('dropout')
         out, weights = dot_product_attention(q, k, v, scale=scale, bias=bias,
                                              dropout_rate=self.attention_dropout_rate, deterministic=deterministic,
-                                             dropout_rng=rng, return_weights=want_weights)
+                                             dropout_rng=rng, return_weights=want_weights,
+                                             implementation=self.attention_impl)
         if weights is not None:
             self.sow('intermediates', 'attention_weights', weights)
         return nn.DenseGeneral(features=out_features, axis=(-2, -1), dtype=self.dtype,
@@ -457,12 +496,32 @@ def posemb_sincos_1d(length: int, dim: int, temperature: float = 10_000.0) -> np
     return table[None].astype(np.float32)
 
 
-def posemb_sincos_2d(h: int, w: int, dim: int, temperature: float = 10_000.0) -> np.ndarray:
-    """2-D sin-cos position embedding (MoCo v3 / MAE style) of shape (1, h*w, dim)."""
+SINCOS_2D_CONVENTIONS = ('big_vision', 'mae')
+
+
+def posemb_sincos_2d(h: int, w: int, dim: int, temperature: float = 10_000.0, *,
+                     convention: str = 'big_vision') -> np.ndarray:
+    """2-D sin-cos position embedding of shape (1, h*w, dim): channels [sin(x), cos(x), sin(y), cos(y)].
+
+    x is the column (w) index, y the row (h) index, each quarter of D/4 channels; the rows are in raster order. The
+    two conventions in the literature differ only in the frequencies omega_k = 1 / temperature**(k / denom),
+    k = 0 .. D/4-1:
+
+    - 'big_vision' (google-research/big_vision `posemb_sincos_2d`, MoCo v3): denom = D/4 - 1, so the lowest
+      frequency is exactly 1/temperature (denom 1 when D = 4, where big_vision would divide by zero).
+    - 'mae' (facebookresearch/mae `util/pos_embed.py`, used by MILAN): denom = D/4. Its first half (named `emb_h`
+      there) is computed from the `meshgrid(grid_w, grid_h)[0]` plane, i.e. the column index, so the channel order
+      is the same as big_vision's.
+
+    Neither includes a class-token row: the callers prepend zeros (MAE's `cls_token=True` row is zeros too).
+    """
+    if convention not in SINCOS_2D_CONVENTIONS:
+        raise ValueError(f'Unknown sincos convention {convention!r}; use one of {SINCOS_2D_CONVENTIONS}.')
     if dim % 4:
         raise ValueError(f'2-D sincos position embedding needs dim divisible by 4, got {dim}.')
     y, x = np.mgrid[:h, :w]
-    omega = 1.0 / temperature ** (np.arange(dim // 4) / (dim // 4 - 1 if dim > 4 else 1))
+    denom = dim // 4 if convention == 'mae' else max(dim // 4 - 1, 1)
+    omega = 1.0 / temperature ** (np.arange(dim // 4) / denom)
     y = y.reshape(-1)[:, None] * omega[None]
     x = x.reshape(-1)[:, None] * omega[None]
     pe = np.concatenate([np.sin(x), np.cos(x), np.sin(y), np.cos(y)], axis=1)
