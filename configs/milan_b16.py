@@ -89,7 +89,7 @@ def get_config(arg=None):
     if arg == 'finetune':
         spe = 1_281_167 // 1024
         c.dataset = 'imagenet2012'
-        c.model = ml_collections.ConfigDict(dict(name='ViT-B/16', num_classes=1000, posemb='sincos2d',
+        c.model = ml_collections.ConfigDict(dict(name='ViT-B/16', num_classes=1000, posemb='sincos2d_mae',
                                                  classifier='gap', activation='gelu_exact', drop_path_rate=0.1))
         c.data.train_pp = 'inception_crop'
         c.data.inception_crop_area = (0.08, 1.0)
@@ -128,8 +128,8 @@ def get_config(arg=None):
             # trained with the digits labels, so this shows the teacher path end to end; it is not self-supervised.
             c.model.target_dim = 64
             c.objective.teacher = dict(model='ViT-testing', overrides=dict(num_classes=10, **_digits_encoder(),
-                                                                          posemb='sincos2d', activation='gelu_exact',
-                                                                          classifier='token'),
+                                                                          posemb='sincos2d_mae',
+                                                                          activation='gelu_exact', classifier='token'),
                                        weights='workdirs/milan_teacher_digits', allow_random=False, tokens='encoded')
         c.evals = ml_collections.ConfigDict(dict(fewshot=dict(type='fewshot', every=0, shots=(5, 10), seeds=3)))
         return c
@@ -137,7 +137,7 @@ def get_config(arg=None):
         c.dataset = 'digits'
         # Global average pooling as MILAN fine-tunes; the pretrained class token is not used (dont_load 'cls').
         c.model = ml_collections.ConfigDict(dict(name='ViT-testing', num_classes=10, **_digits_encoder(),
-                                                 posemb='sincos2d', classifier='gap', activation='gelu_exact'))
+                                                 posemb='sincos2d_mae', classifier='gap', activation='gelu_exact'))
         # The same recipe for both; the fine-tune only adds layer decay (as MILAN/MAE fine-tune). lr: the best of the
         # scratch sweep (see the module docstring).
         return config_utils.label_scarce_digits(

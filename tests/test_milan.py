@@ -89,7 +89,7 @@ def test_prompt_decoder_keeps_visible_tokens_fixed(tiny):
 def test_encoder_loads_into_plain_vit(tiny):
     m, v, x = tiny
     feats, _ = jax.jit(m.apply)(v, x)  # No ids: the encoder on every patch.
-    vit = models.get_model('ViT-testing', image_size=16, patch_size=4, posemb='sincos2d', num_classes=3,
+    vit = models.get_model('ViT-testing', image_size=16, patch_size=4, posemb='sincos2d_mae', num_classes=3,
                            activation='gelu_exact')
     init = jax.jit(vit.init)(jax.random.PRNGKey(1), x)
     params = checkpoint.load_pretrained(init['params'], jax.device_get(v['params']),

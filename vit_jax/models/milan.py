@@ -1,9 +1,10 @@
 """MILAN (Hou et al., 2022): masked image pretraining on language-assisted representations, and its CLIP teacher.
 
-`MILAN` is an MAE-style student: a ViT encoder on the visible patches only (fixed 2-D sin-cos position embedding,
-learned class token), then the *prompting decoder*: the encoder output is embedded to the decoder width, the class
-token and the visible tokens (with their positions) become fixed prompts that the decoder blocks never update, and
-only the mask tokens are queries; each block's keys/values are the prompts (raw, no LayerNorm) together with the
+`MILAN` is an MAE-style student: a ViT encoder on the visible patches only (fixed 2-D sin-cos position embedding in
+MAE's convention, `layers.posemb_sincos_2d(convention='mae')`, as zejiangh/MILAN; learned class token), then the
+*prompting decoder*: the encoder output is embedded to the decoder width, the class token and the visible tokens
+(with their positions) become fixed prompts that the decoder blocks never update, and only the mask tokens are
+queries; each block's keys/values are the prompts (raw, no LayerNorm) together with the
 layer-normalised queries. The decoder predicts a `target_dim` vector for every position (class token, visible and
 masked patches), matched to the teacher's features by the objective (`vit_jax.objectives.milan`).
 
@@ -11,7 +12,7 @@ masked patches), matched to the teacher's features by the objective (`vit_jax.ob
     pred, out = model.apply(v, images, ids_shuffle=ids)   # pred [B, 1 + N, 512]; the first num_keep of ids visible
     feats, out = model.apply(v, images)                   # no ids: the encoder on all patches (cls features)
 
-The encoder's parameter names are those of `VisionTransformer(posemb='sincos2d', classifier='token')`
+The encoder's parameter names are those of `VisionTransformer(posemb='sincos2d_mae', classifier='token')`
 (`embedding`, `cls`, `Transformer/encoderblock_{i}`, `Transformer/encoder_norm`), so a MILAN checkpoint fine-tunes
 as a plain ViT-B/16 (`init_from.dont_load=('head/.*', 'decoder.*', 'mask_token')`).
 
@@ -110,7 +111,7 @@ class MILAN(nn.Module):
             images.astype(self.dtype))
         b, h, w, d = x.shape
         n = h * w
-        x = x.reshape(b, n, d) + jnp.asarray(layers.posemb_sincos_2d(h, w, d), x.dtype)
+        x = x.reshape(b, n, d) + jnp.asarray(layers.posemb_sincos_2d(h, w, d, convention='mae'), x.dtype)
         if ids_shuffle is None and self.is_initializing():
             ids_shuffle = jnp.tile(jnp.arange(n)[None], (b, 1))  # Create the decoder's parameters too.
         keep = self.num_keep if ids_shuffle is not None else n
@@ -136,7 +137,7 @@ class MILAN(nn.Module):
         dd = self.decoder_dim
         y = nn.Dense(dd, dtype=self.dtype, kernel_init=nn.initializers.xavier_uniform(), name='decoder_embed')(x)
         mask_token = self.param('mask_token', nn.initializers.normal(0.02), (1, 1, dd))
-        pos = jnp.asarray(layers.posemb_sincos_2d(h, w, dd), y.dtype)[0]  # [N, dd]; the cls slot is zero.
+        pos = jnp.asarray(layers.posemb_sincos_2d(h, w, dd, convention='mae'), y.dtype)[0]  # [N, dd]; cls slot: 0.
         pos_shuffled = pos[ids_shuffle]  # [B, N, dd] in shuffled order.
         cls_f = y[:, :1]
         vis_f = y[:, 1:] + pos_shuffled[:, :keep]

@@ -46,7 +46,7 @@ class VisionTransformer(nn.Module):
     conv_channels: Sequence[int] = (48, 96, 192, 384)  # ViT_C 3x3 conv widths (stem='conv').
     conv_strides: Sequence[int] = (2, 2, 2, 2)  # ViT_C 3x3 conv strides (stem='conv').
     classifier: str = 'token'  # 'token', 'gap', 'map', 'unpooled' or 'token_unpooled'.
-    posemb: str = 'learn'  # 'learn', 'sincos2d' or 'none'.
+    posemb: str = 'learn'  # 'learn', 'sincos2d' (big_vision's table), 'sincos2d_mae' (MAE/MILAN's) or 'none'.
     representation_size: Optional[int] = None  # Width of the tanh `pre_logits` layer (pre-training head).
     dropout_rate: float = 0.0  # Dropout after the position embedding and inside blocks.
     attention_dropout_rate: float = 0.0  # Dropout on attention probabilities.
@@ -202,12 +202,13 @@ class _Transformer(nn.Module):
                                        name='posembed_input')(x)
         elif self.posemb == 'learn':
             x = layers.AddPositionEmbs(name='posembed_input')(x)
-        elif self.posemb == 'sincos2d':
-            pe = layers.posemb_sincos_2d(*self.grid, x.shape[-1])
+        elif self.posemb in ('sincos2d', 'sincos2d_mae'):
+            convention = 'mae' if self.posemb == 'sincos2d_mae' else 'big_vision'
+            pe = layers.posemb_sincos_2d(*self.grid, x.shape[-1], convention=convention)
             pe = jnp.concatenate([jnp.zeros((1, self.num_prefix, x.shape[-1])), pe], axis=1)
             x = x + pe.astype(x.dtype)
         elif self.posemb != 'none':
-            raise ValueError(f"posemb must be 'learn', 'sincos2d' or 'none', got {self.posemb!r}.")
+            raise ValueError(f"posemb must be 'learn', 'sincos2d', 'sincos2d_mae' or 'none', got {self.posemb!r}.")
         x = nn.Dropout(self.dropout_rate)(x, deterministic=not train)
         return _encoder_in_scope(self, x, train)
 
