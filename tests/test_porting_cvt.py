@@ -1,0 +1,170 @@
+"""Official CvT layout (microsoft/CvT, lib/models/cls_cvt.py) -> CvT: every key consumed (BatchNorm running
+statistics into `batch_stats`), and logits equal to HuggingFace's PyTorch CvtForImageClassification loaded with the
+same weights renamed from the official layout (its MLP activation set to the official QuickGELU), on a small unusual
+three-stage config with per-stage q/k/v bias and MLP ratios."""
+
+import re
+
+import jax
+import numpy as np
+import pytest
+
+from vit_jax import porting as convert  # convert.from_official re-exports porting.from_official.
+from vit_jax.models import cvt
+from vit_jax.porting import registry
+
+DIMS, HEADS, DEPTHS, RATIOS = (8, 12, 20), (1, 2, 4), (1, 2, 3), (4.0, 2.0, 3.0)
+QKV_BIAS, CLS, PATCH, STRIDE, PAD = (True, False, True), (False, False, True), (7, 3, 3), (4, 2, 2), (2, 1, 1)
+IMAGE, CLASSES = 44, 5
+
+
+def official_state_dict(seed: int = 0, methods=('dw_bn',) * 3) -> dict:
+    """Random weights with the official names and shapes (ConvolutionalVisionTransformer)."""
+    rs = np.random.RandomState(seed)
+
+    def r(*shape, scale=0.3):
+        return (rs.randn(*shape) * scale).astype(np.float32)
+
+    sd = {}
+
+    def ln(p, d):
+        sd[f'{p}.weight'], sd[f'{p}.bias'] = 1 + r(d, scale=0.1), r(d, scale=0.1)
+
+    c_in = 3
+    for i, d in enumerate(DIMS):
+        s = f'stage{i}'
+        sd[f'{s}.patch_embed.proj.weight'] = r(d, c_in, PATCH[i], PATCH[i], scale=0.2)
+        sd[f'{s}.patch_embed.proj.bias'] = r(d)
+        ln(f'{s}.patch_embed.norm', d)
+        if CLS[i]:
+            sd[f'{s}.cls_token'] = r(1, 1, d)
+        for j in range(DEPTHS[i]):
+            b = f'{s}.blocks.{j}'
+            ln(f'{b}.norm1', d)
+            if methods[i] == 'dw_bn':
+                for w in 'qkv':
+                    c = f'{b}.attn.conv_proj_{w}'
+                    sd[f'{c}.conv.weight'] = r(d, 1, 3, 3)
+                    ln(f'{c}.bn', d)
+                    sd[f'{c}.bn.running_mean'] = r(d, scale=0.1)
+                    sd[f'{c}.bn.running_var'] = (1 + rs.rand(d)).astype(np.float32)
+                    sd[f'{c}.bn.num_batches_tracked'] = np.array(7, np.int64)
+            for w in 'qkv':
+                sd[f'{b}.attn.proj_{w}.weight'] = r(d, d)
+                if QKV_BIAS[i]:
+                    sd[f'{b}.attn.proj_{w}.bias'] = r(d)
+            sd[f'{b}.attn.proj.weight'], sd[f'{b}.attn.proj.bias'] = r(d, d), r(d)
+            ln(f'{b}.norm2', d)
+            h = int(d * RATIOS[i])
+            sd[f'{b}.mlp.fc1.weight'], sd[f'{b}.mlp.fc1.bias'] = r(h, d), r(h)
+            sd[f'{b}.mlp.fc2.weight'], sd[f'{b}.mlp.fc2.bias'] = r(d, h), r(d)
+        c_in = d
+    ln('norm', DIMS[-1])
+    sd['head.weight'], sd['head.bias'] = r(CLASSES, DIMS[-1]), r(CLASSES)
+    return sd
+
+
+def _model(**kw) -> cvt.CvT:
+    kw = {'num_classes': CLASSES, 'image_size': IMAGE, 'embed_dims': DIMS, 'num_heads': HEADS, 'depths': DEPTHS,
+          'mlp_ratios': RATIOS, 'patch_sizes': PATCH, 'patch_strides': STRIDE, 'patch_paddings': PAD,
+          'cls_token': CLS, 'qkv_bias': QKV_BIAS, 'drop_path_rate': 0.0, **kw}
+    return cvt.CvT(**kw)
+
+
+_TO_HF = (
+    (r'^stage(\d+)\.patch_embed\.proj\.', r'cvt.encoder.stages.\1.embedding.convolution_embeddings.projection.'),
+    (r'^stage(\d+)\.patch_embed\.norm\.', r'cvt.encoder.stages.\1.embedding.convolution_embeddings.normalization.'),
+    (r'^stage(\d+)\.cls_token$', r'cvt.encoder.stages.\1.cls_token'),
+    (r'^stage(\d+)\.blocks\.(\d+)\.attn\.conv_proj_q\.conv\.',
+     r'cvt.encoder.stages.\1.layers.\2.attention.attention.convolution_projection_query.convolution_projection.'
+     r'convolution.'),
+    (r'^stage(\d+)\.blocks\.(\d+)\.attn\.conv_proj_k\.conv\.',
+     r'cvt.encoder.stages.\1.layers.\2.attention.attention.convolution_projection_key.convolution_projection.'
+     r'convolution.'),
+    (r'^stage(\d+)\.blocks\.(\d+)\.attn\.conv_proj_v\.conv\.',
+     r'cvt.encoder.stages.\1.layers.\2.attention.attention.convolution_projection_value.convolution_projection.'
+     r'convolution.'),
+    (r'^stage(\d+)\.blocks\.(\d+)\.attn\.conv_proj_q\.bn\.',
+     r'cvt.encoder.stages.\1.layers.\2.attention.attention.convolution_projection_query.convolution_projection.'
+     r'normalization.'),
+    (r'^stage(\d+)\.blocks\.(\d+)\.attn\.conv_proj_k\.bn\.',
+     r'cvt.encoder.stages.\1.layers.\2.attention.attention.convolution_projection_key.convolution_projection.'
+     r'normalization.'),
+    (r'^stage(\d+)\.blocks\.(\d+)\.attn\.conv_proj_v\.bn\.',
+     r'cvt.encoder.stages.\1.layers.\2.attention.attention.convolution_projection_value.convolution_projection.'
+     r'normalization.'),
+    (r'^stage(\d+)\.blocks\.(\d+)\.attn\.proj_q\.', r'cvt.encoder.stages.\1.layers.\2.attention.attention.'
+     r'projection_query.'),
+    (r'^stage(\d+)\.blocks\.(\d+)\.attn\.proj_k\.', r'cvt.encoder.stages.\1.layers.\2.attention.attention.'
+     r'projection_key.'),
+    (r'^stage(\d+)\.blocks\.(\d+)\.attn\.proj_v\.', r'cvt.encoder.stages.\1.layers.\2.attention.attention.'
+     r'projection_value.'),
+    (r'^stage(\d+)\.blocks\.(\d+)\.attn\.proj\.', r'cvt.encoder.stages.\1.layers.\2.attention.output.dense.'),
+    (r'^stage(\d+)\.blocks\.(\d+)\.norm1\.', r'cvt.encoder.stages.\1.layers.\2.layernorm_before.'),
+    (r'^stage(\d+)\.blocks\.(\d+)\.norm2\.', r'cvt.encoder.stages.\1.layers.\2.layernorm_after.'),
+    (r'^stage(\d+)\.blocks\.(\d+)\.mlp\.fc1\.', r'cvt.encoder.stages.\1.layers.\2.intermediate.dense.'),
+    (r'^stage(\d+)\.blocks\.(\d+)\.mlp\.fc2\.', r'cvt.encoder.stages.\1.layers.\2.output.dense.'),
+    (r'^norm\.', 'layernorm.'),
+    (r'^head\.', 'classifier.'),
+)
+
+
+def _to_hf(sd: dict) -> dict:
+    out = {}
+    for k, v in sd.items():
+        for pat, rep in _TO_HF:
+            new = re.sub(pat, rep, k)
+            if new != k:
+                break
+        else:
+            raise AssertionError(f'no HF name for {k}')
+        out[new] = v
+    return out
+
+
+def test_official_cvt_matches_hf_with_quick_gelu():
+    torch = pytest.importorskip('torch')
+    transformers = pytest.importorskip('transformers')
+    sd = official_state_dict()
+    model = _model()
+    variables = convert.from_official('cvt', {'state_dict': {f'module.{k}': v for k, v in sd.items()}}, model)
+    assert set(variables) == {'params', 'batch_stats'}
+    images = np.random.RandomState(1).randn(2, IMAGE, IMAGE, 3).astype(np.float32)
+    logits, _ = jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, images)
+
+    cfg = transformers.CvtConfig(
+        num_labels=CLASSES, embed_dim=list(DIMS), num_heads=list(HEADS), depth=list(DEPTHS), mlp_ratio=list(RATIOS),
+        qkv_bias=list(QKV_BIAS), cls_token=list(CLS), patch_sizes=list(PATCH), patch_stride=list(STRIDE),
+        patch_padding=list(PAD), drop_path_rate=[0.0] * 3)
+    hf = transformers.CvtForImageClassification(cfg).eval()
+    missing, unexpected = hf.load_state_dict({k: torch.from_numpy(v) for k, v in _to_hf(sd).items()}, strict=False)
+    assert not missing and not unexpected, (missing, unexpected)
+
+    class QuickGELU(torch.nn.Module):  # The official act_layer (HF hard-codes nn.GELU).
+        def forward(self, x):
+            return x * torch.sigmoid(1.702 * x)
+
+    for stage in hf.cvt.encoder.stages:
+        for layer in stage.layers:
+            layer.intermediate.activation = QuickGELU()
+    with torch.no_grad():
+        ref = hf(pixel_values=torch.from_numpy(images.transpose(0, 3, 1, 2).copy())).logits.numpy()
+    np.testing.assert_allclose(np.asarray(logits), ref, atol=2e-5, rtol=1e-5)
+
+
+def test_official_cvt_linear_projection_and_refusals():
+    # QKV_PROJ_METHOD 'linear' in the first stage: no conv_proj weights there.
+    sd = official_state_dict(methods=('linear', 'dw_bn', 'dw_bn'))
+    variables = convert.from_official('cvt', sd, _model(qkv_method=('linear', 'dw_bn', 'dw_bn')))
+    assert 'qkv_transform' not in variables['params']['stage_0_block_0']['MultiHeadDotProductAttention_1']
+    with pytest.raises(registry.ConversionError, match='qkv_method'):
+        convert.from_official('cvt', sd, _model())
+    full = official_state_dict()
+    with pytest.raises(registry.ConversionError, match='cls_token'):
+        convert.from_official('cvt', full, _model(cls_token=(False, False, False)))
+    with pytest.raises(registry.ConversionError, match='head'):
+        convert.from_official('cvt', full, _model(num_classes=0))
+    with pytest.raises(registry.ConversionError, match='unconverted'):
+        convert.from_official('cvt', full, _model(depths=(1, 1, 3)))
+    with pytest.raises(registry.ConversionError, match='shape mismatches'):
+        convert.from_official('cvt', full, _model(mlp_ratios=4.0))
