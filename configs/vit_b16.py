@@ -108,7 +108,9 @@ def get_transfer_config(model_name: str, arg: str = 'cifar10', **model_overrides
             train_split, eval_split = hp_train, hp_eval
         base_lr = 0.03
     c.model = {**dict(name=model_name, num_classes=num_classes, image_size=384, representation_size=None,
-                      classifier='token', dropout_rate=0.0), **model_overrides}
+                      classifier='token', dropout_rate=0.0,
+                      dtype='auto'),  # bfloat16 compute on GPU/TPU, float32 on CPU; parameters float32.
+               **model_overrides}
     c.data.train_split = train_split
     c.data.train_pp = 'inception_crop'
     c.data.inception_crop_area = (0.05, 1.0)

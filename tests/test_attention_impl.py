@@ -77,3 +77,19 @@ def test_attention_maps_whichever_kernel(impl):
         variables, x)
     np.testing.assert_allclose(y, y_plain, atol=1e-5)
     np.testing.assert_allclose(y_plain, y_other, atol=1e-5)
+
+
+def test_vit_attention_impl_switch_same_logits_and_maps():
+    from vit_jax import models
+
+    x = jax.random.normal(jax.random.PRNGKey(2), (2, 32, 32, 3))
+    base = models.get_model('ViT-testing', num_classes=5, attention_impl='cpu')
+    variables = base.init(jax.random.PRNGKey(0), x)
+    ref, _ = base.apply(variables, x)
+    for impl in ('xla', 'auto'):
+        logits, _ = models.get_model('ViT-testing', num_classes=5, attention_impl=impl).apply(variables, x)
+        np.testing.assert_allclose(logits, ref, atol=1e-5)
+    _, state = models.get_model('ViT-testing', num_classes=5, attention_impl='xla').apply(
+        variables, x, mutable=['intermediates'])
+    maps = jax.tree_util.tree_leaves(state['intermediates'])
+    assert maps and all(np.allclose(np.asarray(m).sum(-1), 1.0, atol=1e-5) for m in maps if m.ndim == 4)

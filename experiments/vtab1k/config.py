@@ -47,7 +47,7 @@ def task_config(task, *, hp: bool = False, lr: float = LR, steps: int = STEPS, m
     c = config_utils.base_config()
     c.dataset = task.dataset_name
     c.model = dict(name=model_name, num_classes=task.num_classes, image_size=384, representation_size=None,
-                   classifier='token', dropout_rate=0.0)
+                   classifier='token', dropout_rate=0.0, dtype='auto')  # bfloat16 compute on GPU/TPU.
     c.data.train_split = task.train800 if hp else task.train800val200
     c.data.train_pp = 'resize'
     c.data.eval_pp = 'resize'

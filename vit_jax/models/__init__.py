@@ -99,8 +99,22 @@ def get_model(name: str, **overrides: Any) -> nn.Module:
                          f'Its options: {", ".join(sorted(fields))}.')
     kw = {**entry.defaults, **overrides}
     if 'dtype' in kw and isinstance(kw['dtype'], str):
-        kw['dtype'] = jnp.dtype(kw['dtype'])
+        kw['dtype'] = compute_dtype(kw['dtype'])
     return entry.cls(**kw)
+
+
+def compute_dtype(name: str) -> Any:
+    """The mixed-precision policy: `'auto'` is bfloat16 compute on accelerators (GPU, TPU) and float32 on CPUs.
+
+    Parameters stay float32 whatever the compute dtype (flax's `param_dtype` default); the objectives take their
+    losses in float32 (logits are cast before the softmax). Any other name is a numpy dtype name ('bfloat16', ...).
+    """
+    if name == 'auto':
+        return jnp.dtype(jnp.bfloat16) if jax.default_backend() in ('gpu', 'tpu') else jnp.dtype(jnp.float32)
+    try:
+        return jnp.dtype(name)
+    except TypeError:
+        raise ValueError(f"model.dtype={name!r} is not a dtype; use 'auto', 'float32' or 'bfloat16'.") from None
 
 
 def input_shape(model: nn.Module, batch: int = 1) -> tuple[int, ...]:

@@ -298,6 +298,7 @@ class Encoder1DBlock(nn.Module):
     kernel_init: Optional[Initializer] = None  # Attention and MLP kernels; None keeps xavier_uniform (the release).
     bias_init: Optional[Initializer] = None  # MLP biases; None keeps N(0, 1e-6) (the release).
     qkv_transform: Optional[Callable[..., nn.Module]] = None  # See MultiHeadAttention (CvT conv projection).
+    attention_impl: str = 'auto'  # Attention kernel (see resolve_attention_impl).
 
     @nn.compact
     def __call__(self, x: Array, train: bool = False, attn_bias: Optional[Array] = None) -> Array:
@@ -309,7 +310,7 @@ class Encoder1DBlock(nn.Module):
         y = norm(name='LayerNorm_0')(x)
         y = MultiHeadAttention(num_heads=self.num_heads, qkv_bias=self.qkv_bias, scale=self.attention_scale,
                                attention_dropout_rate=self.attention_dropout_rate, dtype=self.dtype,
-                               qkv_transform=self.qkv_transform, **k_init,
+                               qkv_transform=self.qkv_transform, attention_impl=self.attention_impl, **k_init,
                                name='MultiHeadDotProductAttention_1')(y, bias=attn_bias, deterministic=deterministic)
         y = nn.Dropout(self.dropout_rate)(y, deterministic=deterministic)
         if self.layer_scale is not None:
@@ -381,13 +382,14 @@ class Encoder(nn.Module):
     dtype: Dtype = jnp.float32  # Compute dtype.
     kernel_init: Optional[Initializer] = None  # Attention and MLP kernels; None keeps xavier_uniform (the release).
     bias_init: Optional[Initializer] = None  # MLP biases; None keeps N(0, 1e-6) (the release).
+    attention_impl: str = 'auto'  # Attention kernel (see resolve_attention_impl).
 
     def _block_kwargs(self) -> dict:
         return dict(num_heads=self.num_heads, mlp_dim=self.mlp_dim, dropout_rate=self.dropout_rate,
                     attention_dropout_rate=self.attention_dropout_rate, norm=self.norm, norm_eps=self.norm_eps,
                     norm_style=self.norm_style, activation=self.activation, qkv_bias=self.qkv_bias,
                     attention_scale=self.attention_scale, layer_scale=self.layer_scale, dtype=self.dtype,
-                    kernel_init=self.kernel_init, bias_init=self.bias_init)
+                    kernel_init=self.kernel_init, bias_init=self.bias_init, attention_impl=self.attention_impl)
 
     @nn.compact
     def __call__(self, x: Array, train: bool = False) -> tuple[Array, dict[str, Array]]:

@@ -59,6 +59,7 @@ class VisionTransformer(nn.Module):
     scan: bool = False  # Scan over encoder layers.
     remat_policy: Optional[str] = None  # Rematerialisation policy of each block (jax.checkpoint_policies name).
     dtype: Any = jnp.float32  # Compute dtype (parameters stay float32).
+    attention_impl: str = 'auto'  # Attention kernel: 'auto', 'xla', 'cudnn' or 'cpu' (layers.resolve_attention_impl).
     # Accept inputs of any size divisible by the stride: the learned position embedding (stored for image_size) is
     # resized on the fly to the input grid (bilinear, align_corners=False, as timm / DPT / Segmenter).
     dynamic_img_size: bool = False
@@ -140,7 +141,8 @@ class VisionTransformer(nn.Module):
             attention_dropout_rate=self.attention_dropout_rate, drop_path_rate=self.drop_path_rate, norm=self.norm,
             norm_eps=self.norm_eps, activation=self.activation, qkv_bias=self.qkv_bias, scan=self.scan,
             remat_policy=self.remat_policy, dtype=self.dtype,
-            stored_grid=self.grid_size if self.dynamic_img_size else None, name='Transformer')(x, train=train)
+            stored_grid=self.grid_size if self.dynamic_img_size else None, attention_impl=self.attention_impl,
+            name='Transformer')(x, train=train)
         out.update({f'encoder/{k}': v for k, v in enc_out.items()})
         out['encoded'] = x
         out['tokens_2d'] = x[:, num_prefix:].reshape(b, h, w, d)
@@ -194,6 +196,7 @@ class _Transformer(nn.Module):
     remat_policy: Optional[str]
     dtype: Any
     stored_grid: Optional[tuple[int, int]] = None  # Grid of the stored position embedding (dynamic image size).
+    attention_impl: str = 'auto'  # Attention kernel.
 
     @nn.compact
     def __call__(self, x: Array, train: bool) -> tuple[Array, dict[str, Array]]:
@@ -221,7 +224,7 @@ def _encoder_in_scope(parent: _Transformer, x: Array, train: bool):
         dropout_rate=parent.dropout_rate, attention_dropout_rate=parent.attention_dropout_rate,
         drop_path_rate=parent.drop_path_rate, norm=parent.norm, norm_eps=parent.norm_eps,
         activation=parent.activation, qkv_bias=parent.qkv_bias, scan=parent.scan, remat_policy=parent.remat_policy,
-        dtype=parent.dtype)
+        dtype=parent.dtype, attention_impl=parent.attention_impl)
     nn.share_scope(parent, enc)
     return enc(x, train=train)
 

@@ -24,7 +24,11 @@ def soft_targets(batch: dict, num_classes: int, label_smoothing: float = 0.0) ->
 
 
 def cross_entropy(logits: jax.Array, targets: jax.Array, kind: str = 'softmax') -> jax.Array:
-    """Per-example loss: 'softmax' cross-entropy, or 'sigmoid' (summed over classes, as AugReg/big_vision)."""
+    """Per-example loss: 'softmax' cross-entropy, or 'sigmoid' (summed over classes, as AugReg/big_vision).
+
+    Taken in float32 whatever the compute dtype (bfloat16 logits lose the small probabilities).
+    """
+    logits = logits.astype(jnp.float32)
     if kind == 'softmax':
         return optax.softmax_cross_entropy(logits, targets)
     if kind == 'sigmoid':
