@@ -10,7 +10,14 @@ q/k/v bias, exact GELU), then fuse the branches through their class tokens: for 
 `f_i` = LN -> GELU -> Linear(D_i -> D_j) projects CLS_i, which attends (as the only query, with
 `layers.MultiHeadAttention`) over [f_i(CLS_i); patch tokens of j] after a LayerNorm of that whole sequence, in
 branch j's width and head count; the result is added to f_i(CLS_i) (no MLP) and `g_i` = LN -> GELU ->
-Linear(D_j -> D_i) brings it back as branch i's new class token.
+Linear(D_j -> D_i) brings it back as branch i's new class token. With `fusion_depth` L > 1 the fusion is the
+official `nn.Sequential` of L such cross-attention blocks: each returns only the class token, so blocks 2..L attend
+over that single token (the other branch's patch tokens are not re-attached).
+
+Stochastic depth follows the official schedule (`official_drop_path_rates`): one linear ramp from 0 to
+`drop_path_rate` over K * (M + L_code) values, where L_code is the official config's fusion entry (0 for L = 1, as
+every released model; L otherwise); encoder k takes the k-th run of max(N, M) + L_code values, its branch blocks
+j the j-th of them and every fusion block the last.
 
 The dagger variants ('CrossViT-9†', alias 'CrossViT-9-dagger', and the same for 15 and 18)
 replace the linear patch embedding by three convolutions (7x7 s4, 3x3 s3 or s2, 3x3) with ReLUs.
@@ -146,7 +153,7 @@ class MultiScaleBlock(nn.Module):
     depths: Sequence[int]  # ViT blocks per branch (N for S, M for L).
     num_heads: Sequence[int]  # Heads per branch.
     mlp_ratios: Sequence[float]  # MLP ratio per branch.
-    drop_path_rates: Sequence[float]  # Per block index; the fusion uses the last value.
+    drop_path_rates: Sequence[float]  # This encoder's slice of the official ramp; the fusion uses the last value.
     fusion_depth: int = 1  # Cross-attention layers per fusion (the paper's L; the code's L_code=0 means 1).
     qkv_bias: bool = True  # q/k/v bias everywhere.
     dropout_rate: float = 0.0  # Dropout inside blocks.
@@ -173,17 +180,43 @@ class MultiScaleBlock(nn.Module):
         for i in range(nb):
             j = (i + 1) % nb
             cls = proj(self.dims[j], name=f'proj_{i}')(outs[i][:, :1])
+            # The official fusion is nn.Sequential(CrossAttentionBlock x L) on [f_i(CLS_i); patches of j]: every
+            # block returns only the class token [B, 1, D_j], which is all the next block sees.
+            seq = jnp.concatenate([cls, outs[j][:, 1:]], axis=1)
             for layer in range(self.fusion_depth):
-                seq = jnp.concatenate([cls, outs[j][:, 1:]], axis=1)
-                cls = CrossAttentionBlock(self.num_heads[j], drop_path_rate=float(self.drop_path_rates[-1]),
+                seq = CrossAttentionBlock(self.num_heads[j], drop_path_rate=float(self.drop_path_rates[-1]),
                                           dropout_rate=self.dropout_rate,
                                           attention_dropout_rate=self.attention_dropout_rate, qkv_bias=self.qkv_bias,
                                           norm_eps=self.norm_eps, dtype=self.dtype,
                                           name=f'fusion_{i}' + (f'_{layer}' if self.fusion_depth > 1 else ''))(
                                               seq, train)
-            cls = proj(self.dims[i], name=f'revert_proj_{i}')(cls)
+            cls = proj(self.dims[i], name=f'revert_proj_{i}')(seq)
             fused.append(jnp.concatenate([cls, outs[i][:, 1:]], axis=1))
         return fused
+
+
+def official_drop_path_rates(depths: Sequence[int], fusion_depth: int, num_encoders: int,
+                             rate: float) -> tuple[tuple[float, ...], ...]:
+    """Each multi-scale encoder's stochastic-depth rates, as IBM/CrossViT's `VisionTransformer.__init__`.
+
+    The official code ramps `linspace(0, rate, sum_k (depth[-2] + depth[-1]))` (M + L_code per encoder) and gives
+    encoder k the slice `[ptr, ptr + max(N, M) + L_code)`; a branch's block j takes element j of it, every fusion
+    block the last. L_code = 0 for `fusion_depth` 1 (one CrossAttentionBlock, the released models), else
+    `fusion_depth`. Returns one tuple (the slice) per encoder.
+    """
+    if fusion_depth < 1:
+        raise ValueError(f'fusion_depth must be >= 1 (cross-attention layers per fusion), got {fusion_depth}.')
+    l_code = 0 if fusion_depth == 1 else fusion_depth
+    per = max(depths) + l_code
+    dpr = np.linspace(0.0, rate, num_encoders * (depths[-1] + l_code))
+    slices = tuple(tuple(float(r) for r in dpr[k * per:(k + 1) * per]) for k in range(num_encoders))
+    if any(len(s) < max(max(depths), 1) for s in slices):
+        if rate:
+            raise ValueError(f'depths={tuple(depths)} (a branch deeper than the last) run past the official drop-path '
+                             f'ramp of {len(dpr)} values (the official code fails with an IndexError there); use '
+                             'drop_path_rate=0 or make the last branch the deepest.')
+        slices = tuple((0.0,) * per for _ in range(num_encoders))
+    return slices
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -211,7 +244,7 @@ class CrossViT(nn.Module):
     qkv_bias: bool = True  # q/k/v bias.
     dropout_rate: float = 0.0  # Dropout after the position embedding and inside blocks.
     attention_dropout_rate: float = 0.0  # Attention-probability dropout.
-    drop_path_rate: float = 0.1  # Stochastic depth at the last block (linear ramp over sum_k (M + L_code)).
+    drop_path_rate: float = 0.1  # Stochastic depth (official ramp, see official_drop_path_rates).
     norm_eps: float = 1e-6  # LayerNorm epsilon.
     activation: str = 'gelu_exact'  # MLP and projection activation.
     dtype: Any = jnp.float32  # Compute dtype (parameters stay float32).
@@ -261,13 +294,11 @@ class CrossViT(nn.Module):
             x = layers.AddPositionEmbs(posemb_init=_trunc_normal, name=f'posembed_{b}')(x)
             xs.append(nn.Dropout(self.dropout_rate)(x, deterministic=not train))
 
-        per_encoder = max(self.depths)  # + L_code (0 in every released config).
-        dpr = np.linspace(0.0, self.drop_path_rate, per_encoder * self.num_encoders)
+        dpr = official_drop_path_rates(self.depths, self.fusion_depth, self.num_encoders, self.drop_path_rate)
         for k in range(self.num_encoders):
             xs = MultiScaleBlock(
                 dims=tuple(self.embed_dims), depths=tuple(self.depths), num_heads=tuple(self.num_heads),
-                mlp_ratios=tuple(self.mlp_ratios),
-                drop_path_rates=tuple(float(r) for r in dpr[k * per_encoder:(k + 1) * per_encoder]),
+                mlp_ratios=tuple(self.mlp_ratios), drop_path_rates=dpr[k],
                 fusion_depth=self.fusion_depth, qkv_bias=self.qkv_bias, dropout_rate=self.dropout_rate,
                 attention_dropout_rate=self.attention_dropout_rate, norm_eps=self.norm_eps,
                 activation=self.activation, dtype=self.dtype, name=f'blocks_{k}')(xs, train)

@@ -1,0 +1,172 @@
+"""CrossViT with more than one cross-attention layer per fusion, and the stochastic-depth schedule, against the
+official semantics (IBM/CrossViT `models/crossvit.py`), restated here in numpy:
+
+- `MultiScaleBlock.fusion[i]` is `nn.Sequential(CrossAttentionBlock x L_code)` (one bare block when L_code = 0) on
+  `cat(projs[i](cls_i), outs_b[j][:, 1:])`; `CrossAttentionBlock.forward` returns `x[:, 0:1] + attn(norm1(x))`,
+  only the class token, so blocks 2.. see that one token. Then `revert_projs[i]` on `tmp[:, 0:1]`.
+- `VisionTransformer.__init__`: `total_depth = sum(x[-2:])` over the depth configs, `dpr = linspace(0, rate,
+  total_depth)`, per encoder `curr_depth = max(cfg[:-1]) + cfg[-1]`, slice `dpr[ptr:ptr + curr_depth]`; branch
+  block i gets `drop_path[i]`, every fusion block `drop_path[-1]`.
+"""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy.special import erf
+
+from vit_jax import models
+from vit_jax.models import crossvit
+
+EPS = 1e-6
+
+
+def _ln(x, p):
+    mu = x.mean(-1, keepdims=True)
+    var = ((x - mu) ** 2).mean(-1, keepdims=True)
+    return (x - mu) / np.sqrt(var + EPS) * p['scale'] + p['bias']
+
+
+def _gelu(x):
+    return 0.5 * x * (1.0 + erf(x / np.sqrt(2.0)))
+
+
+def _dense(x, p):
+    return x @ p['kernel'] + p['bias']
+
+
+def _heads_in(x, p):  # [B, N, D] -> [B, H, N, hd] with kernel [D, H, hd].
+    return np.einsum('bnd,dhk->bhnk', x, p['kernel']) + p['bias'][None, :, None, :]
+
+
+def _attend(q_in, kv_in, p):
+    q, k, v = _heads_in(q_in, p['query']), _heads_in(kv_in, p['key']), _heads_in(kv_in, p['value'])
+    s = q @ k.transpose(0, 1, 3, 2) * q.shape[-1] ** -0.5
+    a = np.exp(s - s.max(-1, keepdims=True))
+    a /= a.sum(-1, keepdims=True)
+    return np.einsum('bhnk,hkd->bnd', a @ v, p['out']['kernel']) + p['out']['bias']
+
+
+def _vit_block(x, p):  # timm Block: x + attn(norm1(x)); x + mlp(norm2(x)).
+    h = _ln(x, p['LayerNorm_0'])
+    x = x + _attend(h, h, p['MultiHeadDotProductAttention_1'])
+    h = _ln(x, p['LayerNorm_2'])
+    return x + _dense(_gelu(_dense(h, p['MlpBlock_3']['Dense_0'])), p['MlpBlock_3']['Dense_1'])
+
+
+def _cross_block(x, p):  # Official CrossAttentionBlock (has_mlp=False): returns the class token only.
+    h = _ln(x, p['norm1'])
+    return x[:, 0:1] + _attend(h[:, 0:1], h, p['attn'])
+
+
+def _proj(x, p):  # nn.Sequential(LayerNorm, GELU, Linear).
+    return _dense(_gelu(_ln(x, p['norm'])), p['dense'])
+
+
+def _official_multiscale_block(xs, p, depths, fusion_depth, reattach=False):
+    """The official MultiScaleBlock.forward. `reattach=True` is the earlier, wrong reading (the other branch's patch
+    tokens re-attached before every fusion layer), kept to show the test tells the two apart."""
+    nb = len(xs)
+    outs_b = []
+    for b, x in enumerate(xs):
+        for j in range(depths[b]):
+            x = _vit_block(x, p[f'branch{b}_block_{j}'])
+        outs_b.append(x)
+    proj_cls = [_proj(x[:, 0:1], p[f'proj_{i}']) for i, x in enumerate(outs_b)]
+    outs = []
+    for i in range(nb):
+        j = (i + 1) % nb
+        names = [f'fusion_{i}'] if fusion_depth == 1 else [f'fusion_{i}_{layer}' for layer in range(fusion_depth)]
+        tmp = np.concatenate([proj_cls[i], outs_b[j][:, 1:]], axis=1)
+        for name in names:  # nn.Sequential.
+            if reattach and tmp.shape[1] == 1:
+                tmp = np.concatenate([tmp, outs_b[j][:, 1:]], axis=1)
+            tmp = _cross_block(tmp, p[name])
+        outs.append(np.concatenate([_proj(tmp[:, 0:1], p[f'revert_proj_{i}']), outs_b[i][:, 1:]], axis=1))
+    return outs
+
+
+@pytest.mark.parametrize('fusion_depth', [1, 2, 3])
+def test_fusion_matches_official_sequential(fusion_depth):
+    depths = (1, 2)
+    block = crossvit.MultiScaleBlock(dims=(8, 12), depths=depths, num_heads=(2, 3), mlp_ratios=(2.0, 3.0),
+                                     drop_path_rates=(0.0,) * 4, fusion_depth=fusion_depth)
+    rng = np.random.default_rng(fusion_depth)
+    xs = [rng.normal(size=(2, 5, 8)).astype(np.float32), rng.normal(size=(2, 4, 12)).astype(np.float32)]
+    shapes = jax.eval_shape(block.init, jax.random.PRNGKey(0), [jnp.asarray(x) for x in xs])
+    # Every parameter random (LayerNorm scales around 1), so no term can hide.
+    params = jax.tree_util.tree_map_with_path(
+        lambda path, s: ((1.0 if path[-1].key == 'scale' else 0.0) + 0.3 * rng.normal(size=s.shape)).astype(
+            np.float32), shapes['params'])
+    if fusion_depth == 1:  # The released models' names stay as they were.
+        assert {'fusion_0', 'fusion_1'} <= set(params) and not any(k.startswith('fusion_0_') for k in params)
+    else:
+        assert {f'fusion_{i}_{layer}' for i in range(2) for layer in range(fusion_depth)} <= set(params)
+    got = jax.jit(block.apply)({'params': params}, [jnp.asarray(x) for x in xs])
+    p64 = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float64), params)
+    ref = _official_multiscale_block([x.astype(np.float64) for x in xs], p64, depths, fusion_depth)
+    for g, r in zip(got, ref):
+        np.testing.assert_allclose(np.asarray(g), r, atol=2e-5, rtol=2e-5)
+    if fusion_depth > 1:  # The earlier reading differs by far more than the tolerance.
+        wrong = _official_multiscale_block([x.astype(np.float64) for x in xs], p64, depths, fusion_depth,
+                                           reattach=True)
+        assert max(np.abs(w[:, 0] - r[:, 0]).max() for w, r in zip(wrong, ref)) > 1e-2
+
+
+def _official_dpr(depth_cfgs, rate):
+    """IBM/CrossViT VisionTransformer.__init__, written out: per encoder (branch-block rates, fusion rate)."""
+    total_depth = sum(sum(cfg[-2:]) for cfg in depth_cfgs)
+    dpr = [float(x) for x in np.linspace(0, rate, total_depth)]
+    ptr, out = 0, []
+    for cfg in depth_cfgs:
+        curr = max(cfg[:-1]) + cfg[-1]
+        dpr_ = dpr[ptr:ptr + curr]
+        ptr += curr
+        branch = [[dpr_[i] for i in range(cfg[b])] for b in range(len(cfg) - 1)]
+        out.append((branch, dpr_[-1]))
+    return out
+
+
+@pytest.mark.parametrize('depths,fusion_depth,l_code', [((1, 4), 1, 0), ((1, 2), 2, 2), ((2, 3), 3, 3)])
+def test_drop_path_schedule_matches_official(depths, fusion_depth, l_code):
+    """The rates the model's blocks are built with (recorded from the modules) equal the official ones; the project's
+    fusion_depth 1 is the released models' L_code = 0 (one bare CrossAttentionBlock), fusion_depth L > 1 is
+    L_code = L (a Sequential of L)."""
+    k, rate = 3, 0.3
+    model = models.get_model('CrossViT-S', image_size=32, branch_sizes=(36, 32), embed_dims=(8, 12),
+                             num_heads=(2, 3), depths=depths, mlp_ratios=(2.0, 2.0), num_encoders=k, num_classes=3,
+                             fusion_depth=fusion_depth, drop_path_rate=rate)
+    seen = {}
+
+    def interceptor(next_fun, args, kwargs, context):
+        mod = context.module
+        if context.method_name == '__call__' and isinstance(mod, (models.layers.Encoder1DBlock,
+                                                                   crossvit.CrossAttentionBlock)):
+            seen[mod.path] = float(mod.drop_path_rate)
+        return next_fun(*args, **kwargs)
+
+    with nn.intercept_methods(interceptor):
+        jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)))
+    official = _official_dpr([(*depths, l_code)] * k, rate)
+    expect = {}
+    for e, (branch, fusion) in enumerate(official):
+        for b, rates in enumerate(branch):
+            for j, r in enumerate(rates):
+                expect[(f'blocks_{e}', f'branch{b}_block_{j}')] = r
+        for i in range(2):
+            for layer in range(fusion_depth):
+                expect[(f'blocks_{e}', f'fusion_{i}' + (f'_{layer}' if fusion_depth > 1 else ''))] = fusion
+    assert set(seen) == set(expect)
+    for key in expect:
+        assert seen[key] == pytest.approx(expect[key], abs=1e-7), key
+    assert max(expect.values()) == pytest.approx(rate)
+
+
+def test_drop_path_schedule_undefined_configs():
+    # A first branch deeper than the last runs past the official ramp (an IndexError there): a clear error here.
+    with pytest.raises(ValueError, match='drop-path'):
+        crossvit.official_drop_path_rates((4, 1), 1, 3, 0.1)
+    assert crossvit.official_drop_path_rates((4, 1), 1, 3, 0.0) == ((0.0,) * 4,) * 3
+    with pytest.raises(ValueError, match='fusion_depth'):
+        crossvit.official_drop_path_rates((1, 4), 0, 3, 0.1)
