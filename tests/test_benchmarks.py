@@ -70,3 +70,20 @@ def test_model_table_csv_and_errors():
     assert re.match(r'ViT-testing,\d+,', row)
     with pytest.raises(SystemExit, match='No registered model'):
         model_table.main(['--filter', '^no-such-model$'])
+
+
+def test_gpu_benchmark_smoke(tmp_path):
+    """`python -m benchmarks.gpu --smoke` runs anywhere (a tiny ViT on the CPU here) and records every figure."""
+    from benchmarks import gpu
+
+    out = tmp_path / 'gpu.json'
+    rows = gpu.main(['--smoke', '--attention', 'xla,cpu', '--out', str(out)])
+    assert len(rows) == 2 and all('error' not in r for r in rows), rows
+    for r in rows:
+        for key in ('images_per_s', 'step_s', 'flops_per_step', 'mfu', 'compile_s', 'xla_memory_bytes', 'device',
+                    'attention_resolved', 'date', 'command'):
+            assert key in r, key
+        assert r['flops_per_step'] > 0 and r['images_per_s'] > 0
+    assert json.loads(out.read_text())[0]['model'] == 'ViT-testing'
+    assert gpu.device_peak_tflops('NVIDIA H100 80GB HBM3') == 989.0
+    assert gpu.device_peak_tflops('NVIDIA H100 PCIe') == 756.0
