@@ -11,9 +11,10 @@ reduce-scatters; there is no pmap and no hand-written collective.
 
 from __future__ import annotations
 
+import collections
 import math
 import re
-from typing import Any, Optional, Sequence
+from typing import Any, Iterator, Optional, Sequence
 
 import jax
 import numpy as np
@@ -31,7 +32,13 @@ def make_mesh(mesh_config: Any = None, devices: Optional[Sequence[jax.Device]] =
     unknown = set(cfg) - set(BATCH_AXES)
     if unknown:
         raise ValueError(f'config.mesh has unknown axes {sorted(unknown)}; use {BATCH_AXES}.')
-    sizes = {a: int(cfg.get(a, -1 if a == 'data' else 1)) for a in BATCH_AXES}
+    sizes = {}
+    for a in BATCH_AXES:
+        v = cfg.get(a, -1 if a == 'data' else 1)
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or (v < 1 and v != -1):
+            raise ValueError(f'config.mesh.{a}={v!r}: each mesh axis size must be a positive integer, or -1 for '
+                             f'"the remaining devices" ({n} devices here).')
+        sizes[a] = int(v)
     free = [a for a, s in sizes.items() if s == -1]
     if len(free) > 1:
         raise ValueError(f'config.mesh: at most one axis may be -1, got {sizes}.')
@@ -114,3 +121,22 @@ def to_global(batch: dict, mesh: Mesh) -> dict:
     """Assembles per-process numpy batches into global arrays sharded over the batch axes."""
     sharding = batch_sharding(mesh)
     return jax.tree_util.tree_map(lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), batch)
+
+
+def prefetch_to_device(batches: Iterator[dict], mesh: Mesh, size: int = 2) -> Iterator[dict]:
+    """Global device batches, `size` ahead of the consumer: while the device runs step i, batches i+1 .. i+size are
+    already read and on their way to the devices (the jit + NamedSharding counterpart of flax's
+    `jax_utils.prefetch_to_device`). The order is unchanged, so resuming from a step count stays exact."""
+    queue: collections.deque = collections.deque()
+
+    def fill(n: int) -> None:
+        for _ in range(n):
+            try:
+                queue.append(to_global(next(batches), mesh))
+            except StopIteration:
+                return
+
+    fill(max(int(size), 1))
+    while queue:
+        yield queue.popleft()
+        fill(1)
