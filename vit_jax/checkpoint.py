@@ -24,6 +24,8 @@ import json
 import logging
 import os
 import re
+import time
+import zlib
 from typing import Any, Optional, Sequence
 
 import flax
@@ -179,16 +181,140 @@ def _select(tree: dict, sub: str, where: str) -> Any:
     return node
 
 
-def find_checkpoint_step(path: str) -> str:
-    """The Orbax step directory for a workdir, its `checkpoints/` directory or a step directory (latest step)."""
+# ----------------------------------------------------------------------------------------------------------------
+# Orbax step directories: discovery, checksum manifests, damage.
+# ----------------------------------------------------------------------------------------------------------------
+CHECKSUMS_FILE = 'vit_jax_checksums.json'  # In each step directory: size and CRC-32 of every file of its item.
+_ITEM = 'default'  # The Orbax item directory of a step.
+_ASIDE_RE = re.compile(r'^\d+\.(corrupt|incomplete)-')  # Step directories set aside by `Manager`.
+_ORBAX_TMP = '.orbax-checkpoint-tmp'  # Orbax's unfinished (or aborted) writes; Orbax cleans them up itself.
+_warned: set[str] = set()
+
+
+class CheckpointDamagedError(ValueError):
+    """A checkpoint step whose files differ from the checksums written when it was saved."""
+
+
+def _warn_once(message: str) -> None:
+    if message not in _warned:
+        _warned.add(message)
+        log.warning(message)
+
+
+def _step_problem(step_dir: str) -> Optional[str]:
+    """Why a numbered directory is not a complete step (empty, or without its item); None when it is one."""
+    try:
+        if not os.listdir(step_dir):
+            return 'an empty directory'
+        if not os.path.isdir(os.path.join(step_dir, _ITEM)):
+            return f'no {_ITEM}/ item directory'
+        if not os.listdir(os.path.join(step_dir, _ITEM)):
+            return f'an empty {_ITEM}/ item directory'
+    except OSError as e:
+        return f'unreadable ({type(e).__name__}: {e.strerror or e})'
+    return None
+
+
+def scan_steps(ckpt_dir: str) -> tuple[list[int], list[tuple[str, str]]]:
+    """(complete steps in ascending order, [(path, why it is not a step)]) of a `checkpoints/` directory.
+
+    A complete step is a numbered directory with a non-empty `default/` item. Incomplete step directories (empty,
+    or without their item: a crash or a copy that stopped half-way), directories set aside as damaged or incomplete
+    (`60.corrupt-<time>`, `70.incomplete-<time>`) and foreign entries are listed with the reason; hidden entries
+    and Orbax's temporary directories of unfinished writes are left out.
+    """
+    steps, ignored = [], []
+    try:
+        names = sorted(os.listdir(ckpt_dir))
+    except OSError:
+        return [], []
+    for name in names:
+        path = os.path.join(ckpt_dir, name)
+        if name.startswith('.') or _ORBAX_TMP in name:
+            continue
+        if name.isdigit():
+            problem = _step_problem(path) if os.path.isdir(path) else 'a file, not a directory'
+            if problem is None:
+                steps.append(int(name))
+            else:
+                ignored.append((path, f'incomplete step directory: {problem}'))
+        elif _ASIDE_RE.match(name):
+            ignored.append((path, 'set aside earlier as damaged or incomplete; delete it when no longer needed'))
+        else:
+            ignored.append((path, 'not a checkpoint step'))
+    return sorted(steps), ignored
+
+
+def _file_crc(path: str) -> int:
+    crc = 0
+    with open(path, 'rb') as f:
+        while chunk := f.read(1 << 23):
+            crc = zlib.crc32(chunk, crc)
+    return crc
+
+
+def write_checksums(step_dir: str) -> str:
+    """Writes `CHECKSUMS_FILE` into a finished step: the size and CRC-32 of every file of its `default/` item."""
+    files = {}
+    for dirpath, dirnames, filenames in os.walk(os.path.join(step_dir, _ITEM)):
+        dirnames.sort()
+        for fn in sorted(filenames):
+            p = os.path.join(dirpath, fn)
+            files[os.path.relpath(p, step_dir)] = [os.path.getsize(p), _file_crc(p)]
+    path = os.path.join(step_dir, CHECKSUMS_FILE)
+    tmp = os.path.join(step_dir, f'.{CHECKSUMS_FILE}.{os.getpid()}.tmp')
+    with open(tmp, 'w') as f:
+        json.dump({'format': 1, 'algorithm': 'crc32', 'files': files}, f)
+    os.replace(tmp, path)
+    return path
+
+
+def verify_checksums(step_dir: str) -> Optional[str]:
+    """What differs between a step's files and its checksum manifest; None when they match or it has none.
+
+    Steps written before manifests existed (or by a run killed between the save and its manifest) have none and
+    are restored unverified.
+    """
+    manifest = os.path.join(step_dir, CHECKSUMS_FILE)
+    if not os.path.isfile(manifest):
+        return None
+    try:
+        with open(manifest) as f:
+            files = {str(k): (int(v[0]), int(v[1])) for k, v in json.load(f)['files'].items()}
+    except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError) as e:
+        return f'its checksum manifest {CHECKSUMS_FILE} is unreadable ({type(e).__name__})'
+    for rel, (size, crc) in sorted(files.items()):
+        p = os.path.join(step_dir, rel)
+        try:
+            got = os.path.getsize(p)
+            if got != size:
+                return f'{rel} has {got} bytes, {size} when saved (checksum manifest)'
+            if _file_crc(p) != crc:
+                return f'{rel} does not match its checksum (CRC-32): its bytes changed after it was saved'
+        except FileNotFoundError:
+            return f'{rel} is missing (listed in the checksum manifest)'
+        except OSError as e:
+            return f'{rel} cannot be read for the checksum check ({type(e).__name__}: {e.strerror or e})'
+    return None
+
+
+def _candidate_steps(path: str) -> tuple[list[str], bool]:
+    """(step directories newest first, whether `path` named one step) for a workdir, checkpoints/ or a step dir.
+
+    Incomplete and foreign entries of the checkpoints directory are named in a warning (once per process).
+    """
     path = os.path.abspath(path)
-    if os.path.isdir(os.path.join(path, 'default')):
-        return path
+    if os.path.isdir(os.path.join(path, _ITEM)):
+        return [path], True
     for c in (os.path.join(path, 'checkpoints'), path):
         if os.path.isdir(c):
-            steps = [int(d) for d in os.listdir(c) if d.isdigit() and os.path.isdir(os.path.join(c, d, 'default'))]
+            steps, ignored = scan_steps(c)
+            if c == path and not steps:
+                continue  # Not a checkpoints directory (e.g. a workdir without checkpoints): nothing to report.
+            for p, why in ignored:
+                _warn_once(f'Ignoring {p} ({why}).')
             if steps:
-                return os.path.join(c, str(max(steps)))
+                return [os.path.join(c, str(s)) for s in reversed(steps)], False
     if not os.path.exists(path):
         raise FileNotFoundError(f'No checkpoint at {path!r}: expected a .npz file, a run workdir, its checkpoints/ '
                                 'directory or a checkpoints/<step> directory.')
@@ -196,9 +322,40 @@ def find_checkpoint_step(path: str) -> str:
                             ' as written by vit_jax.train, or pass a .npz parameter file).')
 
 
+def find_checkpoint_step(path: str) -> str:
+    """The Orbax step directory for a workdir, its `checkpoints/` directory (its latest complete step, incomplete
+    and foreign entries named in a warning) or a step directory."""
+    return _candidate_steps(path)[0][0]
+
+
+def _restore_latest(path: str) -> tuple[str, dict]:
+    """(step directory, state) of the newest step under `path` that restores and matches its checksums.
+
+    Damaged newer steps are named in a warning and skipped (nothing is renamed: this is the read-only path of
+    `load_params` and predict). A step directory named explicitly is restored or raises.
+    """
+    candidates, explicit = _candidate_steps(path)
+    if explicit:
+        return candidates[0], _restore_state_dict(candidates[0])
+    errors = []
+    for i, step_dir in enumerate(candidates):
+        try:
+            return step_dir, _restore_state_dict(step_dir)
+        except ValueError as e:
+            errors.append(str(e))
+            if i + 1 < len(candidates):
+                log.warning('Checkpoint step %s could not be restored, using the previous step %s instead: %s',
+                            os.path.basename(step_dir), os.path.basename(candidates[i + 1]), e)
+    raise ValueError(errors[0] if len(errors) == 1 else
+                     f'No checkpoint under {path!r} could be restored: ' + ' '.join(errors))
+
+
 def _restore_state_dict(step_dir: str) -> dict:
     import orbax.checkpoint as ocp
 
+    problem = verify_checksums(step_dir)
+    if problem is not None:
+        raise CheckpointDamagedError(f'The Orbax checkpoint {step_dir!r} is damaged: {problem}.')
     path = os.path.join(step_dir, 'default')
     try:
         # Restore onto this process's first device whatever layout wrote it (a pod slice, 2 processes, 8 devices):
@@ -222,8 +379,7 @@ def _restore_state_dict(step_dir: str) -> dict:
 
 def restore_params(path: str, item: str = 'params') -> dict:
     """`item` ('params' or 'ema_params') of an Orbax train-state checkpoint (workdir, checkpoints/, or a step dir)."""
-    step_dir = find_checkpoint_step(path)
-    state = _restore_state_dict(step_dir)
+    step_dir, state = _restore_latest(path)
     if item not in state or state[item] is None:
         have = sorted(k for k, v in state.items() if v is not None)
         raise ValueError(f'The checkpoint {step_dir!r} holds no {item!r}; it has: {", ".join(have)}.')
@@ -259,8 +415,7 @@ def load_params(path: str) -> dict:
     if path.endswith('.npz') or os.path.isfile(path):
         params = load_npz(path)
         return _select(params, sub, path) if sub else params
-    step_dir = find_checkpoint_step(path)
-    state = _restore_state_dict(step_dir)
+    step_dir, state = _restore_latest(path)
     top = sub.split('/', 1)[0] if sub else 'params'
     if top in state and top in ('params', 'ema_params', 'extra'):
         if state[top] is None:
@@ -281,7 +436,7 @@ def load_for_inference(path: str) -> tuple[dict, dict]:
     source, sub = _split_subtree(str(path))
     if sub or source.endswith('.npz') or os.path.isfile(source):
         return load_params(path), {}
-    state = _restore_state_dict(find_checkpoint_step(source))
+    state = _restore_latest(source)[1]
     params = state.get('ema_params') if state.get('ema_params') is not None else state.get('params')
     if params is None:
         raise ValueError(f'The checkpoint {path!r} holds no params.')
@@ -492,14 +647,74 @@ def _ocp():
     return ocp
 
 
-class Manager:
-    """Periodic Orbax checkpoints of the whole train state in `<workdir>/checkpoints/<step>`; keeps the last N."""
+def _fits(step_dir: str, target: Any) -> Optional[bool]:
+    """Whether a step's metadata holds exactly the names and shapes of `target`; None when it cannot be read."""
+    try:
+        meta = _ocp().StandardCheckpointer().metadata(os.path.join(step_dir, _ITEM))
+        meta = getattr(meta, 'item_metadata', meta)
+    except Exception:  # noqa: BLE001 - unreadable metadata: damage.
+        return None
 
-    def __init__(self, workdir: str, keep: int = 3, async_save: bool = False):
+    def shapes(tree: Any) -> dict[str, tuple]:
+        leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+        return {jax.tree_util.keystr(p): tuple(getattr(x, 'shape', None) or ()) for p, x in leaves
+                if hasattr(x, 'shape')}
+
+    try:
+        return shapes(meta) == shapes(target)
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def _sync(name: str) -> None:
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(f'vit_jax.checkpoint.{name}')
+
+
+def _set_aside(path: str, kind: str) -> str:
+    """Renames a step directory to `<step>.<kind>-<UTC time>` (never deletes it); returns the new path."""
+    stamp = time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())
+    new, i = f'{path}.{kind}-{stamp}', 1
+    while os.path.exists(new):
+        i += 1
+        new = f'{path}.{kind}-{stamp}-{i}'
+    os.rename(path, new)
+    return new
+
+
+class Manager:
+    """Periodic Orbax checkpoints of the whole train state in `<workdir>/checkpoints/<step>`; keeps the last N.
+
+    Each saved step gets a checksum manifest (`CHECKSUMS_FILE`: size and CRC-32 of every file), verified before the
+    step is restored, so flipped bytes are caught instead of loaded. Step directories that are incomplete (empty,
+    without their `default/` item) are renamed `<step>.incomplete-<time>` when the manager opens; steps that turn
+    out damaged while restoring are renamed `<step>.corrupt-<time>` once an older step restored. Both with a
+    warning naming them; nothing is deleted, and the step can be saved again (the retrained final step is).
+    """
+
+    def __init__(self, workdir: str, keep: int = 3, async_save: bool = False, verify: bool = True):
         ocp = _ocp()
         self.directory = os.path.join(os.path.abspath(workdir), 'checkpoints')
+        self.verify = verify
+        self._async = async_save
+        self._unsealed: list[int] = []
+        self._primary = jax.process_index() == 0
+        if os.path.isdir(self.directory):
+            self._tidy()
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=async_save)
         self._mngr = ocp.CheckpointManager(self.directory, options=options)
+
+    def _tidy(self) -> None:
+        """Sets incomplete step directories aside (Orbax would count them as steps and fail on every restore)."""
+        for path, why in scan_steps(self.directory)[1]:
+            if why.startswith('incomplete') and self._primary:
+                log.warning('Ignoring the checkpoint directory %s (%s): renamed to %s.', path, why,
+                            _set_aside(path, 'incomplete'))
+            elif not why.startswith('incomplete'):
+                log.warning('Ignoring %s (%s).', path, why)
+        _sync('tidy')
 
     def latest_step(self) -> Optional[int]:
         return self._mngr.latest_step()
@@ -509,30 +724,83 @@ class Manager:
 
     def save(self, step: int, state: Any, force: bool = False) -> bool:
         ocp = _ocp()
-        saved = self._mngr.save(int(step), args=ocp.args.StandardSave(flax.serialization.to_state_dict(state)),
-                                force=force)
-        return bool(saved)
+        if self._unsealed:  # An asynchronous save still without its manifest (Orbax would wait for it anyway).
+            self.wait()
+        saved = bool(self._mngr.save(int(step), args=ocp.args.StandardSave(flax.serialization.to_state_dict(state)),
+                                     force=force))
+        if saved:
+            self._unsealed.append(int(step))
+            if not self._async:
+                self._seal()
+        return saved
+
+    def _seal(self) -> None:
+        """Writes the checksum manifests of the finished saves (the first process; the files are shared)."""
+        steps, self._unsealed = self._unsealed, []
+        for s in steps if self._primary else ():
+            step_dir = os.path.join(self.directory, str(s))
+            if os.path.isdir(os.path.join(step_dir, _ITEM)):  # Not already removed by keep-last-N.
+                try:
+                    write_checksums(step_dir)
+                except OSError as e:
+                    log.warning('Could not write the checksum manifest of %s (%s): it will be restored unverified.',
+                                step_dir, e)
 
     def wait(self) -> None:
         self._mngr.wait_until_finished()
+        self._seal()
 
     def restore(self, abstract_state: Any, step: Optional[int] = None) -> tuple[Any, int]:
-        """Restores into the structure (and shardings) of `abstract_state`; falls back to older steps on damage."""
+        """Restores into the structure (and shardings) of `abstract_state`; falls back to older steps on damage.
+
+        A step is damaged when its files differ from its checksum manifest, or when it fails to restore although
+        its metadata matches `abstract_state` (or cannot be read). Damaged steps newer than the one restored are
+        renamed `<step>.corrupt-<time>` (see the class docstring); a step written for another model is not damage
+        and is left in place.
+        """
         ocp = _ocp()
         steps = [step] if step is not None else sorted(self._mngr.all_steps(), reverse=True)
         target = flax.serialization.to_state_dict(abstract_state)
-        errors = []
+        errors, damaged = [], []
         for s in steps:
-            try:
-                restored = self._mngr.restore(s, args=ocp.args.StandardRestore(target))
-                return flax.serialization.from_state_dict(abstract_state, restored), s
-            except Exception as e:  # A truncated or corrupted checkpoint: warn and try the previous one.
-                errors.append(f'step {s}: {type(e).__name__}: {str(e)[:200]}')
-                log.warning('Checkpoint at step %s could not be restored (%s); trying an older one.', s, e)
+            step_dir = os.path.join(self.directory, str(s))
+            problem = verify_checksums(step_dir) if self.verify else None
+            if problem is None:
+                try:
+                    restored = self._mngr.restore(s, args=ocp.args.StandardRestore(target))
+                except Exception as e:  # noqa: BLE001 - truncated / corrupted files, or another model's state.
+                    problem = f'{type(e).__name__}: {str(e)[:300]}'
+                    if _fits(step_dir, target) is False:
+                        errors.append(f'step {s}: {problem}')
+                        log.warning('Checkpoint at step %s (%s) could not be restored and holds other names or '
+                                    'shapes than this model (%s); trying an older one.', s, step_dir, problem)
+                        continue
+                else:
+                    self._set_aside_damaged(damaged)
+                    return flax.serialization.from_state_dict(abstract_state, restored), s
+            errors.append(f'step {s}: {problem}')
+            damaged.append(s)
+            log.warning('Checkpoint at step %s (%s) could not be restored, it is damaged (%s); trying an older one.',
+                        s, step_dir, problem)
         raise RuntimeError('No checkpoint in %s could be restored: %s' % (self.directory, '; '.join(errors)))
 
+    def _set_aside_damaged(self, steps: list[int]) -> None:
+        """Renames damaged steps newer than the restored one, so Orbax neither lists them nor refuses to save them."""
+        if not steps:
+            return
+        for s in steps if self._primary else ():
+            path = os.path.join(self.directory, str(s))
+            try:
+                new = _set_aside(path, 'corrupt')
+                log.warning('The damaged checkpoint at step %s was renamed to %s (kept for inspection; delete it when '
+                            'no longer needed); step %s will be saved again.', s, new, s)
+            except OSError as e:
+                log.warning('Could not rename the damaged checkpoint %s (%s).', path, e)
+        _sync('set_aside')
+        self._mngr.reload()
+
     def close(self) -> None:
-        self._mngr.wait_until_finished()
+        self.wait()
         self._mngr.close()
 
 
