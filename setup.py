@@ -41,7 +41,7 @@ setup(
     long_description=open('README.md').read() if __import__('os').path.exists('README.md') else '',
     long_description_content_type='text/markdown',
     packages=find_packages(include=['vit_jax', 'vit_jax.*']),
-    python_requires='>=3.10',
+    python_requires='>=3.11',  # jax/jaxlib 0.10, flax 0.12, orbax 0.12, numpy 2.4 and scipy 1.17 need 3.11.
     install_requires=INSTALL_REQUIRES,
     extras_require={'test': TEST_REQUIRES},
     entry_points={'console_scripts': ['vit_jax=vit_jax.main:run']},
