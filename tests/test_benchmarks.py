@@ -87,3 +87,10 @@ def test_gpu_benchmark_smoke(tmp_path):
     assert json.loads(out.read_text())[0]['model'] == 'ViT-testing'
     assert gpu.device_peak_tflops('NVIDIA H100 80GB HBM3') == 989.0
     assert gpu.device_peak_tflops('NVIDIA H100 PCIe') == 756.0
+
+
+def test_input_pipeline_benchmark_tiny(tmp_path):
+    from benchmarks import input_pipeline
+
+    r = input_pipeline.main(['--images', '24', '--batch', '8', '--res', '64', '--batches', '2', '--warmup', '1'])
+    assert r['images_per_s'] > 0 and r['examples'] == 24 and r['cores'] >= 1
