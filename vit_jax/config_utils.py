@@ -135,11 +135,45 @@ def validate(config: ml_collections.ConfigDict) -> None:
     from vit_jax import models, sharding
 
     models.get_entry(config.model.name)  # Unknown model names fail here, with the registered list.
+    options = {k: v for k, v in config.model.items() if k != 'name'}
+    try:  # Unknown or invalid model options: the module is built (no weights) once, here.
+        models.get_model(config.model.name, **options)
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f'config.model: {e}') from None
+    from vit_jax import optim
+
+    try:
+        optim.check_config(config)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     try:
         mesh = sharding.make_mesh(config.get('mesh', None))
         sharding.local_batch_size(config.batch_size, mesh)
     except ValueError as e:
         raise ConfigError(str(e)) from None
+
+
+def schedule_warnings(config: ml_collections.ConfigDict) -> list[str]:
+    """One-line warnings for a learning-rate schedule that does not fit the run (the run still starts)."""
+    total = int(config.total_steps)
+    lr = config.lr
+    warmup = int(lr.get('warmup_steps', 0) or 0)
+    base, end = float(lr.get('base', 0.0)), float(lr.get('end', 0.0) or 0.0)
+    decay = lr.get('decay', 'cosine')
+    out = []
+    if warmup >= total:
+        peak = base * min(1.0, total / warmup) if warmup else base
+        out.append(f'lr.warmup_steps={warmup} is not shorter than total_steps={total}: the learning rate never '
+                   f'reaches lr.base={base:g} (it peaks at {peak:.3g}) and never decays. Lower '
+                   f'--config.lr.warmup_steps (e.g. to {max(total // 10, 0)}).')
+    elif warmup > total // 2:
+        out.append(f'lr.warmup_steps={warmup} is more than half of total_steps={total}: {total - warmup} step(s) '
+                   f'are left for the {decay!r} decay.')
+    if decay in ('cosine', 'linear', 'poly') and end > base:
+        out.append(f'lr.end={end:g} is above lr.base={base:g}: the {decay!r} schedule rises after the warm-up.')
+    if decay == 'constant' and 'end' in lr and end != base and end:
+        out.append(f"lr.end={end:g} is ignored by lr.decay='constant' (the rate stays at lr.base={base:g}).")
+    return out
 
 
 def base_config() -> ml_collections.ConfigDict:

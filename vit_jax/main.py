@@ -21,6 +21,8 @@ flags.DEFINE_bool('distributed', False, 'Call jax.distributed.initialize() (mult
 flags.DEFINE_string('coordinator_address', None, 'Multi-host: host:port of process 0 (else from the environment).')
 flags.DEFINE_integer('num_processes', None, 'Multi-host: number of processes (else from the environment).')
 flags.DEFINE_integer('process_id', None, 'Multi-host: this process (else from the environment).')
+flags.DEFINE_bool('verbose', False, 'Also print library logging (absl/Orbax/TensorFlow/JAX INFO lines), hidden by '
+                  'default.')
 
 _OVERRIDES: list[tuple[str, str]] = []
 
@@ -46,6 +48,9 @@ def initialize_distributed(coordinator_address: Optional[str] = None, num_proces
 
 def main(argv: Sequence[str]) -> None:
     del argv
+    from vit_jax import console
+
+    console.setup(verbose=FLAGS.verbose)  # Before TensorFlow / JAX are imported: their C++ logging reads env vars.
     if FLAGS.distributed or os.environ.get('VIT_JAX_DISTRIBUTED'):
         initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
     from vit_jax import config_utils, train

@@ -12,6 +12,7 @@ Gradient accumulation (`accum_steps`) splits each global batch into micro-batche
 
 from __future__ import annotations
 
+import difflib
 import re
 from typing import Any, Callable
 
@@ -20,6 +21,56 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import traverse_util
+
+OPTIMIZERS = ('sgd', 'adam', 'adamw', 'lamb')  # config.optimizer.name
+DECAYS = ('cosine', 'linear', 'constant', 'rsqrt', 'poly')  # config.lr.decay
+LR_KEYS = ('base', 'warmup_steps', 'decay', 'end', 'power')  # Every key of config.lr that `lr_schedule` reads.
+
+
+def _did_you_mean(value: Any, options: tuple[str, ...]) -> str:
+    close = difflib.get_close_matches(str(value), options, n=2, cutoff=0.5)
+    return f' Did you mean {" or ".join(repr(c) for c in close)}?' if close else ''
+
+
+def check_config(config: Any) -> None:
+    """Raises ValueError (one line, naming the key and the choices) for an optimizer or schedule setting that `make`
+    or `lr_schedule` would reject or silently ignore: the optimizer name, lr.decay, unknown lr keys, non-numeric
+    or negative schedule values, regexes that do not compile, dtype names."""
+    opt, lr = config.optimizer, config.lr
+    name = opt.get('name', 'sgd')
+    if name not in OPTIMIZERS:
+        raise ValueError(f'optimizer.name={name!r} is not an optimizer.{_did_you_mean(name, OPTIMIZERS)} '
+                         f'Choices: {", ".join(OPTIMIZERS)}.')
+    unknown = [k for k in lr.keys() if k not in LR_KEYS]
+    if unknown:
+        k = unknown[0]
+        raise ValueError(f'Unknown schedule key lr.{k}.{_did_you_mean(k, LR_KEYS)} Keys of lr: {", ".join(LR_KEYS)}.')
+    decay = lr.get('decay', 'cosine')
+    if decay not in DECAYS:
+        raise ValueError(f'lr.decay={decay!r} is not a schedule.{_did_you_mean(decay, DECAYS)} '
+                         f'Choices: {", ".join(DECAYS)}.')
+    for key in ('base', 'end', 'power', 'warmup_steps'):
+        v = lr.get(key, None)
+        if v is None and key in ('end', 'power', 'warmup_steps'):
+            continue
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or v < 0:
+            raise ValueError(f'lr.{key} must be a non-negative number, got {v!r}.')
+    if int(lr.get('warmup_steps', 0) or 0) != lr.get('warmup_steps', 0):
+        raise ValueError(f'lr.warmup_steps must be a whole number of steps, got {lr.warmup_steps!r}.')
+    for key in ('wd_mask', 'freeze'):
+        v = opt.get(key, None)
+        if isinstance(v, str) and not (key == 'wd_mask' and v in ('all', 'no_bias_norm', 'kernels')):
+            try:
+                re.compile(v)
+            except re.error as e:
+                raise ValueError(f'optimizer.{key}={v!r} is not a valid regex ({e}).') from None
+    for key in ('accumulator_dtype', 'mu_dtype'):
+        v = opt.get(key, None)
+        if v:
+            try:
+                jnp.dtype(v)
+            except TypeError:
+                raise ValueError(f"optimizer.{key}={v!r} is not a dtype (e.g. 'bfloat16', 'float32').") from None
 
 
 def lr_schedule(lr_config: Any, total_steps: int) -> optax.Schedule:

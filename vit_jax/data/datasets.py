@@ -460,9 +460,9 @@ def not_prepared_message(name: str, builder: Any, data_dir: str | None) -> str:
     dd_py = f', data_dir={data_dir!r}' if data_dir else ''
     lines = [
         f'TFDS dataset {name!r} is not prepared in data_dir {root!r} (expected {builder.data_dir}).',
-        ('Prepare it once (this downloads it); config.data.data_dir must point at the same directory:' if data_dir
-         else 'Prepare it once (this downloads it) into the default data_dir (or add --data_dir=DIR and set '
-              'config.data.data_dir=DIR):'),
+        ('Prepare it once (this downloads it); --config.data.data_dir must name the same directory:' if data_dir
+         else 'Prepare it once (this downloads it) into the default data_dir (elsewhere: add --data_dir=DIR to '
+              'tfds build and pass --config.data.data_dir=DIR to vit_jax.main):'),
         f'    tfds build {name} {dd}'.rstrip(),
         f'    python -c "import tensorflow_datasets as tfds; tfds.builder({name!r}{dd_py}).download_and_prepare()"',
     ]
