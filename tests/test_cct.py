@@ -6,8 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vit_jax import models
-from vit_jax.models import cct, layers
+from vit_jax import convert, models
+from vit_jax.models import layers
 
 # Exact counts of this implementation; the comment gives the published figure (README / paper table).
 PINNED = {
@@ -229,7 +229,8 @@ def test_parity_with_official_layout(name, kw, posemb):
     ref = _TorchCompact(d=32, heads=2, ratio=2.0, depth=2, classes=10, posemb=posemb, seq_len=grid[0] * grid[1],
                         **kw).eval()
     sd = {k: v for k, v in ref.state_dict().items() if k != 'sine'}
-    model, variables = cct.from_official_state_dict(sd, name, **over)
+    model = models.get_model(name, num_classes=10, **over)
+    variables = convert.from_official('cct', sd, model)
     x = np.random.RandomState(0).randn(2, size, size, 3).astype(np.float32)
     with torch.no_grad():
         want = ref(torch.from_numpy(x).permute(0, 3, 1, 2)).numpy()
@@ -241,6 +242,6 @@ def test_converter_rejects_mismatched_state_dict():
     torch.manual_seed(0)
     ref = _TorchCompact(d=32, heads=2, ratio=2.0, depth=2, classes=10, posemb='learnable', seq_len=64, k=3, convs=2,
                         patch=0, seq_pool=True)
-    with pytest.raises(ValueError, match='does not match'):
-        cct.from_official_state_dict(ref.state_dict(), 'CCT-7/3x2', hidden_size=32, num_heads=2, mlp_ratio=2.0,
-                                     num_layers=2, image_size=64)
+    with pytest.raises(convert.ConversionError, match='shape mismatches'):
+        convert.from_official('cct', ref.state_dict(), models.get_model(
+            'CCT-7/3x2', hidden_size=32, num_heads=2, mlp_ratio=2.0, num_layers=2, image_size=64))

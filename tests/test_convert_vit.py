@@ -285,9 +285,9 @@ def test_more_errors(tmp_path, capsys):
     torch.save([torch.zeros(2)], tmp_path / 'list.pt')  # Loadable, but not a state dict.
     assert convert.main(['--from=timm', str(tmp_path / 'list.pt'), '--out', str(tmp_path / 'o.npz')]) == 1
     assert 'does not hold a state dict' in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        convert.main(['--from=keras', 'x', '--out', str(tmp_path / 'o.npz')])
-    with pytest.raises(ValueError, match="--from must be 'transformers' or 'timm'"):
+    assert convert.main(['--from=keras', 'x', '--out', str(tmp_path / 'o.npz')]) == 2
+    assert "--from must be 'transformers', 'timm' or 'official:<family>'" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="--from must be 'transformers', 'timm' or 'official:<family>'"):
         convert.convert_file('keras', 'x', str(tmp_path / 'o.npz'))
 
 

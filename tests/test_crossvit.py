@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vit_jax import models
+from vit_jax import convert, models
 from vit_jax.models import crossvit
 
 # Exact integers of this implementation (= the official code's modules). For 9 / 15 / 18 and the dagger models
@@ -256,7 +256,7 @@ def test_parity_with_official_pytorch(multi_conv):
     with torch.no_grad():
         ref = ref_model(torch.from_numpy(images.transpose(0, 3, 1, 2))).numpy()
     model = _tiny(multi_conv=multi_conv)
-    variables = crossvit.from_official_state_dict(ref_model.state_dict(), model)
+    variables = convert.from_official('crossvit', ref_model.state_dict(), model)
     shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.asarray(images))
     assert jax.tree_util.tree_structure(shapes) == jax.tree_util.tree_structure(variables)
     logits, out = jax.jit(model.apply)(variables, jnp.asarray(images))

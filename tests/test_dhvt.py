@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vit_jax import models
+from vit_jax import convert, models
 from vit_jax.models import dhvt
 
 PINNED = {
@@ -204,7 +204,8 @@ def test_parity_with_official_layout(name, patch, size, train):
     ref = _TorchDHVT(32, 4, 2, patch, 10).train(train)
     sd = {k: v.clone() for k, v in ref.state_dict().items()}
     over = dict(hidden_size=32, num_heads=4, num_layers=2, image_size=size, drop_path_rate=0.0)
-    model, variables = dhvt.from_official_state_dict(sd, name, **over)
+    model = models.get_model(name, num_classes=10, **over)
+    variables = convert.from_official('dhvt', sd, model)
     x = np.random.RandomState(0).randn(4, size, size, 3).astype(np.float32)
     with torch.no_grad():
         want = ref(torch.from_numpy(x).permute(0, 3, 1, 2)).numpy()

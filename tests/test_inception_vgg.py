@@ -10,8 +10,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vit_jax import models
-from vit_jax.models import inception, vgg
+from vit_jax import convert, models
+from vit_jax.models import inception
+from vit_jax.porting import inception as porting_inception
+from vit_jax.porting import vgg as porting_vgg
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -175,7 +177,7 @@ def converted(request):
     sd = dict(tm.state_dict())
     sd['AuxLogits.conv0.conv.weight'] = torch.zeros(128, 768, 1, 1)  # torchvision's aux head: ignored.
     sd['Conv2d_1a_3x3.bn.num_batches_tracked'] = torch.tensor(0)
-    model, variables = inception.from_torch_state_dict(sd)
+    model, variables = porting_inception.from_torch_state_dict(sd)
     return tm, model, variables, request.param
 
 
@@ -187,8 +189,8 @@ def test_converter_reads_every_key_and_infers_the_variant(converted):
     assert n_flax == n_torch == models.count_params('InceptionV3-FID' if kind == 'fid' else 'InceptionV3')
     # torchvision inception_v3 has 27,161,264 parameters with its auxiliary head (3,326,696 of them).
     assert models.count_params('InceptionV3') == 27_161_264 - 3_326_696
-    with pytest.raises(ValueError, match='Unconverted'):
-        inception.from_torch_state_dict({**tm.state_dict(), 'extra.weight': torch.zeros(1)})
+    with pytest.raises(convert.ConversionError, match="unconverted.*'extra.weight'"):
+        porting_inception.from_torch_state_dict({**tm.state_dict(), 'extra.weight': torch.zeros(1)})
 
 
 @pytest.mark.parametrize('name,cls,kw,cin', [
@@ -239,7 +241,7 @@ def test_stem_matches_pytorch(converted):
 def test_variables_file_round_trip(converted, tmp_path):
     _, model, variables, _ = converted
     path = str(tmp_path / 'inception.npz')
-    inception.save_variables(path, variables)
+    porting_inception.save_variables(path, variables)
     back = inception.load_variables(path)
     for a, b in zip(jax.tree_util.tree_leaves(variables), jax.tree_util.tree_leaves(back)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
@@ -285,7 +287,7 @@ def test_vgg19_matches_pytorch():
     assert models.count_params('VGG19') == 143_667_240  # torchvision vgg19.
     torch.manual_seed(0)
     tm = torch_vgg19(16)
-    model, variables = vgg.from_torch_state_dict(tm.state_dict())
+    model, variables = porting_vgg.from_torch_state_dict(tm.state_dict())
     assert model.width_divisor == 16 and model.num_classes == 10
     x = np.random.default_rng(0).normal(size=(2, 64, 64, 3)).astype(np.float32)
     logits, out = jax.jit(lambda v, a: model.apply(v, a))(variables, jnp.asarray(x))
@@ -310,7 +312,8 @@ def test_vgg_cli_gives_the_perceptual_net_real_weights(tmp_path):
     torch.manual_seed(0)
     pth, npz = str(tmp_path / 'vgg.pth'), str(tmp_path / 'vgg.npz')
     torch.save(torch_vgg19(16).state_dict(), pth)
-    assert vgg.main([pth, npz]) == 0
+    assert convert.main(['--from=official:vgg', '--model=VGG19', '--model.num_classes=0', '--model.width_divisor=16',
+                         pth, '--out', npz]) == 0
     net = frozen.load_frozen(dict(model='VGG19', overrides=dict(num_classes=0, width_divisor=16), weights=npz),
                              'perceptual net')
     assert net.frozen_random is False

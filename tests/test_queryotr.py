@@ -10,6 +10,7 @@ import pytest
 from vit_jax import models
 from vit_jax.models import patchgan
 from vit_jax.models import queryotr as qo
+from vit_jax.porting import queryotr as porting_qo
 
 
 def narrow_paper_geometry(**kw):
@@ -351,7 +352,7 @@ def test_official_state_dict_round_trip():
     for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:  # The official attention has no key bias.
         if 'key' in jax.tree_util.keystr(path) and 'bias' in jax.tree_util.keystr(path):
             leaf[...] = 0.0
-    back = qo.from_official_state_dict(to_official_state_dict(params), num_heads=2, decoder_heads=2)
+    back = porting_qo.params_from_state_dict(to_official_state_dict(params), num_heads=2, decoder_heads=2)
     assert jax.tree_util.tree_structure(back) == jax.tree_util.tree_structure(params)
     for (path, x), y in zip(jax.tree_util.tree_flatten_with_path(params)[0], jax.tree_util.tree_leaves(back)):
         np.testing.assert_array_equal(x, y, err_msg=jax.tree_util.keystr(path))
@@ -359,7 +360,7 @@ def test_official_state_dict_round_trip():
     mae = {k.replace('transformer_encoder.', 'encoder.'): v for k, v in to_official_state_dict(params).items()
            if k.startswith('transformer_encoder.')}
     mae['decoder.blocks.0.norm1.weight'] = np.zeros(3)
-    enc = qo.from_official_state_dict(mae, num_heads=2)
+    enc = porting_qo.params_from_state_dict(mae, num_heads=2)
     assert sorted(enc) == ['Transformer', 'embedding']
     # It initialises the encoder through config.init_from (the paper's MAE init), the rest keeps its init.
     from vit_jax import checkpoint
@@ -368,4 +369,4 @@ def test_official_state_dict_round_trip():
     np.testing.assert_array_equal(merged['embedding']['kernel'], params['embedding']['kernel'])
     assert not np.any(merged['psm']['kernel'])
     with pytest.raises(ValueError, match='Unconverted'):
-        qo.from_official_state_dict({**mae, 'encoder.extra.weight': np.zeros(1)}, num_heads=2)
+        porting_qo.params_from_state_dict({**mae, 'encoder.extra.weight': np.zeros(1)}, num_heads=2)

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vit_jax import models
+from vit_jax import convert, models
 from vit_jax.models import t2t
 
 # Trainable parameters (the 'params' collection) of this implementation. The README / paper figures also count
@@ -259,7 +259,7 @@ def test_parity_with_official_pytorch(tokens_type, scale):
     with torch.no_grad():
         ref = ref_model(torch.from_numpy(images.transpose(0, 3, 1, 2))).numpy()
     model = _tiny(tokens_type, attention_scale=scale)
-    variables = t2t.from_official_state_dict(ref_model.state_dict(), model)
+    variables = convert.from_official('t2t', ref_model.state_dict(), model)
     shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.asarray(images))
     assert jax.tree_util.tree_structure(shapes) == jax.tree_util.tree_structure(variables)
     logits, _ = jax.jit(model.apply)(variables, jnp.asarray(images))

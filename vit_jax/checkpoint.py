@@ -9,6 +9,11 @@
 `checkpoints/<step>` directory; a suffix `:a/b` selects a subtree (`model.npz:img`, `workdir:ema_params`,
 `workdir:params/encoder`).
 
+A `.npz` holds the parameters at the top level (the release layout) and, for models with non-trainable collections
+(BatchNorm `batch_stats`, T2T's Performer `constants`), those under `model_state/<collection>/...`
+(`save_npz(path, params, model_state=...)`): `load_npz` returns the parameters only, `load_npz_model_state` the
+collections, and `load_pretrained_model_state` merges them into a model's fresh ones (`config.init_from`).
+
 Names: this project's modules use the names of the original ViT release (`Transformer/encoderblock_{i}/
 LayerNorm_0`, `MultiHeadDotProductAttention_1`, `LayerNorm_2`, `MlpBlock_3/Dense_{0,1}`, `encoder_norm`,
 `posembed_input/pos_embedding`, `embedding`, `cls`, `head`, `pre_logits`). Files written with linen's per-class
@@ -66,15 +71,24 @@ def unflatten(flat: dict[str, Any]) -> dict:
 # ----------------------------------------------------------------------------------------------------------------
 # .npz parameter files.
 # ----------------------------------------------------------------------------------------------------------------
-def save_npz(path: str, params: Any) -> None:
+# .npz key prefix of the non-trainable collections (`model_state/batch_stats/...`).
+MODEL_STATE_PREFIX = 'model_state/'
+
+
+def save_npz(path: str, params: Any, model_state: Any = None) -> None:
     """Writes parameters as a flat `.npz` of '/'-joined names (atomically: a temporary file renamed into place).
 
+    `model_state` ({collection: tree}, e.g. BatchNorm `batch_stats`) is written under `model_state/...`.
     bfloat16 / float16 leaves are written as float32 (exact; plain numpy cannot store bfloat16 without pickles).
     """
     if not str(path).endswith('.npz'):
         raise ValueError(f'save_npz writes .npz files; got {path!r}.')
     flat = {}
-    for k, v in flatten(params).items():
+    tree = flatten(params)
+    if any(k.startswith(MODEL_STATE_PREFIX) for k in tree):
+        raise ValueError(f'save_npz: a parameter name starts with the reserved {MODEL_STATE_PREFIX!r}.')
+    tree.update({MODEL_STATE_PREFIX + k: v for k, v in flatten(model_state or {}).items()})
+    for k, v in tree.items():
         a = np.asarray(jax.device_get(v))
         if a.dtype.kind == 'V' or a.dtype.name in ('bfloat16', 'float16'):
             a = a.astype(np.float32)
@@ -150,9 +164,57 @@ def load_npz(path: str) -> dict:
                          ) from None
     except (OSError, EOFError) as e:
         raise ValueError(f'{path!r} could not be read as a .npz parameter file ({type(e).__name__}: {e}).') from None
+    flat = {k: v for k, v in flat.items() if not k.startswith(MODEL_STATE_PREFIX)}
     if not flat:
         raise ValueError(f'{path!r} holds no parameters.')
     return unflatten(normalise_keys(flat))
+
+
+def load_npz_model_state(path: str) -> dict:
+    """The non-trainable collections of a `.npz` ({'batch_stats': ..., 'constants': ...}); {} when it has none."""
+    try:
+        f = np.load(path, allow_pickle=False)
+        if not hasattr(f, 'files'):
+            return {}
+        with f:
+            flat = {k[len(MODEL_STATE_PREFIX):]: f[k] for k in f.files if k.startswith(MODEL_STATE_PREFIX)}
+    except (ValueError, OSError, EOFError) as e:
+        raise ValueError(f'{path!r} could not be read as a .npz parameter file ({type(e).__name__}: {e}).') from None
+    return unflatten(flat) if flat else {}
+
+
+def load_pretrained_model_state(init_state: Any, path: str, dont_load: Sequence[str] = ()) -> dict:
+    """`init_state` ({collection: tree}) with the collections a `.npz` at `path` holds merged in.
+
+    A file without `model_state/...` entries (or a path that is not a `.npz` file) leaves `init_state` unchanged.
+    Within each collection the file provides, names and shapes must match the model's (CheckpointMismatchError
+    otherwise), except names matching a `dont_load` regex, which keep their init value.
+    """
+    init_state = flax.core.unfreeze(init_state) if isinstance(init_state, flax.core.FrozenDict) else dict(init_state)
+    source, sub = _split_subtree(str(path))
+    if sub or not os.path.isfile(source) or not source.endswith('.npz'):
+        return init_state
+    loaded = load_npz_model_state(source)
+    if not loaded:
+        return init_state
+    patterns = [re.compile(p) for p in dont_load]
+    skip = lambda k: any(p.match(k) for p in patterns)  # noqa: E731
+    init_flat = {k: v for c, t in init_state.items() for k, v in flatten({c: t}).items()}
+    file_flat = flatten(loaded)
+    given = {k.split('/', 1)[0] for k in file_flat}
+    missing = [k for k in init_flat if k.split('/', 1)[0] in given and k not in file_flat and not skip(k)]
+    unexpected = [k for k in file_flat if k not in init_flat and not skip(k)]
+    mismatched = [f'{k}: checkpoint {tuple(np.shape(v))} vs model {tuple(np.shape(init_flat[k]))}'
+                  for k, v in file_flat.items() if k in init_flat and not skip(k)
+                  and tuple(np.shape(v)) != tuple(np.shape(init_flat[k]))]
+    if missing or unexpected or mismatched:
+        raise CheckpointMismatchError(
+            f'The model state (non-trainable collections) in {path} does not match the model: missing {missing}, '
+            f'unexpected {unexpected}, shape mismatches {mismatched}. Check the model options against the file.',
+            missing, unexpected, mismatched)
+    merged = {k: (np.asarray(file_flat[k], dtype=np.asarray(v).dtype) if k in file_flat and not skip(k)
+                  else np.asarray(v)) for k, v in init_flat.items()}
+    return unflatten(merged) if merged else init_state
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -430,12 +492,12 @@ def load_params(path: str) -> dict:
 def load_for_inference(path: str) -> tuple[dict, dict]:
     """(params, model_state) for inference: the EMA weights of an Orbax checkpoint when the run kept them.
 
-    `model_state` holds the run's non-trainable collections (e.g. BatchNorm `batch_stats`); it is empty for `.npz`
-    files (which hold parameters only).
+    `model_state` holds the run's non-trainable collections (e.g. BatchNorm `batch_stats`); for a `.npz` file those
+    it holds under `model_state/...` (written by `python -m vit_jax.convert`), often none.
     """
     source, sub = _split_subtree(str(path))
     if sub or source.endswith('.npz') or os.path.isfile(source):
-        return load_params(path), {}
+        return load_params(path), ({} if sub else load_npz_model_state(source))
     state = _restore_latest(source)[1]
     params = state.get('ema_params') if state.get('ema_params') is not None else state.get('params')
     if params is None:

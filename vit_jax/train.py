@@ -184,6 +184,11 @@ def train_and_evaluate(config: Any, workdir: Optional[str] = None) -> dict[str, 
                                                 old_grid=init_cfg.get('old_grid', None),
                                                 new_grid=checkpoint.model_grid(model))
             params = jax.device_put(params, state_sharding.params)
+            if state.model_state:  # BatchNorm statistics / constants a converted .npz holds (model_state/...).
+                model_state = checkpoint.load_pretrained_model_state(
+                    jax.device_get(state.model_state), init_cfg.path,
+                    dont_load=tuple(init_cfg.get('dont_load', ()) or ()))
+                state = state.replace(model_state=jax.device_put(model_state, state_sharding.model_state))
             state = state.replace(params=params,
                                   ema_params=params if state.ema_params is not None else None,
                                   opt_state=jax.jit(objective.tx.init, out_shardings=state_sharding.opt_state)(

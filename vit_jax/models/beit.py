@@ -21,7 +21,6 @@ exactly zero), and it stays at zero in training: the model is BEiT's exactly, wi
 
 from __future__ import annotations
 
-import functools
 from typing import Any, Optional, Sequence
 
 import flax.linen as nn
@@ -29,7 +28,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vit_jax import convert
 from vit_jax.models import layers, register
 from vit_jax.models.vit import to_2tuple
 
@@ -281,112 +279,3 @@ for _s, (_d, _m, _h, _l, _ls) in _SIZES.items():
              num_heads=_h, num_layers=_l, layer_scale=_ls, patch_size=16)
 register('BEiT-testing', BEiT, paper='test', hidden_size=32, mlp_dim=64, num_heads=2, num_layers=2, patch_size=4,
          image_size=16, num_classes=10)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# HuggingFace converter.
-# ----------------------------------------------------------------------------------------------------------------
-@convert.hf_converter('BeitModel', 'BeitForMaskedImageModeling', 'BeitForImageClassification')
-def from_hf_beit(hf_model: Any) -> tuple[BEiT, dict]:
-    """HuggingFace BeitModel / BeitForMaskedImageModeling / BeitForImageClassification -> (BEiT, variables).
-
-    Inputs differ in layout only (HuggingFace NCHW, here NHWC); HuggingFace's `bool_masked_pos` is `mask`.
-    - BeitModel: `out['encoded']` equals `last_hidden_state` (its `layernorm` is `encoder_norm`, absent when
-      `use_mean_pooling`); `out['pre_logits']` equals `pooler_output` (mean pooling + `fc_norm`, or the cls token).
-    - BeitForMaskedImageModeling: `out['mim_logits']` equals `logits`.
-    - BeitForImageClassification: the returned logits equal `logits`.
-    """
-    cfg = hf_model.config
-    kind = type(hf_model).__name__
-    sd = dict(hf_model.state_dict())
-    prefix = 'beit.' if any(k.startswith('beit.') for k in sd) else ''
-    if cfg.num_channels != 3:
-        raise ValueError(f'Only 3-channel BEiTs convert (config.num_channels={cfg.num_channels}).')
-    if getattr(cfg, 'head_dim', None) not in (None, cfg.hidden_size // cfg.num_attention_heads):
-        raise ValueError('BEiT configs with a custom head_dim are not supported.')
-    if cfg.use_shared_relative_position_bias:
-        rel = 'shared'
-    elif cfg.use_relative_position_bias:
-        rel = 'per_layer'
-    else:
-        rel = 'none'
-    mean_pool = bool(cfg.use_mean_pooling)
-    has_head = kind == 'BeitForImageClassification' and cfg.num_labels > 0
-    is_mim = kind == 'BeitForMaskedImageModeling'
-    has_pool = kind != 'BeitForMaskedImageModeling' and f'{prefix}pooler.layernorm.weight' in sd
-    classifier = 'gap' if (mean_pool and (has_pool or has_head)) else 'token'
-    ls = float(cfg.layer_scale_init_value)
-    model = BEiT(
-        num_classes=cfg.num_labels if has_head else 0, image_size=cfg.image_size, patch_size=cfg.patch_size,
-        hidden_size=cfg.hidden_size, mlp_dim=cfg.intermediate_size, num_heads=cfg.num_attention_heads,
-        num_layers=cfg.num_hidden_layers, rel_pos_bias=rel, abs_posemb=bool(cfg.use_absolute_position_embeddings),
-        layer_scale=ls if ls > 0 else None, use_mask_token=f'{prefix}embeddings.mask_token' in sd,
-        vocab_size=cfg.vocab_size if is_mim else None, classifier=classifier, final_norm=not mean_pool,
-        dropout_rate=float(cfg.hidden_dropout_prob), attention_dropout_rate=float(cfg.attention_probs_dropout_prob),
-        drop_path_rate=float(cfg.drop_path_rate), norm_eps=float(cfg.layer_norm_eps),
-        activation=convert.hf_activation(cfg.hidden_act))
-    heads, d = cfg.num_attention_heads, cfg.hidden_size
-    e = f'{prefix}embeddings'
-    tr: dict[str, Any] = {}
-    if cfg.use_absolute_position_embeddings:
-        tr['posembed_input'] = {'pos_embedding': convert.to_numpy(sd[f'{e}.position_embeddings'])}
-    if rel == 'shared':
-        tr['rel_pos_bias'] = {'relative_position_bias_table': convert.to_numpy(
-            sd[f'{prefix}shared_position_bias.relative_position_bias_table'])}
-    for i in range(cfg.num_hidden_layers):
-        lp = f'{prefix}layers.{i}'
-        att = {n: convert.attention_in(sd, f'{lp}.attention.{t}_proj', heads) for n, t in
-               (('query', 'q'), ('key', 'k'), ('value', 'v'))}
-        att['key'].setdefault('bias', np.zeros((heads, d // heads), np.float32))  # BEiT has no key bias.
-        att['out'] = convert.attention_out(sd, f'{lp}.attention.o_proj', heads)
-        blk = {
-            'LayerNorm_0': convert.norm(sd, f'{lp}.layernorm_before'),
-            'MultiHeadDotProductAttention_1': att,
-            'LayerNorm_2': convert.norm(sd, f'{lp}.layernorm_after'),
-            'MlpBlock_3': {'Dense_0': convert.linear(sd, f'{lp}.mlp.fc1'),
-                           'Dense_1': convert.linear(sd, f'{lp}.mlp.fc2')},
-        }
-        if ls > 0:
-            blk['gamma_1'] = convert.to_numpy(sd[f'{lp}.lambda_1'])
-            blk['gamma_2'] = convert.to_numpy(sd[f'{lp}.lambda_2'])
-        tr[f'encoderblock_{i}'] = blk
-        if rel == 'per_layer':
-            tr[f'encoderblock_{i}_rel_pos_bias'] = {'relative_position_bias_table': convert.to_numpy(
-                sd[f'{lp}.relative_position_bias.relative_position_bias_table'])}
-    if not mean_pool:
-        tr['encoder_norm'] = convert.norm(sd, f'{prefix}layernorm')
-    params: dict[str, Any] = {
-        'embedding': convert.conv(sd, f'{e}.patch_embeddings.projection'),
-        'cls': convert.to_numpy(sd[f'{e}.cls_token']),
-        'Transformer': tr,
-    }
-    if model.use_mask_token:
-        params['mask_token'] = convert.to_numpy(sd[f'{e}.mask_token'])
-    if is_mim:
-        params['mim_norm'] = convert.norm(sd, 'layernorm')
-        params['mim_head'] = convert.linear(sd, 'lm_head')
-    if classifier == 'gap':
-        params['fc_norm'] = convert.norm(sd, f'{prefix}pooler.layernorm')
-    if has_head:
-        params['head'] = convert.linear(sd, 'classifier')
-    variables = {'params': jax.tree_util.tree_map(jnp.asarray, params)}
-    _check_tree(model, variables)
-    return model, variables
-
-
-def _check_tree(model: nn.Module, variables: dict) -> None:
-    """Raises if the converted tree differs from the model's own (names or shapes)."""
-    shapes = jax.eval_shape(functools.partial(model.init, train=False), jax.random.PRNGKey(0),
-                            jnp.zeros((1, *to_2tuple(model.image_size), 3), jnp.float32))
-    want = {k: v.shape for k, v in convert_flat(shapes['params']).items()}
-    got = {k: v.shape for k, v in convert_flat(variables['params']).items()}
-    if want != got:
-        diff = sorted(set(want.items()) ^ set(got.items()))
-        raise ValueError(f'Converted BEiT parameters do not match the model: {diff[:10]}')
-
-
-def convert_flat(tree: Any) -> dict[str, Any]:
-    """'/'-joined flat view of a nested dict."""
-    from flax import traverse_util
-
-    return {'/'.join(k): v for k, v in traverse_util.flatten_dict(tree).items()}

@@ -21,7 +21,8 @@ Kaiming-normal (fan-in, gain sqrt 2), the ViT-Lite/CVT patch-conv bias PyTorch's
 
 Parameter names: `tokenizer/conv_{i}` (CCT) or `embedding` (ViT-Lite/CVT), `cls`,
 `Transformer/posembed_input/pos_embedding`, `Transformer/encoderblock_{i}`, `Transformer/encoder_norm`,
-`attention_pool` (SeqPool), `head`. `from_official_state_dict` converts an official PyTorch `state_dict`.
+`attention_pool` (SeqPool), `head`. `convert.from_official('cct', state_dict, model)` converts an official
+checkpoint (`vit_jax/porting/cct.py`).
 """
 
 from __future__ import annotations
@@ -305,67 +306,3 @@ _register_patch('CVT', 8, 4, None)  # `cvt_8` exists in the official code withou
 _register_patch('ViT-Lite', 7, 8, None)
 _register_patch('ViT-Lite', 7, 16, None)
 _register_patch('CVT', 7, 8, None)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Official PyTorch checkpoints.
-# ----------------------------------------------------------------------------------------------------------------
-def from_official_state_dict(state_dict: dict, name: str, **overrides: Any) -> tuple[CompactTransformer, dict]:
-    """Converts an official Compact-Transformers `state_dict` (CCT, CVT or ViT-Lite) into `(model, variables)`.
-
-    Args:
-      state_dict: `torch_model.state_dict()` (tensors or arrays) of `src.cct`, `src.cvt` or `src.vit` models.
-      name: The registered variant (e.g. 'CCT-7/3x1', 'cct_7_3x1_32_sine', 'CVT-7/4').
-      **overrides: Model field overrides (e.g. `num_classes=100`).
-
-    A sine position table in the state dict is dropped (it is a constant here). The head size follows the
-    checkpoint unless `num_classes` is given.
-    """
-    from vit_jax import convert, models
-
-    sd = dict(state_dict)
-    if 'classifier.fc.weight' in sd and 'num_classes' not in overrides:
-        overrides['num_classes'] = int(sd['classifier.fc.weight'].shape[0])
-    model = models.get_model(name, **overrides)
-    if not isinstance(model, CompactTransformer):
-        raise ValueError(f'{name} is not a Compact Transformer model.')
-    heads = model.num_heads
-    d = model.hidden_size
-    p: dict[str, Any] = {}
-    if model.tokenizer == 'conv':
-        p['tokenizer'] = {f'conv_{i}': convert.conv(sd, f'tokenizer.conv_layers.{i}.0', bias=False)
-                          for i in range(model.conv_layers)}
-    else:
-        p['embedding'] = convert.conv(sd, 'tokenizer.conv_layers.0.0')
-    c = 'classifier'
-    if not model.seq_pool:
-        p['cls'] = convert.to_numpy(sd[f'{c}.class_emb'])
-    else:
-        p['seqpool'] = {'attention_pool': convert.linear(sd, f'{c}.attention_pool')}
-    t: dict[str, Any] = {}
-    if model.posemb == 'learnable':
-        t['posembed_input'] = {'pos_embedding': convert.to_numpy(sd[f'{c}.positional_emb'])}
-    for i in range(model.num_layers):
-        b = f'{c}.blocks.{i}'
-        qkv = convert.to_numpy(sd[f'{b}.self_attn.qkv.weight'])
-        attn = {n: convert.attention_in({'w.weight': qkv[j * d:(j + 1) * d]}, 'w', heads, bias=False)
-                for j, n in enumerate(('query', 'key', 'value'))}
-        attn['out'] = convert.attention_out(sd, f'{b}.self_attn.proj', heads)
-        t[f'encoderblock_{i}'] = {
-            'LayerNorm_0': convert.norm(sd, f'{b}.pre_norm'),
-            'MultiHeadDotProductAttention_1': attn,
-            'LayerNorm_2': convert.norm(sd, f'{b}.norm1'),
-            'MlpBlock_3': {'Dense_0': convert.linear(sd, f'{b}.linear1'),
-                           'Dense_1': convert.linear(sd, f'{b}.linear2')},
-        }
-    t['encoder_norm'] = convert.norm(sd, f'{c}.norm')
-    p['Transformer'] = t
-    if model.num_classes:
-        p['head'] = convert.linear(sd, f'{c}.fc')
-    params = jax.tree_util.tree_map(jnp.asarray, p)
-    expected = jax.tree_util.tree_map(lambda s: s.shape, models.init_shapes(model)['params'])
-    got = jax.tree_util.tree_map(lambda a: a.shape, params)
-    if expected != got:
-        raise ValueError(f'The state dict does not match {name} ({type(model).__name__}); check the variant, '
-                         f'image_size and num_classes. Expected shapes {expected}, got {got}.')
-    return model, {'params': params}

@@ -26,7 +26,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vit_jax import convert
 from vit_jax.models import layers, register
 
 Array = jax.Array
@@ -223,77 +222,3 @@ register('CvT-21', CvT, aliases=('cvt-21', 'CvT_21'), paper='cvt', embed_dims=(6
          depths=(1, 4, 16), drop_path_rate=(0.0, 0.0, 0.1))
 register('CvT-W24', CvT, aliases=('cvt-w24', 'CvT_W24'), paper='cvt', embed_dims=(192, 768, 1024),
          num_heads=(3, 12, 16), depths=(2, 2, 20), drop_path_rate=(0.0, 0.0, 0.3))
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# HuggingFace transformers -> vit_jax.
-# ----------------------------------------------------------------------------------------------------------------
-@convert.hf_converter('CvtModel', 'CvtForImageClassification')
-def from_hf_cvt(hf_model: Any) -> tuple[CvT, dict]:
-    """Converts a HuggingFace `CvtModel` / `CvtForImageClassification` into `(CvT, variables)`.
-
-    HuggingFace uses exact GELU (the official code QuickGELU), LayerNorm eps 1e-5 everywhere (its
-    `layer_norm_eps` is unused) and puts the final LayerNorm in `CvtForImageClassification` only: a converted
-    `CvtModel` gets an identity `norm` and no head, and its `out['tokens_2d']` / `out['cls_token']` equal HF's
-    `last_hidden_state` (transposed to NHWC) / `cls_token_value`.
-    """
-    cfg = hf_model.config
-    sd = hf_model.state_dict()
-    is_cls = type(hf_model).__name__ == 'CvtForImageClassification'
-    base = 'cvt.encoder.stages' if is_cls else 'encoder.stages'
-    if any(m not in ('dw_bn',) for m in cfg.qkv_projection_method):
-        raise ValueError(f'Only the dw_bn projection converts; got {cfg.qkv_projection_method}.')
-    for what in ('drop_rate', 'attention_drop_rate'):
-        if len(set(getattr(cfg, what))) > 1:
-            raise ValueError(f'CvT uses one {what} for all stages; the config has {getattr(cfg, what)}.')
-    n = len(cfg.depth)
-    model = CvT(
-        num_classes=(cfg.num_labels if is_cls else None), embed_dims=tuple(cfg.embed_dim),
-        num_heads=tuple(cfg.num_heads), depths=tuple(cfg.depth), mlp_ratios=tuple(float(r) for r in cfg.mlp_ratio),
-        patch_sizes=tuple(cfg.patch_sizes), patch_strides=tuple(cfg.patch_stride),
-        patch_paddings=tuple(cfg.patch_padding), cls_token=tuple(bool(c) for c in cfg.cls_token),
-        qkv_method=tuple(cfg.qkv_projection_method), qkv_kernel=tuple(cfg.kernel_qkv), stride_q=tuple(cfg.stride_q),
-        stride_kv=tuple(cfg.stride_kv), padding_q=tuple(cfg.padding_q), padding_kv=tuple(cfg.padding_kv),
-        qkv_bias=tuple(bool(b) for b in cfg.qkv_bias), dropout_rate=float(cfg.drop_rate[0]),
-        attention_dropout_rate=float(cfg.attention_drop_rate[0]),
-        drop_path_rate=tuple(float(r) for r in cfg.drop_path_rate), activation='gelu_exact', norm_eps=1e-5)
-    params, stats = {}, {}
-    for i in range(n):
-        s, st = f'{base}.{i}', f'stage_{i}'
-        emb = f'{s}.embedding.convolution_embeddings'
-        params[f'{st}_embedding'] = convert.conv(sd, f'{emb}.projection')
-        params[f'{st}_embedding_norm'] = convert.norm(sd, f'{emb}.normalization')
-        if cfg.cls_token[i]:
-            params[f'{st}_cls'] = convert.to_numpy(sd[f'{s}.cls_token'])
-        heads = cfg.num_heads[i]
-        for j in range(cfg.depth[i]):
-            L = f'{s}.layers.{j}'
-            a = f'{L}.attention.attention'
-            proj_p, proj_s = {}, {}
-            for which, hf_name in (('q', 'query'), ('k', 'key'), ('v', 'value')):
-                cp = f'{a}.convolution_projection_{hf_name}.convolution_projection'
-                bn_p, bn_s = convert.batchnorm(sd, f'{cp}.normalization')
-                proj_p[f'conv_proj_{which}'] = {'conv': convert.conv(sd, f'{cp}.convolution', bias=False),
-                                                'bn': bn_p}
-                proj_s[f'conv_proj_{which}'] = {'bn': bn_s}
-            attn = {'qkv_transform': proj_p,
-                    'query': convert.attention_in(sd, f'{a}.projection_query', heads),
-                    'key': convert.attention_in(sd, f'{a}.projection_key', heads),
-                    'value': convert.attention_in(sd, f'{a}.projection_value', heads),
-                    'out': convert.attention_out(sd, f'{L}.attention.output.dense', heads)}
-            params[f'{st}_block_{j}'] = {
-                'LayerNorm_0': convert.norm(sd, f'{L}.layernorm_before'),
-                'MultiHeadDotProductAttention_1': attn,
-                'LayerNorm_2': convert.norm(sd, f'{L}.layernorm_after'),
-                'MlpBlock_3': {'Dense_0': convert.linear(sd, f'{L}.intermediate.dense'),
-                               'Dense_1': convert.linear(sd, f'{L}.output.dense')},
-            }
-            stats[f'{st}_block_{j}'] = {'MultiHeadDotProductAttention_1': {'qkv_transform': proj_s}}
-    d = cfg.embed_dim[-1]
-    if is_cls:
-        params['norm'] = convert.norm(sd, 'layernorm')
-        if cfg.num_labels:
-            params['head'] = convert.linear(sd, 'classifier')
-    else:
-        params['norm'] = {'scale': np.ones((d,), np.float32), 'bias': np.zeros((d,), np.float32)}
-    return model, {'params': params, 'batch_stats': stats}

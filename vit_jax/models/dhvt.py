@@ -24,7 +24,7 @@ shard_map users.
 
 Initialisation as the official code: Linear layers (head included) N(0, 0.02) with zero bias, class token and
 head-token embedding N(0, 0.02), convs PyTorch's default (U(+-1/sqrt(fan_in)) for weights and biases).
-`from_official_state_dict` converts an official PyTorch `state_dict`.
+`convert.from_official('dhvt', state_dict, model)` converts an official checkpoint (`vit_jax/porting/dhvt.py`).
 """
 
 from __future__ import annotations
@@ -322,75 +322,3 @@ register('DHVT-T-Domain/16', DHVT, aliases=('dhvt_tiny_domain_patch16',), paper=
          image_size=224, num_classes=345, **_T)
 register('DHVT-S-Domain/16', DHVT, aliases=('dhvt_small_domain_patch16',), paper='dhvt', patch_size=16,
          num_heads=6, image_size=224, num_classes=345, **_S)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Official PyTorch checkpoints.
-# ----------------------------------------------------------------------------------------------------------------
-def from_official_state_dict(state_dict: dict, name: str, **overrides: Any) -> tuple[DHVT, dict]:
-    """Converts an official DHVT `state_dict` (`vision_transformer.py`, `apply_dhvt=True`) into `(model, variables)`.
-
-    `variables` has 'params' and 'batch_stats'. The head size follows the checkpoint unless `num_classes` is given.
-    """
-    from vit_jax import convert, models
-
-    sd = dict(state_dict)
-    if 'head.weight' in sd and 'num_classes' not in overrides:
-        overrides['num_classes'] = int(sd['head.weight'].shape[0])
-    model = models.get_model(name, **overrides)
-    if not isinstance(model, DHVT):
-        raise ValueError(f'{name} is not a DHVT model.')
-    h, c = model.num_heads, model.hidden_size
-    npy = convert.to_numpy
-    params: dict[str, Any] = {}
-    stats: dict[str, Any] = {}
-
-    def affine(prefix):
-        return {'alpha': npy(sd[f'{prefix}.alpha']).reshape(-1), 'beta': npy(sd[f'{prefix}.beta']).reshape(-1)}
-
-    def bn(prefix):
-        p, s = convert.batchnorm(sd, prefix)
-        return p, s
-
-    n_convs = {16: 4, 4: 2, 2: 1}[model.patch_size]
-    sope, sope_stats = {'pre_affine': affine('patch_embed.pre_affine'),
-                        'post_affine': affine('patch_embed.post_affine')}, {}
-    for i in range(n_convs):
-        seq = f'patch_embed.proj.{2 * i}'  # Sequential(conv3x3 block, GELU, conv3x3 block, GELU, ...).
-        sope[f'conv_{i}'] = convert.conv(sd, f'{seq}.0', bias=False)
-        sope[f'bn_{i}'], sope_stats[f'bn_{i}'] = bn(f'{seq}.1')
-    params['sope'], stats['sope'] = sope, sope_stats
-    params['cls'] = npy(sd['cls_token'])
-    t, ts = {}, {}
-    for i in range(model.num_layers):
-        p = f'blocks.{i}'
-        qkv_w, qkv_b = npy(sd[f'{p}.attn.qkv.weight']), sd.get(f'{p}.attn.qkv.bias')
-        mha = {}
-        for j, n in enumerate(('query', 'key', 'value')):
-            part = {'w.weight': qkv_w[j * c:(j + 1) * c]}
-            if qkv_b is not None:
-                part['w.bias'] = npy(qkv_b)[j * c:(j + 1) * c]
-            mha[n] = convert.attention_in(part, 'w', h, bias=qkv_b is not None)
-        mha['out'] = convert.attention_out(sd, f'{p}.attn.proj', h)
-        attn = {'ht_proj': convert.linear(sd, f'{p}.attn.ht_proj'), 'ht_norm': convert.norm(sd, f'{p}.attn.ht_norm'),
-                'head_pos_embed': npy(sd[f'{p}.attn.pos_embed']), 'MultiHeadDotProductAttention_0': mha}
-        daff, daff_stats = {}, {}
-        for k in (1, 2, 3):
-            daff[f'conv{k}'] = convert.conv(sd, f'{p}.mlp.conv{k}')
-            daff[f'bn{k}'], daff_stats[f'bn{k}'] = bn(f'{p}.mlp.bn{k}')
-        daff['compress'] = convert.linear(sd, f'{p}.mlp.compress')
-        daff['excitation'] = convert.linear(sd, f'{p}.mlp.excitation')
-        t[f'encoderblock_{i}'] = {'LayerNorm_0': convert.norm(sd, f'{p}.norm1'), 'attn': attn,
-                                  'LayerNorm_2': convert.norm(sd, f'{p}.norm2'), 'daff': daff}
-        ts[f'encoderblock_{i}'] = {'daff': daff_stats}
-    t['encoder_norm'] = convert.norm(sd, 'norm')
-    params['Transformer'], stats['Transformer'] = t, ts
-    if model.num_classes:
-        params['head'] = convert.linear(sd, 'head')
-    variables = jax.tree_util.tree_map(jnp.asarray, {'params': params, 'batch_stats': stats})
-    expected = jax.tree_util.tree_map(lambda s: s.shape, models.init_shapes(model))
-    got = jax.tree_util.tree_map(lambda a: a.shape, variables)
-    if expected != got:
-        raise ValueError(f'The state dict does not match {name}; check the variant and num_classes. '
-                         f'Expected shapes {expected}, got {got}.')
-    return model, variables

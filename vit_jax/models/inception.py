@@ -1,8 +1,8 @@
-"""Inception-v3 (Szegedy et al., 2016) in Flax, in torchvision's layout and pytorch-fid's FID variant, with a
-converter from PyTorch state dicts and the `InceptionFeatures` interface used for FID and Inception Score.
+"""Inception-v3 (Szegedy et al., 2016) in Flax, in torchvision's layout and pytorch-fid's FID variant, and the
+`InceptionFeatures` interface used for FID and Inception Score.
 
 Module names equal torchvision's attribute names (`Conv2d_1a_3x3/conv`, `Conv2d_1a_3x3/bn`, `Mixed_5b/branch1x1/...`,
-`fc`), so a state dict converts by renaming only (`from_torch_state_dict`). Every BasicConv2d is a conv without
+`fc`), so a state dict converts by renaming only (`vit_jax/porting/inception.py`). Every BasicConv2d is a conv without
 bias, BatchNorm (eps 1e-3, running statistics in 'batch_stats') and ReLU.
 
 Variants (`variant`):
@@ -16,7 +16,8 @@ Variants (`variant`):
     pool3, logits = net(images01)                         # images in [0, 1], any size; [B, 2048], [B, 1008]
     net.frozen_random                                     # True for the stand-in: name metrics *_random_features
 
-Convert a PyTorch file once: `python -m vit_jax.models.inception pt_inception-2015-12-05-6726825d.pth out.npz`.
+Convert a PyTorch file once: `python -m vit_jax.convert --from=official:inception --model=InceptionV3-FID
+pt_inception-2015-12-05-6726825d.pth --out inception.npz`.
 The auxiliary classifier (`AuxLogits.*`) is not built; its weights are ignored by the converter.
 """
 
@@ -25,6 +26,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Optional, Sequence
 
+import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -223,85 +225,17 @@ register('InceptionV3', InceptionV3, aliases=('Inception-v3',), paper='inception
 register('InceptionV3-FID', InceptionV3, paper='inception', num_classes=1008, variant='fid')
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# PyTorch state dict -> Flax variables.
-# ----------------------------------------------------------------------------------------------------------------
-def from_torch_state_dict(state_dict: dict, variant: Optional[str] = None) -> tuple[InceptionV3, dict]:
-    """`(InceptionV3, {'params', 'batch_stats'})` from a torchvision or pytorch-fid Inception-v3 state dict.
-
-    Keys follow torchvision's attributes (`Conv2d_1a_3x3.conv.weight`, `Conv2d_1a_3x3.bn.running_mean`,
-    `Mixed_5b.branch1x1.conv.weight`, ..., `fc.weight`, `fc.bias`); `AuxLogits.*` and `*.num_batches_tracked` are
-    ignored. The class count comes from `fc.weight`; `variant` defaults to 'fid' for 1008 classes (pytorch-fid's
-    weights), else 'torchvision'. Any other key left unread, or a shape mismatch, is an error.
-    """
-    from vit_jax import convert
-
-    sd = {k.removeprefix('module.'): v for k, v in state_dict.items()}
-    if 'Conv2d_1a_3x3.conv.weight' not in sd:
-        raise ValueError('Not an Inception-v3 state dict: no Conv2d_1a_3x3.conv.weight (top-level keys: '
-                         f'{sorted({k.split(".")[0] for k in sd})}).')
-    num_classes = int(np.shape(sd['fc.weight'])[0]) if 'fc.weight' in sd else 0
-    variant = variant or ('fid' if num_classes == 1008 else 'torchvision')
-    model = InceptionV3(num_classes=num_classes, variant=variant)
-    shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 299, 299, 3)), train=False))
-    read: set[str] = set()
-
-    def get(key: str) -> np.ndarray:
-        if key not in sd:
-            raise KeyError(f'Inception-v3 state dict lacks {key!r}.')
-        read.add(key)
-        return convert.to_numpy(sd[key])
-
-    params: dict = {}
-    stats: dict = {}
-
-    def walk(p_tree: dict, s_tree: dict, path: tuple[str, ...], p_out: dict, s_out: dict) -> None:
-        for name, sub in p_tree.items():
-            here = path + (name,)
-            prefix = '.'.join(here)
-            if name == 'fc':
-                p_out['fc'] = {'kernel': get('fc.weight').T, 'bias': get('fc.bias')}
-            elif 'conv' in sub and 'bn' in sub:  # A BasicConv2d.
-                w = get(f'{prefix}.conv.weight')
-                p_out[name] = {'conv': {'kernel': np.transpose(w, (2, 3, 1, 0))},
-                               'bn': {'scale': get(f'{prefix}.bn.weight'), 'bias': get(f'{prefix}.bn.bias')}}
-                s_out[name] = {'bn': {'mean': get(f'{prefix}.bn.running_mean'),
-                                      'var': get(f'{prefix}.bn.running_var')}}
-            else:
-                p_out[name], s_out[name] = {}, {}
-                walk(sub, s_tree.get(name, {}), here, p_out[name], s_out[name])
-
-    walk(shapes['params'], shapes['batch_stats'], (), params, stats)
-    unread = sorted(k for k in sd if k not in read and not k.startswith('AuxLogits.')
-                    and not k.endswith('num_batches_tracked'))
-    if unread:
-        raise ValueError(f'Unconverted Inception-v3 weights: {unread[:10]}{" ..." if len(unread) > 10 else ""}.')
-    variables = {'params': params, 'batch_stats': stats}
-    for (path, want), got in zip(jax.tree_util.tree_flatten_with_path(shapes)[0],
-                                 jax.tree_util.tree_leaves(variables)):
-        if tuple(want.shape) != tuple(np.shape(got)):
-            raise ValueError(f'Shape mismatch at {jax.tree_util.keystr(path)}: model {want.shape}, file '
-                             f'{np.shape(got)}.')
-    return model, variables
-
-
-def save_variables(path: str, variables: dict) -> None:
-    """Writes {'params', 'batch_stats'} as one .npz of '/'-joined keys (`checkpoint.save_npz`)."""
-    from vit_jax import checkpoint
-
-    checkpoint.save_npz(path, variables)
-
-
 def load_variables(path: str) -> dict:
-    """Reads a file written by `save_variables` back into {'params', 'batch_stats'}."""
-    from vit_jax import checkpoint
-
-    with np.load(path) as f:
+    """{'params', 'batch_stats'} of an Inception `.npz`: parameters at the top level and `model_state/batch_stats/...`
+    (as `python -m vit_jax.convert --from=official:inception` writes), or `params/...` + `batch_stats/...`."""
+    with np.load(path, allow_pickle=False) as f:
         flat = {k: f[k] for k in f.files}
-    tree = checkpoint.unflatten(flat)
+    tree = flax.traverse_util.unflatten_dict({tuple(k.split('/')): v for k, v in flat.items()})
+    if 'model_state' in tree:  # checkpoint.MODEL_STATE_PREFIX
+        tree = {'params': {k: v for k, v in tree.items() if k != 'model_state'}, **tree['model_state']}
     if 'params' not in tree or 'batch_stats' not in tree:
-        raise ValueError(f'{path!r} is not an Inception variables file (expected params/... and batch_stats/... '
-                         'keys, as written by `python -m vit_jax.models.inception`).')
+        raise ValueError(f'{path!r} is not an Inception variables file (parameters and model_state/batch_stats/... '
+                         'keys, as written by `python -m vit_jax.convert --from=official:inception`).')
     return tree
 
 
@@ -312,8 +246,8 @@ class InceptionFeatures:
     """`net(images01) -> (pool3 [B, 2048], logits [B, K])` from a frozen Inception-v3.
 
     Args:
-      weights: a `.npz` written by `save_variables` / the converter CLI, or None for a frozen random-init stand-in
-        (`frozen_random=True`: metrics must then be named as stand-ins, e.g. `fid_random_features`).
+      weights: a `.npz` written by the converter CLI (`python -m vit_jax.convert`), or None for a frozen random-init
+        stand-in (`frozen_random=True`: metrics must then be named as stand-ins, e.g. `fid_random_features`).
       variant: 'fid' (pytorch-fid; logits have 1008 classes) or 'torchvision'.
       resize: side the images are resized to (bilinear, align_corners=False, as pytorch-fid); 299 for real
         weights. Smaller values (>= 75) only make sense for the stand-in in tests.
@@ -339,7 +273,8 @@ class InceptionFeatures:
             variables = jax.jit(lambda: self.model.init(jax.random.PRNGKey(seed), x, train=False))()
             msg = ('!!! Inception-v3 has NO pretrained weights: FID / IS use a FROZEN RANDOM-INIT STAND-IN and are '
                    'reported as fid_random_features / is_random_features (not comparable with any paper). Convert '
-                   "pytorch-fid's pt_inception weights with `python -m vit_jax.models.inception` to get FID. !!!")
+                   "pytorch-fid's pt_inception weights with `python -m vit_jax.convert --from=official:inception "
+                   '--model=InceptionV3-FID` to get FID. !!!')
             log.warning(msg)
         self.variables = jax.tree_util.tree_map(jnp.asarray, variables)
         self._fn = jax.jit(self._apply)
@@ -358,26 +293,3 @@ class InceptionFeatures:
     def __call__(self, images01: Array) -> tuple[Array, Array]:
         """Images in [0, 1] (NHWC, any size) -> (pool3 [B, 2048], logits [B, num_classes])."""
         return self._fn(self.variables, images01)
-
-
-def main(argv: Optional[list[str]] = None) -> int:
-    """`python -m vit_jax.models.inception IN.pth OUT.npz [--variant fid|torchvision]`."""
-    import argparse
-
-    from vit_jax import convert
-
-    p = argparse.ArgumentParser(prog='python -m vit_jax.models.inception',
-                                description='Convert a torchvision / pytorch-fid Inception-v3 state dict to .npz.')
-    p.add_argument('input', help='PyTorch state dict (.pth / .pt / .bin / .safetensors).')
-    p.add_argument('output', help='Output .npz (params + batch_stats).')
-    p.add_argument('--variant', default=None, choices=('fid', 'torchvision'),
-                   help='Default: fid for 1008 classes, else torchvision.')
-    args = p.parse_args(argv)
-    model, variables = from_torch_state_dict(convert.read_torch_state_dict(args.input), args.variant)
-    save_variables(args.output, variables)
-    print(f'Wrote {args.output}: InceptionV3(variant={model.variant!r}, num_classes={model.num_classes}).')
-    return 0
-
-
-if __name__ == '__main__':
-    raise SystemExit(main())

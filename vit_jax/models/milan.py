@@ -32,7 +32,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vit_jax import convert
 from vit_jax.data import masking
 from vit_jax.models import layers, register
 from vit_jax.models.vit import to_2tuple
@@ -254,51 +253,3 @@ register('CLIP-ViT-L/14', CLIPVisionTransformer, aliases=('CLIP-ViT-L_14',), pap
          hidden_size=1024, mlp_dim=4096, num_heads=16, num_layers=24, projection_dim=768)
 register('CLIP-testing', CLIPVisionTransformer, paper='test', image_size=16, patch_size=4, hidden_size=32, mlp_dim=64,
          num_heads=2, num_layers=2, projection_dim=16)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# HuggingFace converter.
-# ----------------------------------------------------------------------------------------------------------------
-@convert.hf_converter('CLIPVisionModelWithProjection', 'CLIPVisionModel')
-def from_hf_clip_vision(hf_model: Any) -> tuple[CLIPVisionTransformer, dict]:
-    """HuggingFace CLIPVisionModelWithProjection (or CLIPVisionModel) -> (CLIPVisionTransformer, variables).
-
-    Inputs: HuggingFace NCHW, here NHWC. `out['encoded']` equals `last_hidden_state`, `out['pre_logits']` equals
-    `pooler_output`, the returned embedding equals `image_embeds`. A CLIPVisionModel has no projection: `proj` is
-    then the identity (projection_dim = hidden size).
-    """
-    cfg = hf_model.config
-    sd = dict(hf_model.state_dict())
-    v = 'vision_model.'
-    heads, d = cfg.num_attention_heads, cfg.hidden_size
-    has_proj = 'visual_projection.weight' in sd
-    model = CLIPVisionTransformer(
-        image_size=cfg.image_size, patch_size=cfg.patch_size, hidden_size=d, mlp_dim=cfg.intermediate_size,
-        num_heads=heads, num_layers=cfg.num_hidden_layers,
-        projection_dim=int(cfg.projection_dim) if has_proj else d, norm_eps=float(cfg.layer_norm_eps),
-        activation=convert.hf_activation(cfg.hidden_act))
-    tr = {}
-    for i in range(cfg.num_hidden_layers):
-        lp = f'{v}encoder.layers.{i}'
-        att = {n: convert.attention_in(sd, f'{lp}.self_attn.{t}_proj', heads) for n, t in
-               (('query', 'q'), ('key', 'k'), ('value', 'v'))}
-        att['out'] = convert.attention_out(sd, f'{lp}.self_attn.out_proj', heads)
-        tr[f'encoderblock_{i}'] = {
-            'LayerNorm_0': convert.norm(sd, f'{lp}.layer_norm1'),
-            'MultiHeadDotProductAttention_1': att,
-            'LayerNorm_2': convert.norm(sd, f'{lp}.layer_norm2'),
-            'MlpBlock_3': {'Dense_0': convert.linear(sd, f'{lp}.mlp.fc1'),
-                           'Dense_1': convert.linear(sd, f'{lp}.mlp.fc2')},
-        }
-    e = f'{v}embeddings'
-    params = {
-        'embedding': convert.conv(sd, f'{e}.patch_embedding', bias=False),
-        'cls': convert.to_numpy(sd[f'{e}.class_embedding']).reshape(1, 1, d),
-        'posembed_input': {'pos_embedding': convert.to_numpy(sd[f'{e}.position_embedding.weight'])[None]},
-        'ln_pre': convert.norm(sd, f'{v}pre_layrnorm'),
-        'Transformer': tr,
-        'ln_post': convert.norm(sd, f'{v}post_layernorm'),
-        'proj': ({'kernel': convert.to_numpy(sd['visual_projection.weight']).T} if has_proj
-                 else {'kernel': np.eye(d, dtype=np.float32)}),
-    }
-    return model, {'params': jax.tree_util.tree_map(jnp.asarray, params)}

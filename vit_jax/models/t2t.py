@@ -8,7 +8,7 @@ unfolds: 7x7 stride 4, then 3x3 stride 2 twice) with *re-structurisation* layers
   phi(u) = exp(w u - |u|^2 / 2) / sqrt(m), where w (m x 64, orthonormal rows times sqrt(m)) is a frozen buffer in
   the 'constants' collection (saved with checkpoints and the train state, never trained or counted as params;
   drawn from a fixed seed by default, `performer_seed`, so a run initialised from another run's params alone
-  rebuilds the same features; official checkpoints bring their own w through `from_official_state_dict`);
+  rebuilds the same features; official checkpoints bring their own w through `convert.from_official('t2t', ...)`);
   key/query/value come from one `kqv` dense in that order and there is no temperature on q and k.
 * `TokenTransformer` (T2T-ViT_t-*): single-head softmax attention with no q/k/v bias and scale 1/sqrt(input dim)
   (147 or 576: the official code takes head_dim from the input width).
@@ -249,68 +249,3 @@ T2T_VARIANTS = {
 for _name, (_tt, _depth, _d, _heads, _r) in T2T_VARIANTS.items():
     register(_name, T2TViT, aliases=(_name.lower().replace('-', '_'),), paper='t2t', tokens_type=_tt,
              num_layers=_depth, hidden_size=_d, num_heads=_heads, mlp_ratio=_r)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Official PyTorch checkpoints (yitu-opensource/T2T-ViT state_dict) -> vit_jax.
-# ----------------------------------------------------------------------------------------------------------------
-def from_official_state_dict(state_dict: dict, model: T2TViT) -> dict:
-    """Variables of `model` from an official T2T-ViT `state_dict` (torch tensors or numpy arrays).
-
-    The Performer random features `w` go to the 'constants' collection (loaded, not resampled). The stored
-    sinusoid `pos_embed` is not a variable here (it is rebuilt for the input's token count) and is skipped. Build
-    `model` with `attention_scale='embed_dim'` for the released checkpoints.
-    """
-    from vit_jax import convert
-
-    sd = {k.removeprefix('module.'): v for k, v in state_dict.items()}
-    sd = {k.removeprefix('model.'): v for k, v in sd.items()}
-    params: dict[str, Any] = {}
-    consts: dict[str, Any] = {}
-    t2t: dict[str, Any] = {}
-    for i in (1, 2):
-        p = f'tokens_to_token.attention{i}'
-        layer = {'norm1': convert.norm(sd, f'{p}.norm1'), 'norm2': convert.norm(sd, f'{p}.norm2')}
-        if model.tokens_type == 'performer':
-            layer['kqv'] = convert.linear(sd, f'{p}.kqv')
-            layer['proj'] = convert.linear(sd, f'{p}.proj')
-            layer['mlp'] = {'Dense_0': convert.linear(sd, f'{p}.mlp.0'), 'Dense_1': convert.linear(sd, f'{p}.mlp.2')}
-            consts[f'attention{i}'] = {'w': convert.to_numpy(sd[f'{p}.w'])}
-        else:
-            layer['qkv'] = convert.linear(sd, f'{p}.attn.qkv', bias=False)
-            layer['proj'] = convert.linear(sd, f'{p}.attn.proj')
-            layer['mlp'] = {'Dense_0': convert.linear(sd, f'{p}.mlp.fc1'),
-                            'Dense_1': convert.linear(sd, f'{p}.mlp.fc2')}
-        t2t[f'attention{i}'] = layer
-    t2t['project'] = convert.linear(sd, 'tokens_to_token.project')
-    params['tokens_to_token'] = t2t
-    params['cls'] = convert.to_numpy(sd['cls_token'])
-    heads = model.num_heads
-    enc: dict[str, Any] = {}
-    for i in range(model.num_layers):
-        p = f'blocks.{i}'
-        w = convert.to_numpy(sd[f'{p}.attn.qkv.weight'])  # (3D, D): rows q, k, v.
-        qkv_b = convert.to_numpy(sd[f'{p}.attn.qkv.bias']) if f'{p}.attn.qkv.bias' in sd else None
-        attn = {}
-        for j, name in enumerate(('query', 'key', 'value')):
-            part = {'x.weight': w[j * w.shape[1]:(j + 1) * w.shape[1]]}
-            if qkv_b is not None:
-                part['x.bias'] = qkv_b[j * w.shape[1]:(j + 1) * w.shape[1]]
-            attn[name] = convert.attention_in(part, 'x', heads)
-        attn['out'] = convert.attention_out(sd, f'{p}.attn.proj', heads)
-        enc[f'encoderblock_{i}'] = {
-            'LayerNorm_0': convert.norm(sd, f'{p}.norm1'), 'MultiHeadDotProductAttention_1': attn,
-            'LayerNorm_2': convert.norm(sd, f'{p}.norm2'),
-            'MlpBlock_3': {'Dense_0': convert.linear(sd, f'{p}.mlp.fc1'),
-                           'Dense_1': convert.linear(sd, f'{p}.mlp.fc2')},
-        }
-    enc['encoder_norm'] = convert.norm(sd, 'norm')
-    params['Transformer'] = enc
-    if model.num_classes:
-        params['head'] = convert.linear(sd, 'head')
-    variables = {'params': params}
-    if consts:
-        variables['constants'] = {'tokens_to_token': consts}
-    if model.scan:
-        raise ValueError('Convert into a model with scan=False (checkpoint can restack the layers).')
-    return variables

@@ -38,7 +38,6 @@ paper's ImageNet initialisation); `convert.from_transformers` accepts HuggingFac
 
 from __future__ import annotations
 
-import functools
 import math
 import re
 from collections.abc import Mapping, Sequence
@@ -50,7 +49,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vit_jax import convert
 from vit_jax.models import layers, register
 from vit_jax.models.vit import to_2tuple
 
@@ -534,82 +532,3 @@ def _resample_posemb(pe: np.ndarray, new_len: int, how: str, num_prefix_tokens: 
         idx = _legacy_nearest_index(pe.shape[1] - 1, new_len - 1)
         return np.concatenate([pe[:, :1], pe[:, 1:][:, idx]], axis=1)
     raise ValueError(f"posemb_resize must be 'bilinear' or 'nearest_1d', got {how!r}.")
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# HuggingFace converter.
-# ----------------------------------------------------------------------------------------------------------------
-@convert.hf_converter('TimesformerModel', 'TimesformerForVideoClassification')
-def from_hf_timesformer(hf_model: Any) -> tuple[TimeSformer, dict]:
-    """HuggingFace TimesformerModel / TimesformerForVideoClassification -> (TimeSformer, variables).
-
-    Inputs differ in layout only: HuggingFace takes (B, T, 3, H, W), this model (B, T, H, W, 3). A TimesformerModel
-    converts without a head (`num_classes=0`; compare `out['encoded']` with `last_hidden_state`). HuggingFace's
-    space-only model returns per-frame outputs of shape (B*T, ...) without the official frame averaging; the converted
-    model averages as the official code does (its `out['encoder/block_XX']` equal HuggingFace's hidden states).
-    """
-    cfg = hf_model.config
-    sd = {k: v for k, v in hf_model.state_dict().items()}
-    prefix = 'timesformer.' if any(k.startswith('timesformer.') for k in sd) else ''
-    has_head = type(hf_model).__name__ == 'TimesformerForVideoClassification' and cfg.num_labels > 0
-    if cfg.num_channels != 3:
-        raise ValueError(f'Only 3-channel TimeSformers convert (config.num_channels={cfg.num_channels}).')
-    model = TimeSformer(
-        num_classes=cfg.num_labels if has_head else 0, image_size=cfg.image_size, num_frames=cfg.num_frames,
-        attention_type=cfg.attention_type, patch_size=cfg.patch_size, hidden_size=cfg.hidden_size,
-        mlp_dim=cfg.intermediate_size, num_heads=cfg.num_attention_heads, num_layers=cfg.num_hidden_layers,
-        dropout_rate=float(cfg.hidden_dropout_prob), attention_dropout_rate=float(cfg.attention_probs_dropout_prob),
-        drop_path_rate=float(cfg.drop_path_rate), norm_eps=cfg.layer_norm_eps,
-        activation=convert.hf_activation(cfg.hidden_act), qkv_bias=cfg.qkv_bias)
-    heads, d = cfg.num_attention_heads, cfg.hidden_size
-
-    def attention(p: str) -> dict:
-        w = sd[f'{p}.attention.qkv.weight']
-        b = sd.get(f'{p}.attention.qkv.bias')
-        out = {}
-        for i, n in enumerate(('query', 'key', 'value')):
-            part = {'weight': w[i * d:(i + 1) * d]}
-            if b is not None:
-                part['bias'] = b[i * d:(i + 1) * d]
-            out[n] = convert.attention_in({f'x.{k}': v for k, v in part.items()}, 'x', heads)
-        out['out'] = convert.attention_out(sd, f'{p}.output.dense', heads)
-        return out
-
-    e = f'{prefix}embeddings'
-    tr = {'posembed_input': {'pos_embedding': convert.to_numpy(sd[f'{e}.position_embeddings'])}}
-    if cfg.attention_type != 'space_only':
-        tr['time_embedding'] = convert.to_numpy(sd[f'{e}.time_embeddings'])
-    for i in range(cfg.num_hidden_layers):
-        lp = f'{prefix}encoder.layer.{i}'
-        blk = {
-            'LayerNorm_0': convert.norm(sd, f'{lp}.layernorm_before'),
-            'MultiHeadDotProductAttention_1': attention(f'{lp}.attention'),
-            'LayerNorm_2': convert.norm(sd, f'{lp}.layernorm_after'),
-            'MlpBlock_3': {'Dense_0': convert.linear(sd, f'{lp}.intermediate.dense'),
-                           'Dense_1': convert.linear(sd, f'{lp}.output.dense')},
-        }
-        if cfg.attention_type == 'divided_space_time':
-            blk['temporal_norm'] = convert.norm(sd, f'{lp}.temporal_layernorm')
-            blk['temporal_attention'] = attention(f'{lp}.temporal_attention')
-            blk['temporal_fc'] = convert.linear(sd, f'{lp}.temporal_dense')
-        tr[f'encoderblock_{i}'] = blk
-    tr['encoder_norm'] = convert.norm(sd, f'{prefix}layernorm')
-    params = {
-        'embedding': convert.conv(sd, f'{e}.patch_embeddings.projection'),
-        'cls': convert.to_numpy(sd[f'{e}.cls_token']),
-        'Transformer': tr,
-    }
-    if has_head:
-        params['head'] = convert.linear(sd, 'classifier')
-    _check_structure(model, params)
-    return model, {'params': params}
-
-
-def _check_structure(model: TimeSformer, params: dict) -> None:
-    shapes = jax.eval_shape(functools.partial(model.init, train=False), jax.random.PRNGKey(0),
-                            jnp.zeros(model.input_shape(1), jnp.float32))['params']
-    want = {k: v.shape for k, v in flax.traverse_util.flatten_dict(shapes, sep='/').items()}
-    got = {k: np.shape(v) for k, v in flax.traverse_util.flatten_dict(params, sep='/').items()}
-    if want != got:
-        diff = sorted(set(want.items()) ^ set(got.items()))
-        raise ValueError(f'TimeSformer conversion produced mismatching parameters: {diff[:10]}')

@@ -6,9 +6,9 @@ usual name ('relu1_1', 'relu1_2', 'relu2_1', ..., 'relu5_4') and the pooled maps
 losses read e.g. relu1_1, relu2_1, relu3_1, relu4_1, relu5_1 (SPADE / QueryOTR). Inputs are ImageNet-normalised
 RGB (the frozen-net wrapper `objectives.frozen.FrozenNet` does that from the run's value range).
 
-Parameter names are `conv{block}_{i}` and `fc6`, `fc7`, `fc8`; `from_torch_state_dict` converts torchvision's
-`features.{idx}` / `classifier.{0,3,6}` keys (the first classifier kernel is permuted from PyTorch's CHW flatten
-order to NHWC). `width_divisor` shrinks every layer for fast test stand-ins.
+Parameter names are `conv{block}_{i}` and `fc6`, `fc7`, `fc8`; torchvision's weights convert with
+`python -m vit_jax.convert --from=official:vgg --model=VGG19 --model.num_classes=0 vgg19.pth --out vgg19.npz`
+(`vit_jax/porting/vgg.py`). `width_divisor` shrinks every layer for fast test stand-ins.
 """
 
 from __future__ import annotations
@@ -102,41 +102,6 @@ def feature_index(depth: int = 19) -> dict[str, int]:
     return names
 
 
-def from_torch_state_dict(state_dict: dict, *, depth: Optional[int] = None) -> tuple[VGG, dict]:
-    """`(VGG, {'params'})` from torchvision's `vgg{11,13,16,19}().state_dict()` (features only or full)."""
-    from vit_jax import convert
-
-    sd = {k.removeprefix('module.'): convert.to_numpy(v) for k, v in state_dict.items()}
-    n_convs = len([k for k in sd if k.startswith('features.') and k.endswith('.weight')])
-    depth = depth or {8: 11, 10: 13, 13: 16, 16: 19}.get(n_convs)
-    if depth not in VGG_BLOCKS:
-        raise ValueError(f'Cannot infer the VGG depth from {n_convs} convolutions; pass depth=.')
-    first = int(sd['features.0.weight'].shape[0])
-    if VGG_WIDTHS[0] % first:
-        raise ValueError(f'The first VGG conv has {first} channels, not 64 / an integer.')
-    divisor = VGG_WIDTHS[0] // first
-    params = {}
-    read = set()
-    for name, i in feature_index(depth).items():
-        params[name] = convert.conv(sd, f'features.{i}')
-        read |= {f'features.{i}.weight', f'features.{i}.bias'}
-    num_classes = 0
-    if 'classifier.6.weight' in sd:
-        num_classes = int(sd['classifier.6.weight'].shape[0])
-        fc6 = convert.linear(sd, 'classifier.0')
-        c = params[f'conv5_{VGG_BLOCKS[depth][-1]}']['kernel'].shape[-1]
-        # PyTorch flattens [C, 7, 7]; here the map is [7, 7, C].
-        fc6['kernel'] = fc6['kernel'].reshape(c, 7, 7, -1).transpose(1, 2, 0, 3).reshape(49 * c, -1)
-        params['fc6'] = fc6
-        params['fc7'] = convert.linear(sd, 'classifier.3')
-        params['fc8'] = convert.linear(sd, 'classifier.6')
-        read |= {f'classifier.{i}.{w}' for i in (0, 3, 6) for w in ('weight', 'bias')}
-    unread = sorted(set(sd) - read)
-    if unread:
-        raise ValueError(f'Unconverted VGG weights (a VGG with BatchNorm?): {unread[:8]}.')
-    return VGG(num_classes=num_classes, depth=depth, width_divisor=divisor), {'params': params}
-
-
 def perceptual_layer_names(layers_: Sequence[str]) -> tuple[str, ...]:
     """Validates names like 'relu3_1' against VGG's outputs."""
     names = tuple(str(n) for n in layers_)
@@ -144,30 +109,3 @@ def perceptual_layer_names(layers_: Sequence[str]) -> tuple[str, ...]:
         if not (n.startswith('relu') or n.startswith('pool')):
             raise ValueError(f'Unknown VGG feature {n!r}; use relu{{block}}_{{i}} or pool{{block}} names.')
     return names
-
-
-
-def main(argv: Optional[list[str]] = None) -> int:
-    """`python -m vit_jax.models.vgg vgg19-dcbb9e9d.pth vgg19.npz [--with_classifier]`."""
-    import argparse
-
-    from vit_jax import checkpoint, convert
-
-    p = argparse.ArgumentParser(prog='python -m vit_jax.models.vgg', description=(
-        'Convert a torchvision VGG state dict to .npz (features only by default: the perceptual-loss network, '
-        "model overrides num_classes=0)."))
-    p.add_argument('input')
-    p.add_argument('output')
-    p.add_argument('--with_classifier', action='store_true', help='Keep fc6-fc8 (then num_classes=1000).')
-    args = p.parse_args(argv)
-    sd = convert.read_torch_state_dict(args.input)
-    if not args.with_classifier:
-        sd = {k: v for k, v in sd.items() if not k.startswith('classifier.')}
-    model, variables = from_torch_state_dict(sd)
-    checkpoint.save_npz(args.output, variables['params'])
-    print(f'Wrote {args.output}: VGG{model.depth} (num_classes={model.num_classes}).')
-    return 0
-
-
-if __name__ == '__main__':
-    raise SystemExit(main())

@@ -117,7 +117,8 @@ def get_family(name: str) -> Family:
 
 
 # Wrappers the training scripts of the papers save around the state dict.
-_WRAPPERS = ('state_dict', 'model', 'model_state', 'model_state_dict', 'module', 'net', 'network', 'params')
+_WRAPPERS = ('state_dict', 'model', 'model_state', 'model_state_dict', 'module', 'net', 'network', 'params',
+             'gen')  # 'gen': QueryOTR's generator.
 
 
 def unwrap(obj: Any) -> dict:

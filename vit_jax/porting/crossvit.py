@@ -1,0 +1,76 @@
+"""Official CrossViT checkpoints (IBM/CrossViT; timm's `crossvit_*_240` use the same names) -> vit_jax.
+
+    model = models.get_model('CrossViT-S')
+    variables = convert.from_official('crossvit', torch.load(path, weights_only=True), model)
+
+Official names: `patch_embed.{b}.proj` (the dagger models: `proj.{0,2,4}`), `cls_token.{b}`, `pos_embed.{b}`,
+`blocks.{k}.blocks.{b}.{j}.{norm1, attn.qkv, attn.proj, norm2, mlp.fc1, mlp.fc2}`, `blocks.{k}.projs.{b}.{0: LN,
+2: Linear}`, `blocks.{k}.fusion.{b}[.{layer}].{norm1, attn.{wq, wk, wv, proj}}`, `blocks.{k}.revert_projs.{b}`,
+`norm.{b}`, `head.{b}`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from vit_jax.models.crossvit import CrossViT
+from vit_jax.porting import registry
+from vit_jax.porting.common import attention_in, attention_out, conv, linear, norm, to_numpy
+
+
+@registry.official('crossvit', source='IBM/CrossViT', models=('CrossViT-', 'crossvit_'))
+def convert(sd: registry.StateDict, model: CrossViT) -> dict:
+    """CrossViT (both branches, the multi-scale blocks with their cross-attention fusion, both heads)."""
+    if not isinstance(model, CrossViT):
+        raise registry.ConversionError(f'official:crossvit converts into a CrossViT, not {type(model).__name__}.')
+    nb = len(model.patch_sizes)
+    params: dict[str, Any] = {}
+    for b in range(nb):
+        if model.multi_conv:
+            params[f'patch_embed_{b}'] = {f'conv_{i}': conv(sd, f'patch_embed.{b}.proj.{2 * i}') for i in range(3)}
+        else:
+            params[f'patch_embed_{b}'] = conv(sd, f'patch_embed.{b}.proj')
+        params[f'cls_{b}'] = to_numpy(sd[f'cls_token.{b}'])
+        params[f'posembed_{b}'] = {'pos_embedding': to_numpy(sd[f'pos_embed.{b}'])}
+        params[f'norm_{b}'] = norm(sd, f'norm.{b}')
+        if model.num_classes:
+            params[f'head_{b}'] = linear(sd, f'head.{b}')
+
+    def proj(prefix):
+        return {'norm': norm(sd, f'{prefix}.0'), 'dense': linear(sd, f'{prefix}.2')}
+
+    for k in range(model.num_encoders):
+        p = f'blocks.{k}'
+        blk: dict[str, Any] = {}
+        for b in range(nb):
+            heads = model.num_heads[b]
+            for j in range(model.depths[b]):
+                q = f'{p}.blocks.{b}.{j}'
+                w = to_numpy(sd[f'{q}.attn.qkv.weight'])
+                bias = to_numpy(sd[f'{q}.attn.qkv.bias']) if f'{q}.attn.qkv.bias' in sd else None
+                d = w.shape[1]
+                attn = {}
+                for i, name in enumerate(('query', 'key', 'value')):
+                    part = {'x.weight': w[i * d:(i + 1) * d]}
+                    if bias is not None:
+                        part['x.bias'] = bias[i * d:(i + 1) * d]
+                    attn[name] = attention_in(part, 'x', heads)
+                attn['out'] = attention_out(sd, f'{q}.attn.proj', heads)
+                blk[f'branch{b}_block_{j}'] = {
+                    'LayerNorm_0': norm(sd, f'{q}.norm1'), 'MultiHeadDotProductAttention_1': attn,
+                    'LayerNorm_2': norm(sd, f'{q}.norm2'),
+                    'MlpBlock_3': {'Dense_0': linear(sd, f'{q}.mlp.fc1'), 'Dense_1': linear(sd, f'{q}.mlp.fc2')}}
+            blk[f'proj_{b}'] = proj(f'{p}.projs.{b}')
+            blk[f'revert_proj_{b}'] = proj(f'{p}.revert_projs.{b}')
+            heads_j = model.num_heads[(b + 1) % nb]
+            for layer in range(model.fusion_depth):
+                # The code's L_code = 0 stores one CrossAttentionBlock directly; L_code > 0 a Sequential.
+                f = f'{p}.fusion.{b}' if f'{p}.fusion.{b}.norm1.weight' in sd else f'{p}.fusion.{b}.{layer}'
+                name = f'fusion_{b}' + (f'_{layer}' if model.fusion_depth > 1 else '')
+                blk[name] = {'norm1': norm(sd, f'{f}.norm1'), 'attn': {
+                    'query': attention_in(sd, f'{f}.attn.wq', heads_j),
+                    'key': attention_in(sd, f'{f}.attn.wk', heads_j),
+                    'value': attention_in(sd, f'{f}.attn.wv', heads_j),
+                    'out': attention_out(sd, f'{f}.attn.proj', heads_j)}}
+        params[f'blocks_{k}'] = blk
+    return {'params': params}
