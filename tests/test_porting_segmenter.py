@@ -18,7 +18,7 @@ D, MLP, HEADS, LAYERS, PATCH, IMAGE, CLASSES, BACKBONE = 24, 40, 3, 2, 4, (12, 2
 DEC_LAYERS, DEC_HEADS = 2, 2
 
 
-def official_state_dict(decoder: str, seed: int = 0) -> dict:
+def official_state_dict(decoder: str, seed: int = 0, distilled: bool = False) -> dict:
     """Random weights with the official names and shapes (Segmenter of VisionTransformer + DecoderLinear or
     MaskTransformer)."""
     rs = np.random.RandomState(seed)
@@ -42,7 +42,10 @@ def official_state_dict(decoder: str, seed: int = 0) -> dict:
             sd[f'{b}.mlp.fc2.weight'], sd[f'{b}.mlp.fc2.bias'] = r(D, d_ff), r(D)
 
     n = (IMAGE[0] // PATCH) * (IMAGE[1] // PATCH)
-    sd['encoder.cls_token'], sd['encoder.pos_embed'] = r(1, 1, D), r(1, n + 1, D)
+    sd['encoder.cls_token'], sd['encoder.pos_embed'] = r(1, 1, D), r(1, n + 1 + distilled, D)
+    if distilled:  # DeiT-distilled encoder (Seg-B†): distillation token and its own classifier.
+        sd['encoder.dist_token'] = r(1, 1, D)
+        sd['encoder.head_dist.weight'], sd['encoder.head_dist.bias'] = r(BACKBONE, D), r(BACKBONE)
     sd['encoder.patch_embed.proj.weight'], sd['encoder.patch_embed.proj.bias'] = r(D, 3, PATCH, PATCH), r(D)
     blocks('encoder', LAYERS, MLP)
     ln('encoder.norm')
@@ -68,6 +71,7 @@ def _model(decoder: str, **kw) -> segmenter.Segmenter:
 
 _ENC_TO_HF = (
     (r'^encoder\.cls_token$', 'embeddings.cls_token'),
+    (r'^encoder\.dist_token$', 'embeddings.distillation_token'),
     (r'^encoder\.pos_embed$', 'embeddings.position_embeddings'),
     (r'^encoder\.patch_embed\.proj\.', 'embeddings.patch_embeddings.projection.'),
     (r'^encoder\.blocks\.(\d+)\.norm1\.', r'layers.\1.layernorm_before.'),
@@ -98,15 +102,18 @@ def _hf_encoder_state_dict(sd: dict) -> dict:
     return out
 
 
-def _reference_logits(sd: dict, decoder: str, images: np.ndarray) -> np.ndarray:
-    """The official forward restated with torch ops (encoder: HuggingFace ViTModel with the same weights)."""
+def _reference_logits(sd: dict, decoder: str, images: np.ndarray, distilled: bool = False) -> np.ndarray:
+    """The official forward restated with torch ops (encoder: HuggingFace ViTModel, or DeiTModel for a distilled
+    encoder, with the same weights)."""
     torch = pytest.importorskip('torch')
     transformers = pytest.importorskip('transformers')
     F = torch.nn.functional
-    cfg = transformers.ViTConfig(image_size=list(IMAGE), patch_size=PATCH, hidden_size=D, num_hidden_layers=LAYERS,
-                                 num_attention_heads=HEADS, intermediate_size=MLP, hidden_act='gelu',
-                                 layer_norm_eps=1e-5, qkv_bias=True)
-    enc = transformers.ViTModel(cfg, add_pooling_layer=False).eval()
+    config_cls, model_cls = ((transformers.DeiTConfig, transformers.DeiTModel) if distilled
+                             else (transformers.ViTConfig, transformers.ViTModel))
+    cfg = config_cls(image_size=list(IMAGE), patch_size=PATCH, hidden_size=D, num_hidden_layers=LAYERS,
+                     num_attention_heads=HEADS, intermediate_size=MLP, hidden_act='gelu', layer_norm_eps=1e-5,
+                     qkv_bias=True)
+    enc = model_cls(cfg, add_pooling_layer=False).eval()
     missing, unexpected = enc.load_state_dict(
         {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in _hf_encoder_state_dict(sd).items()}, strict=False)
     assert not missing and not unexpected, (missing, unexpected)
@@ -114,7 +121,7 @@ def _reference_logits(sd: dict, decoder: str, images: np.ndarray) -> np.ndarray:
     x_img = torch.from_numpy(images.transpose(0, 3, 1, 2).copy())
     gh, gw = IMAGE[0] // PATCH, IMAGE[1] // PATCH
     with torch.no_grad():
-        x = enc(pixel_values=x_img).last_hidden_state[:, 1:]  # Class token removed.
+        x = enc(pixel_values=x_img).last_hidden_state[:, 1 + distilled:]  # Class (and distillation) token removed.
         if decoder == 'linear':
             masks = F.linear(x, t['decoder.head.weight'], t['decoder.head.bias'])
         else:
@@ -144,14 +151,23 @@ def _reference_logits(sd: dict, decoder: str, images: np.ndarray) -> np.ndarray:
     return out.permute(0, 2, 3, 1).numpy()
 
 
-@pytest.mark.parametrize('decoder', ['linear', 'mask_transformer'])
-def test_official_segmenter_matches_reference(decoder):
-    sd = official_state_dict(decoder)
-    model = _model(decoder)
+_HAS_DISTILLED = 'distilled' in segmenter.Segmenter.__dataclass_fields__
+
+
+@pytest.mark.parametrize('decoder,distilled', [
+    ('linear', False), ('mask_transformer', False),
+    pytest.param('mask_transformer', True, marks=pytest.mark.skipif(
+        not _HAS_DISTILLED, reason='Segmenter has no DeiT-distilled encoder (distilled=True) yet'))])
+def test_official_segmenter_matches_reference(decoder, distilled):
+    sd = official_state_dict(decoder, distilled=distilled)
+    model = _model(decoder, **({'distilled': True} if distilled else {}))
     variables = convert.from_official('segmenter', {'model': sd}, model)  # As released: {'model': state_dict}.
+    if distilled:
+        assert variables['params']['dist_token'].shape == (1, 1, D) and 'head_dist' in variables['params']
     images = np.random.RandomState(1).randn(2, *IMAGE, 3).astype(np.float32)
     logits, _ = jax.jit(lambda v, x: model.apply(v, x))(variables, images)
-    np.testing.assert_allclose(np.asarray(logits), _reference_logits(sd, decoder, images), atol=3e-5, rtol=1e-5)
+    ref = _reference_logits(sd, decoder, images, distilled)
+    np.testing.assert_allclose(np.asarray(logits), ref, atol=3e-5, rtol=1e-5)
 
 
 def test_official_segmenter_refusals_and_dropped_backbone_head():

@@ -4,7 +4,8 @@ The released `checkpoint.pth` holds `{'model': state_dict}` (unwrapped by `regis
 vit_jax (the encoder keeps the ViT release names at the top level, the decoder lives under `decoder`):
 
     encoder.patch_embed.proj / cls_token / pos_embed  -> embedding / cls / Transformer/posembed_input/pos_embedding
-    encoder.dist_token (DeiT-distilled, Seg-B†)       -> dist_token
+    encoder.dist_token (DeiT-distilled, Seg-B†/16)    -> dist_token (a model built with distilled=True, e.g.
+                                                         'Seg-B†/16', 'Seg-B†-Mask/16')
     encoder.blocks.{i}.{norm1,attn.qkv,attn.proj,norm2,mlp.fc1,mlp.fc2}
                                                       -> Transformer/encoderblock_{i}/{LayerNorm_0, MultiHead...,
                                                          LayerNorm_2, MlpBlock_3}
@@ -69,7 +70,8 @@ def convert(sd: registry.StateDict, model: Any) -> dict:
     if has_dist and not _distilled(model):
         raise registry.ConversionError(
             'official:segmenter: the checkpoint has a DeiT distillation token (encoder.dist_token: a Seg-B†/16 '
-            'model) but the model is built without one; build the distilled variant (e.g. Seg-B†/16) instead.')
+            'model) but the model is built without one; build the distilled variant (Seg-B†/16, Seg-B†-Mask/16, '
+            'or distilled=True) instead.')
     if _distilled(model) and not has_dist:
         raise registry.ConversionError(
             'official:segmenter: the model has a distillation token but the checkpoint has no encoder.dist_token; '
