@@ -13,6 +13,13 @@ the fly for other input sizes (bilinear, align_corners=False, as the official co
 1000-way classifier, kept by default (`backbone_classes=1000`) so that the counts match the official module (the
 numbers of the paper's README); set it to 0 to drop it.
 
+The DeiT-backbone variants of the paper ('Seg-B\u2020/16', 'Seg-B\u2020-Mask/16'; ASCII 'Seg-B-dist/16',
+'Seg-B-dist-Mask/16') set `distilled=True`: the encoder is DeiT-B distilled (official `distilled: true`, backbone
+`deit_base_distilled_patch16_384`): a distillation token `dist_token` after the class token, a position embedding
+for both (N + 2 rows) and the encoder's unused second classifier `head_dist`. As the official `Segmenter.forward`,
+both tokens are dropped before either decoder (`x[:, 1 + distilled:]`). Their inputs are normalised with ImageNet's
+mean and std (official `normalization: deit`), the ViT ones with 0.5 / 0.5; the data config decides.
+
 Inference helpers (library functions, used by the segmentation evaluator): `window_anchors`,
 `sliding_window_logits` (windows at 0, stride, 2*stride, ... plus a final window flush with the border; logits
 summed and divided by the per-pixel window count) and `inference` (multi-scale + flip: softmax maps averaged).
@@ -92,6 +99,7 @@ class Segmenter(nn.Module):
     norm_eps: float = 1e-5  # LayerNorm epsilon (PyTorch default, used although timm weights were trained with 1e-6).
     activation: str = 'gelu_exact'  # Encoder MLP activation (PyTorch nn.GELU).
     backbone_classes: int = 1000  # The encoder's unused classifier (official module, counts); 0 drops it.
+    distilled: bool = False  # DeiT-distilled encoder (Seg-B\u2020): 'dist_token' after the class token, 'head_dist'.
     scan: bool = False  # Scan over encoder layers.
     remat_policy: Optional[str] = None  # Rematerialisation of encoder blocks.
     dtype: Any = jnp.float32  # Compute dtype.
@@ -110,10 +118,10 @@ class Segmenter(nn.Module):
             mlp_dim=self.mlp_dim, num_heads=self.num_heads, num_layers=self.num_layers, classifier='token',
             dropout_rate=self.dropout_rate, attention_dropout_rate=self.dropout_rate,
             drop_path_rate=self.drop_path_rate, norm_eps=self.norm_eps, activation=self.activation, scan=self.scan,
-            remat_policy=self.remat_policy, dtype=self.dtype, dynamic_img_size=True)
+            remat_policy=self.remat_policy, dtype=self.dtype, dynamic_img_size=True, distill_token=self.distilled)
         nn.share_scope(self, encoder)  # ViT release names at the top level (checkpoints load as they are).
         _, out = encoder(x, train=train)
-        tokens = out['encoded'][:, 1:]  # After the final LayerNorm, class token removed.
+        tokens = out['encoded'][:, 1 + int(self.distilled):]  # After the final LayerNorm, class (+ dist) token removed.
 
         if self.decoder == 'linear':
             masks = nn.Dense(self.num_classes, dtype=self.dtype, kernel_init=trunc_normal, name='decoder')(tokens)
@@ -255,6 +263,15 @@ for _size in ('Ti', 'S', 'B', 'L'):
             register(_name, Segmenter, aliases=(_name.replace('/', '_'),), paper='segmenter', hidden_size=_hidden,
                      mlp_dim=_mlp, num_heads=_heads, num_layers=_depth, patch_size=_patch,
                      decoder='mask_transformer' if _mask else 'linear')
+
+# The paper's DeiT-B-distilled backbones (README "Segmenter models with DeiT backbone": Seg-B\u2020/16 87M,
+# Seg-B\u2020-Mask/16 106M).
+for _mask in (False, True):
+    _suffix = '-Mask' if _mask else ''
+    register(f'Seg-B\u2020{_suffix}/16', Segmenter, paper='segmenter', distilled=True,
+             aliases=(f'Seg-B\u2020{_suffix}_16', f'Seg-B-dist{_suffix}/16', f'Seg-B-dist{_suffix}_16'),
+             hidden_size=VIT_SIZES['B'][0], mlp_dim=VIT_SIZES['B'][1], num_heads=VIT_SIZES['B'][2],
+             num_layers=VIT_SIZES['B'][3], patch_size=16, decoder='mask_transformer' if _mask else 'linear')
 
 # A tiny Segmenter for tests and the built-in dense dataset.
 register('Seg-testing', Segmenter, paper='test', num_classes=11, image_size=32, patch_size=4, hidden_size=64,
