@@ -9,6 +9,7 @@ import jax
 import numpy as np
 import pytest
 
+from vit_jax import models
 from vit_jax import porting as convert  # convert.from_official re-exports porting.from_official.
 from vit_jax.models import cvt
 from vit_jax.porting import registry
@@ -168,3 +169,50 @@ def test_official_cvt_linear_projection_and_refusals():
         convert.from_official('cvt', full, _model(depths=(1, 1, 3)))
     with pytest.raises(registry.ConversionError, match='shape mismatches'):
         convert.from_official('cvt', full, _model(mlp_ratios=4.0))
+
+
+def _supports_avg() -> bool:
+    try:
+        models.init_shapes(_model(qkv_method=('avg', 'dw_bn', 'avg')))
+    except ValueError:
+        return False
+    return True
+
+
+def test_official_cvt_avg_projection_matches_reference():
+    """QKV_PROJ_METHOD 'avg' (identity q, AvgPool2d(ceil_mode=True) k/v, no weights) against HF's CvT with the
+    official projections put in place (HF builds no module for 'avg')."""
+    if not _supports_avg():
+        pytest.skip("CvT has no qkv_method='avg' yet")
+    torch = pytest.importorskip('torch')
+    transformers = pytest.importorskip('transformers')
+    methods = ('avg', 'dw_bn', 'avg')
+    sd = official_state_dict(methods=methods)
+    model = _model(qkv_method=methods)
+    variables = convert.from_official('cvt', sd, model)
+    images = np.random.RandomState(2).randn(2, IMAGE, IMAGE, 3).astype(np.float32)
+    logits, _ = jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, images)
+
+    cfg = transformers.CvtConfig(
+        num_labels=CLASSES, embed_dim=list(DIMS), num_heads=list(HEADS), depth=list(DEPTHS), mlp_ratio=list(RATIOS),
+        qkv_bias=list(QKV_BIAS), cls_token=list(CLS), patch_sizes=list(PATCH), patch_stride=list(STRIDE),
+        patch_padding=list(PAD), drop_path_rate=[0.0] * 3, qkv_projection_method=list(methods))
+    hf = transformers.CvtForImageClassification(cfg).eval()
+    missing, unexpected = hf.load_state_dict({k: torch.from_numpy(v) for k, v in _to_hf(sd).items()}, strict=False)
+    assert not missing and not unexpected, (missing, unexpected)
+
+    class QuickGELU(torch.nn.Module):
+        def forward(self, x):
+            return x * torch.sigmoid(1.702 * x)
+
+    for i, stage in enumerate(hf.cvt.encoder.stages):
+        for layer in stage.layers:
+            layer.intermediate.activation = QuickGELU()
+            if methods[i] == 'avg':
+                a = layer.attention.attention
+                a.convolution_projection_query.convolution_projection = torch.nn.Identity()
+                for p in (a.convolution_projection_key, a.convolution_projection_value):
+                    p.convolution_projection = torch.nn.AvgPool2d(3, stride=2, padding=1, ceil_mode=True)
+    with torch.no_grad():
+        ref = hf(pixel_values=torch.from_numpy(images.transpose(0, 3, 1, 2).copy())).logits.numpy()
+    np.testing.assert_allclose(np.asarray(logits), ref, atol=2e-5, rtol=1e-5)
