@@ -121,3 +121,27 @@ def test_refusals_name_the_problem():
         registry.from_official('vit_c', sd, _model('conv', False))
     with pytest.raises(registry.ConversionError, match='norm_eps=1e-5'):
         registry.from_official('vit_c', sd, _model('conv', True, norm_eps=1e-6))
+
+
+def test_cli_round_trip_with_batch_stats(tmp_path):
+    """`python -m vit_jax.convert --from=official:vit_c` on a `.pyth` ({'model_state': ...}); the `.npz` loads through
+    checkpoint.load_pretrained / load_pretrained_model_state (BatchNorm statistics included) and gives the logits."""
+    from vit_jax import checkpoint, convert
+
+    net = _randomised('conv', True, seed=3)
+    torch.save({'model_state': net.state_dict(), 'epoch': 7}, tmp_path / 'vitc.pyth')
+    out = tmp_path / 'vitc.npz'
+    flags = dict(hidden_size=D, mlp_dim=MLP, num_heads=H, num_layers=L, image_size=IMG, num_classes=NC,
+                 conv_channels='8,12,16', conv_strides='2,2,2')
+    rc = convert.main(['--from=official:vit_c', '--model=ViTC-1GF', *[f'--model.{k}={v}' for k, v in flags.items()],
+                       str(tmp_path / 'vitc.pyth'), '--out', str(out)])
+    assert rc == 0
+    model = _model('conv', True)
+    x = np.random.RandomState(2).randn(2, IMG, IMG, 3).astype(np.float32)
+    init = jax.jit(lambda x: model.init(jax.random.PRNGKey(0), x, train=False))(x)
+    params = checkpoint.load_pretrained(init['params'], str(out))
+    state = checkpoint.load_pretrained_model_state({'batch_stats': init['batch_stats']}, str(out))
+    logits, _ = jax.jit(lambda v, x: model.apply(v, x, train=False))({'params': params, **state}, x)
+    with torch.no_grad():
+        want = net(torch.from_numpy(x.transpose(0, 3, 1, 2))).numpy()
+    np.testing.assert_allclose(np.asarray(logits), want, atol=2e-5 * max(1.0, np.abs(want).max()), rtol=0)
