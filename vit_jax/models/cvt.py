@@ -5,8 +5,11 @@ pre-LN transformer blocks whose attention takes its q/k/v inputs from a *convolu
 3x3 conv (no bias) + BatchNorm on the token map, stride 1 for q and stride 2 for k/v (the "squeezed" projection),
 before the usual linear q/k/v projections. The attention scale is 1/sqrt(stage width), not 1/sqrt(head_dim).
 There is no position embedding anywhere; only the last stage carries a class token, which bypasses the conv
-projection. The MLP uses QuickGELU (x * sigmoid(1.702 x)) in the official code; HuggingFace's `CvtModel` uses exact
-GELU, so its converter sets `activation='gelu_exact'`.
+projection. `qkv_method='avg'` is the official `QKV_PROJ_METHOD: avg`: no parameters, the query tokens as they are
+and the key/value maps average-pooled like PyTorch's `nn.AvgPool2d(kernel, stride, padding, ceil_mode=True)`
+(zero padding counted in the divisor; ceil mode adds a last, partial window, e.g. 56 -> 29 at kernel 3, stride 2,
+padding 1, where the depthwise conv gives 28). The MLP uses QuickGELU (x * sigmoid(1.702 x)) in the official
+code; HuggingFace's `CvtModel` uses exact GELU, so its converter sets `activation='gelu_exact'`.
 
 Blocks are `layers.Encoder1DBlock` with the convolutional projection plugged into `MultiHeadAttention` through its
 `qkv_transform` hook. BatchNorm statistics live in the `batch_stats` collection (`use_running_average=not train`).
@@ -54,17 +57,41 @@ class DepthwiseConvBN(nn.Module):
                             dtype=self.dtype, name='bn')(x)
 
 
+def _torch_pool_geometry(size: int, kernel: int, stride: int, padding: int) -> tuple[int, np.ndarray]:
+    """Output length and per-output divisor of PyTorch's AvgPool (ceil_mode=True, count_include_pad=True)."""
+    out = -(-(size + 2 * padding - kernel) // stride) + 1  # Ceil.
+    if (out - 1) * stride >= size + padding:  # The last window must start inside the input or the left padding.
+        out -= 1
+    starts = np.arange(out) * stride - padding
+    return out, np.minimum(starts + kernel, size + padding) - starts  # Window clipped to input + right padding.
+
+
+def avg_pool_torch_ceil(x: Array, kernel: int, stride: int, padding: int) -> Array:
+    """`nn.AvgPool2d(kernel, stride, padding, ceil_mode=True)` (count_include_pad=True) on an NHWC map."""
+    if 2 * padding > kernel:
+        raise ValueError(f'AvgPool padding {padding} must be at most half the kernel {kernel} (as PyTorch).')
+    (_, h, w, _), k, s = x.shape, kernel, stride
+    oh, div_h = _torch_pool_geometry(h, k, s, padding)
+    ow, div_w = _torch_pool_geometry(w, k, s, padding)
+    pad_h = max((oh - 1) * s + k - padding - h, 0)
+    pad_w = max((ow - 1) * s + k - padding - w, 0)
+    x = jnp.pad(x, ((0, 0), (padding, pad_h), (padding, pad_w), (0, 0)))
+    total = jax.lax.reduce_window(x, jnp.zeros((), x.dtype), jax.lax.add, (1, k, k, 1), (1, s, s, 1), 'VALID')
+    return total[:, :oh, :ow] / jnp.asarray(np.outer(div_h, div_w)[None, :, :, None], x.dtype)
+
+
 class ConvProjection(nn.Module):
     """CvT's convolutional projection, the `qkv_transform` of `layers.MultiHeadAttention`.
 
     Maps tokens [B, prefix + h*w, D] to the q, k and v inputs: the prefix (class) tokens are split off, the grid
-    tokens are reshaped to a map, projected by `DepthwiseConvBN` (method 'dw_bn') or left as they are ('linear'),
-    flattened again and the prefix tokens re-attached in front.
+    tokens are reshaped to a map, projected by `DepthwiseConvBN` (method 'dw_bn'), left as they are ('linear'), or,
+    for 'avg', left as they are for q and average-pooled for k/v (`avg_pool_torch_ceil`), flattened again and the
+    prefix tokens re-attached in front.
     """
 
     grid: tuple[int, int]  # (h, w) of the token map.
     num_prefix: int = 0  # Leading tokens (class token) that bypass the projection.
-    method: str = 'dw_bn'  # 'dw_bn' (depthwise conv + BN) or 'linear' (identity).
+    method: str = 'dw_bn'  # 'dw_bn' (depthwise conv + BN), 'avg' (q identity, k/v avg-pooled) or 'linear'.
     kernel_size: int = 3  # Depthwise kernel size.
     stride_q: int = 1  # Stride of the query projection.
     stride_kv: int = 2  # Stride of the key/value projections.
@@ -77,8 +104,8 @@ class ConvProjection(nn.Module):
     @nn.compact
     def __call__(self, x_q: Array, x_kv: Array, deterministic: bool = True) -> tuple[Array, Array, Array]:
         del x_kv  # Self-attention: q, k and v all come from x_q.
-        if self.method not in ('dw_bn', 'linear'):
-            raise ValueError(f"CvT qkv projection method must be 'dw_bn' or 'linear', got {self.method!r}.")
+        if self.method not in ('dw_bn', 'avg', 'linear'):
+            raise ValueError(f"CvT qkv projection method must be 'dw_bn', 'avg' or 'linear', got {self.method!r}.")
         h, w = self.grid
         b, t, d = x_q.shape
         if t != self.num_prefix + h * w:
@@ -87,8 +114,10 @@ class ConvProjection(nn.Module):
         fmap = tokens.reshape(b, h, w, d)
 
         def project(which: str, stride: int, padding: int) -> Array:
-            if self.method == 'linear':
+            if self.method == 'linear' or (self.method == 'avg' and which == 'q'):  # Official: q 'linear' for avg.
                 y = tokens
+            elif self.method == 'avg':
+                y = avg_pool_torch_ceil(fmap, self.kernel_size, stride, padding).reshape(b, -1, d)
             else:
                 y = DepthwiseConvBN(self.kernel_size, stride, padding, self.bn_momentum, self.bn_eps,
                                     dtype=self.dtype, name=f'conv_proj_{which}')(fmap, train=not deterministic)
@@ -126,7 +155,7 @@ class CvT(nn.Module):
     patch_strides: Sequence[int] = (4, 2, 2)  # Stride of each stage's conv token embedding.
     patch_paddings: Sequence[int] = (2, 1, 1)  # Padding of each stage's conv token embedding.
     cls_token: Sequence[bool] = (False, False, True)  # Which stages prepend a class token.
-    qkv_method: Sequence[str] | str = 'dw_bn'  # Conv projection per stage: 'dw_bn' or 'linear'.
+    qkv_method: Sequence[str] | str = 'dw_bn'  # Conv projection per stage: 'dw_bn', 'avg' or 'linear'.
     qkv_kernel: Sequence[int] | int = 3  # Depthwise kernel of the conv projection.
     stride_q: Sequence[int] | int = 1  # Query projection stride.
     stride_kv: Sequence[int] | int = 2  # Key/value projection stride (2 = the squeezed projection).
