@@ -138,7 +138,7 @@ def test_cli_round_trip_with_batch_stats(tmp_path):
     assert rc == 0
     model = _model('conv', True)
     x = np.random.RandomState(2).randn(2, IMG, IMG, 3).astype(np.float32)
-    init = jax.jit(lambda x: model.init(jax.random.PRNGKey(0), x, train=False))(x)
+    init = jax.tree_util.tree_map(lambda s: np.zeros(s.shape, s.dtype), models.init_shapes(model))
     params = checkpoint.load_pretrained(init['params'], str(out))
     state = checkpoint.load_pretrained_model_state({'batch_stats': init['batch_stats']}, str(out))
     logits, _ = jax.jit(lambda v, x: model.apply(v, x, train=False))({'params': params, **state}, x)
