@@ -9,8 +9,7 @@ import jax
 import numpy as np
 import pytest
 
-from vit_jax import models
-from vit_jax import porting as convert  # convert.from_official re-exports porting.from_official.
+from vit_jax import convert, models
 from vit_jax.models import cvt
 from vit_jax.porting import registry
 

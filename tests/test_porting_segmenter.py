@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from vit_jax import porting as convert  # convert.from_official re-exports porting.from_official.
+from vit_jax import convert
 from vit_jax.models import segmenter
 from vit_jax.porting import registry
 

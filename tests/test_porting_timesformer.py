@@ -7,7 +7,7 @@ import re
 import numpy as np
 import pytest
 
-from vit_jax import porting as convert  # convert.from_official re-exports porting.from_official
+from vit_jax import convert
 from vit_jax.models import timesformer
 from vit_jax.porting import registry
 
