@@ -21,6 +21,7 @@ module per family; `models/` is pure architecture.
 
 from __future__ import annotations
 
+import argparse
 import ast
 import dataclasses
 import os
@@ -90,7 +91,10 @@ def read_torch_state_dict(path: str) -> dict:
             raise ImportError(f'Reading {path!r} needs PyTorch (pip install torch); .safetensors files do not.'
                               ) from None
         try:
-            obj = torch.load(path, map_location='cpu', weights_only=True)  # Refuses arbitrary pickled objects.
+            # weights_only refuses arbitrary pickled objects; argparse.Namespace (the `args` that DeiT-style training
+            # scripts save next to the weights) only sets attributes and is allowed.
+            with torch.serialization.safe_globals([argparse.Namespace]):
+                obj = torch.load(path, map_location='cpu', weights_only=True)
         except Exception as e:
             raise ValueError(f'{path!r} could not be read as a PyTorch weights file with torch.load(weights_only=True) '
                              f'({type(e).__name__}: {str(e)[:300]}). Only plain state dicts of tensors (possibly '
@@ -275,9 +279,7 @@ def convert_file(source: str, path: str, out: str, *, hf_config: str | None = No
 # ----------------------------------------------------------------------------------------------------------------
 # Command line.
 # ----------------------------------------------------------------------------------------------------------------
-def _parser() -> Any:
-    import argparse
-
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog='python -m vit_jax.convert',
         description='Convert a saved PyTorch checkpoint (an official release, HuggingFace transformers or timm) into '
@@ -301,24 +303,25 @@ def _parser() -> Any:
     return p
 
 
-def _split_model_flags(rest: list[str], p: Any) -> dict:
-    """`--model.<field>=<value>` (or `--model.<field> <value>`) -> {field: value}; anything else is an error."""
-    flags, i = {}, 0
-    while i < len(rest):
-        a = rest[i]
-        if not a.startswith('--model.'):
-            p.error(f'unrecognized arguments: {" ".join(rest[i:])}')
-        body = a[len('--model.'):]
-        if '=' in body:
-            k, v = body.split('=', 1)
-        elif i + 1 < len(rest):
-            k, v = body, rest[i + 1]
-            i += 1
+def _split_model_flags(argv: list[str]) -> tuple[list[str], dict]:
+    """Takes `--model.<field>=<value>` (or `--model.<field> <value>`) out of argv: (the other args, {field: value})."""
+    rest, flags, i = [], {}, 0
+    while i < len(argv):
+        a = argv[i]
+        if a.startswith('--model.'):
+            body = a[len('--model.'):]
+            if '=' in body:
+                k, v = body.split('=', 1)
+            elif i + 1 < len(argv):
+                k, v = body, argv[i + 1]
+                i += 1
+            else:
+                raise SystemExit(f'{a} needs a value (--model.<field>=<value>).')
+            flags[k] = _parse_value(v)
         else:
-            p.error(f'{a} needs a value (--model.<field>=<value>).')
-        flags[k] = _parse_value(v)
+            rest.append(a)
         i += 1
-    return flags
+    return rest, flags
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -327,9 +330,8 @@ def main(argv: list[str] | None = None) -> int:
     Returns 0 on success, 1 for a checkpoint that cannot be converted (the reason on stderr), 2 for bad usage.
     A new mode (e.g. an export `--to=...`) adds its flags in `_parser()` and its branch here.
     """
-    p = _parser()
-    args, rest = p.parse_known_args(argv)
-    model_flags = _split_model_flags(rest, p)
+    rest, model_flags = _split_model_flags(sys.argv[1:] if argv is None else list(argv))
+    args = _parser().parse_args(rest)
     if not args.out.endswith('.npz'):
         print('error: --out must end in .npz', file=sys.stderr)
         return 2

@@ -52,7 +52,7 @@ def _convert(sd: registry.StateDict, num_heads: int, decoder_heads: int) -> dict
     sd.ignore(*_IGNORED)
     enc = 'transformer_encoder.' if any(k.startswith('transformer_encoder.') for k in sd) else 'encoder.'
     params: dict = {}
-    if f'{enc}patch_embed.proj.weight' in sd:
+    if any(k.startswith(enc) for k in sd):  # Present parts convert whole (a missing key inside is an error).
         params['embedding'] = conv(sd, f'{enc}patch_embed.proj')
         tr = {}
         depth = len({k.split('.')[2] for k in sd if k.startswith(f'{enc}blocks.')})
@@ -66,7 +66,7 @@ def _convert(sd: registry.StateDict, num_heads: int, decoder_heads: int) -> dict
             }
         tr['encoder_norm'] = norm(sd, f'{enc}norm')
         params['Transformer'] = tr
-    if 'qem.embed.weight' in sd:
+    if any(k.startswith('qem.') for k in sd):
         qem = {}
         for i, j in ((0, 0), (1, 3), (2, 6)):
             qem[f'noise_fc_{i}'] = linear(sd, f'qem.noise_mlp.{j}')
@@ -94,7 +94,7 @@ def _convert(sd: registry.StateDict, num_heads: int, decoder_heads: int) -> dict
             'cross_attn': _attn(sd, f'{b}.cross_attn', decoder_heads, cross=True),
             'mlp': {'Dense_0': linear(sd, f'{b}.mlp.fc1'), 'Dense_1': linear(sd, f'{b}.mlp.fc2')},
         }
-    if 'psm.proj.weight' in sd:
+    if any(k.startswith('psm.') for k in sd):
         psm = {'kernel': np.transpose(to_numpy(sd['psm.proj.weight']), (0, 2, 3, 1))}
         if 'psm.bias' in sd:
             psm['bias'] = np.transpose(to_numpy(sd['psm.bias'])[0], (1, 2, 0))

@@ -1,0 +1,552 @@
+"""The porting package: official checkpoint layouts through `convert.from_official`, the one converter CLI, the `.npz`
+round trip into `checkpoint.load_pretrained` / `config.init_from`, and `models/` free of conversion code.
+
+Each `_official_*` builder lists the keys and shapes the authors' PyTorch modules put in `state_dict()` for a tiny
+configuration, written from their code (module attribute names and constructor arguments; the file and class are
+named in each docstring). Values are random: these tests pin names, shapes and the bookkeeping (every key consumed,
+every variable provided); the parity of the converted models with the official forward passes is tested in the family
+test files (test_cct, test_dhvt, test_t2t, test_crossvit, test_queryotr, test_inception_vgg).
+"""
+
+import ast
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from vit_jax import checkpoint, convert, models
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _rand(shape, seed=[0]):
+    seed[0] += 1
+    return np.random.default_rng(seed[0]).normal(size=shape).astype(np.float32) * 0.1
+
+
+class _SD(dict):
+    """Builds an official state dict: `linear`, `norm`, `conv`, `bn` add the keys a torch module of that kind has."""
+
+    def add(self, name, shape):
+        self[name] = _rand(shape)
+
+    def linear(self, name, out, inp, bias=True):
+        self.add(f'{name}.weight', (out, inp))
+        if bias:
+            self.add(f'{name}.bias', (out,))
+
+    def norm(self, name, d):  # LayerNorm / affine InstanceNorm.
+        self[f'{name}.weight'] = 1.0 + _rand((d,))
+        self.add(f'{name}.bias', (d,))
+
+    def conv(self, name, out, inp, k, bias=True):
+        self.add(f'{name}.weight', (out, inp, k, k))
+        if bias:
+            self.add(f'{name}.bias', (out,))
+
+    def bn(self, name, c):  # BatchNorm2d / SyncBatchNorm: affine + running statistics + the step counter.
+        self.norm(name, c)
+        self.add(f'{name}.running_mean', (c,))
+        self[f'{name}.running_var'] = 0.5 + np.abs(_rand((c,)))
+        self[f'{name}.num_batches_tracked'] = np.array(3, np.int64)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Official layouts (tiny configurations).
+# ----------------------------------------------------------------------------------------------------------------
+def _official_cct(d=32, layers=1, classes=10, ffn=64):
+    """SHI-Labs/Compact-Transformers `src/cct.py` CCT(kernel 3, 2 convs, seq_pool, learnable): `Tokenizer` ->
+    `tokenizer.conv_layers.{i}.0` (Conv2d, no bias; widths 3 -> in_planes=64 -> D), `TransformerClassifier` ->
+    `classifier.{attention_pool, positional_emb, blocks.{i}.{pre_norm, self_attn.qkv (no bias), self_attn.proj,
+    linear1, norm1, linear2}, norm, fc}`. 32 px -> two conv+maxpool(3, 2, 1) stages -> 8x8 = 64 tokens."""
+    sd = _SD()
+    sd.conv('tokenizer.conv_layers.0.0', 64, 3, 3, bias=False)
+    sd.conv('tokenizer.conv_layers.1.0', d, 64, 3, bias=False)
+    sd.linear('classifier.attention_pool', 1, d)
+    sd.add('classifier.positional_emb', (1, 64, d))
+    for i in range(layers):
+        b = f'classifier.blocks.{i}'
+        sd.norm(f'{b}.pre_norm', d)
+        sd.linear(f'{b}.self_attn.qkv', 3 * d, d, bias=False)
+        sd.linear(f'{b}.self_attn.proj', d, d)
+        sd.linear(f'{b}.linear1', ffn, d)
+        sd.norm(f'{b}.norm1', d)
+        sd.linear(f'{b}.linear2', d, ffn)
+    sd.norm('classifier.norm', d)
+    sd.linear('classifier.fc', classes, d)
+    model = models.get_model('CCT-7/3x2', hidden_size=d, num_heads=2, mlp_ratio=ffn / d, num_layers=layers,
+                             image_size=32, num_classes=classes)
+    return sd, model
+
+
+def _official_vit_lite(d=32, classes=10):
+    """`src/vit.py` ViT-Lite(patch 4, learnable): `tokenizer.conv_layers.0.0` (Conv2d k=stride=4 with bias),
+    `classifier.class_emb` (1, 1, D), `classifier.positional_emb` (1, 64 + 1, D) (sequence_length += 1 for the class
+    token), blocks as CCT."""
+    sd = _SD()
+    sd.conv('tokenizer.conv_layers.0.0', d, 3, 4)
+    sd.add('classifier.class_emb', (1, 1, d))
+    sd.add('classifier.positional_emb', (1, 65, d))
+    b = 'classifier.blocks.0'
+    sd.norm(f'{b}.pre_norm', d)
+    sd.linear(f'{b}.self_attn.qkv', 3 * d, d, bias=False)
+    sd.linear(f'{b}.self_attn.proj', d, d)
+    sd.linear(f'{b}.linear1', 2 * d, d)
+    sd.norm(f'{b}.norm1', d)
+    sd.linear(f'{b}.linear2', d, 2 * d)
+    sd.norm('classifier.norm', d)
+    sd.linear('classifier.fc', classes, d)
+    model = models.get_model('ViT-Lite-7/4', hidden_size=d, num_heads=2, mlp_ratio=2.0, num_layers=1,
+                             num_classes=classes)
+    return sd, model
+
+
+def _official_dhvt(c=32, heads=4, layers=1, classes=10, ratio=2.0):
+    """ArieSeirack/DHVT `vision_transformer.py` VisionTransformer(apply_dhvt=True, patch 4): `patch_embed`
+    (ConvPatchEmbed: `pre_affine`/`post_affine` Affine alpha/beta (1, C, 1, 1); `proj` = Sequential(conv3x3(3, C/2, 2),
+    GELU, conv3x3(C/2, C, 2)), each conv3x3 a Sequential(Conv2d no bias, SyncBatchNorm)), `cls_token`,
+    `blocks.{i}` (DHVT_Block: `norm1`, `attn` HI_Attention {qkv, proj, ht_proj Linear(C/h, C), ht_norm LN(C/h),
+    pos_embed (1, h, C)}, `norm2`, `mlp` DAFF {conv1 1x1, conv2 depthwise 3x3, conv3 1x1, bn1..3, compress
+    Linear(C, C/4), excitation Linear(C/4, C)}), `norm`, `head`."""
+    sd = _SD()
+    sd.add('patch_embed.pre_affine.alpha', (1, 3, 1, 1))
+    sd.add('patch_embed.pre_affine.beta', (1, 3, 1, 1))
+    sd.conv('patch_embed.proj.0.0', c // 2, 3, 3, bias=False)
+    sd.bn('patch_embed.proj.0.1', c // 2)
+    sd.conv('patch_embed.proj.2.0', c, c // 2, 3, bias=False)
+    sd.bn('patch_embed.proj.2.1', c)
+    sd.add('patch_embed.post_affine.alpha', (1, c, 1, 1))
+    sd.add('patch_embed.post_affine.beta', (1, c, 1, 1))
+    sd.add('cls_token', (1, 1, c))
+    h = int(c * ratio)
+    for i in range(layers):
+        b = f'blocks.{i}'
+        sd.norm(f'{b}.norm1', c)
+        sd.linear(f'{b}.attn.qkv', 3 * c, c)
+        sd.linear(f'{b}.attn.proj', c, c)
+        sd.linear(f'{b}.attn.ht_proj', c, c // heads)
+        sd.norm(f'{b}.attn.ht_norm', c // heads)
+        sd.add(f'{b}.attn.pos_embed', (1, heads, c))
+        sd.norm(f'{b}.norm2', c)
+        sd.conv(f'{b}.mlp.conv1', h, c, 1)
+        sd.conv(f'{b}.mlp.conv2', h, 1, 3)
+        sd.conv(f'{b}.mlp.conv3', c, h, 1)
+        sd.bn(f'{b}.mlp.bn1', h)
+        sd.bn(f'{b}.mlp.bn2', h)
+        sd.bn(f'{b}.mlp.bn3', c)
+        sd.linear(f'{b}.mlp.compress', c // 4, c)
+        sd.linear(f'{b}.mlp.excitation', c, c // 4)
+    sd.norm('norm', c)
+    sd.linear('head', classes, c)
+    model = models.get_model('DHVT-T-CIFAR/4', hidden_size=c, num_heads=heads, num_layers=layers, mlp_ratio=ratio,
+                             image_size=16, num_classes=classes)
+    return sd, model
+
+
+def _official_t2t(d=32, token_dim=16, layers=1, classes=10):
+    """yitu-opensource/T2T-ViT `models/t2t_vit.py` T2T_ViT(tokens_type='performer'): `tokens_to_token.attention1`
+    = Token_performer(dim=3*7*7, in_dim=token_dim, kernel_ratio=0.5) {kqv Linear(dim, 3e), proj, norm1 LN(dim), norm2
+    LN(e), mlp Sequential(Linear, GELU, Linear, Dropout) -> mlp.0 / mlp.2, w (m = e/2, e) frozen Parameter};
+    `attention2` with dim = token_dim*3*3; `project` Linear(token_dim*9, D); `cls_token`; `pos_embed` (the sinusoid
+    table, a frozen Parameter); `blocks.{i}` {norm1, attn.qkv (no bias), attn.proj, norm2, mlp.fc1, mlp.fc2}; `norm`;
+    `head`. 32 px -> soft splits with strides 4, 2, 2 -> 2x2 tokens."""
+    sd = _SD()
+    for i, dim in ((1, 3 * 49), (2, token_dim * 9)):
+        p = f'tokens_to_token.attention{i}'
+        sd.linear(f'{p}.kqv', 3 * token_dim, dim)
+        sd.linear(f'{p}.proj', token_dim, token_dim)
+        sd.norm(f'{p}.norm1', dim)
+        sd.norm(f'{p}.norm2', token_dim)
+        sd.linear(f'{p}.mlp.0', token_dim, token_dim)
+        sd.linear(f'{p}.mlp.2', token_dim, token_dim)
+        sd.add(f'{p}.w', (token_dim // 2, token_dim))
+    sd.linear('tokens_to_token.project', d, token_dim * 9)
+    sd.add('cls_token', (1, 1, d))
+    sd.add('pos_embed', (1, 4 + 1, d))
+    for i in range(layers):
+        b = f'blocks.{i}'
+        sd.norm(f'{b}.norm1', d)
+        sd.linear(f'{b}.attn.qkv', 3 * d, d, bias=False)
+        sd.linear(f'{b}.attn.proj', d, d)
+        sd.norm(f'{b}.norm2', d)
+        sd.linear(f'{b}.mlp.fc1', 2 * d, d)
+        sd.linear(f'{b}.mlp.fc2', d, 2 * d)
+    sd.norm('norm', d)
+    sd.linear('head', classes, d)
+    model = models.get_model('T2T-ViT-14', hidden_size=d, num_heads=2, num_layers=layers, mlp_ratio=2.0,
+                             token_dim=token_dim, image_size=32, num_classes=classes)
+    return sd, model
+
+
+def _official_crossvit(dims=(16, 32), heads=(2, 4), depths=(1, 2), ratios=(2.0, 3.0), encoders=2, classes=5):
+    """IBM/CrossViT `models/crossvit.py` VisionTransformer(img_size=(36, 32), patch_size=(12, 16),
+    depth=[[1, 2, 0]] * 2): `patch_embed.{b}.proj` (Conv2d k=stride=patch), `pos_embed.{b}` (1, 1 + N_b, D_b) and
+    `cls_token.{b}` (ParameterLists), `blocks.{k}` (MultiScaleBlock: `blocks.{b}.{j}` ViT Blocks {norm1, attn.qkv,
+    attn.proj, norm2, mlp.fc1, mlp.fc2}; `projs.{b}` = Sequential(LN(D_b), GELU, Linear(D_b, D_b')); `fusion.{b}` =
+    CrossAttentionBlock(D_b', heads_b', has_mlp=False) {norm1, attn.wq/wk/wv/proj} stored directly for depth[-1] = 0;
+    `revert_projs.{b}` = Sequential(LN(D_b'), GELU, Linear(D_b', D_b))), `norm.{b}`, `head.{b}`."""
+    sd = _SD()
+    tokens = ((36 // 12) ** 2, (32 // 16) ** 2)
+    for b in range(2):
+        sd.conv(f'patch_embed.{b}.proj', dims[b], 3, (12, 16)[b])
+        sd.add(f'pos_embed.{b}', (1, 1 + tokens[b], dims[b]))
+        sd.add(f'cls_token.{b}', (1, 1, dims[b]))
+        sd.norm(f'norm.{b}', dims[b])
+        sd.linear(f'head.{b}', classes, dims[b])
+    for k in range(encoders):
+        p = f'blocks.{k}'
+        for b in range(2):
+            d, o = dims[b], dims[1 - b]
+            for j in range(depths[b]):
+                q = f'{p}.blocks.{b}.{j}'
+                sd.norm(f'{q}.norm1', d)
+                sd.linear(f'{q}.attn.qkv', 3 * d, d)
+                sd.linear(f'{q}.attn.proj', d, d)
+                sd.norm(f'{q}.norm2', d)
+                sd.linear(f'{q}.mlp.fc1', int(d * ratios[b]), d)
+                sd.linear(f'{q}.mlp.fc2', d, int(d * ratios[b]))
+            sd.norm(f'{p}.projs.{b}.0', d)
+            sd.linear(f'{p}.projs.{b}.2', o, d)
+            f = f'{p}.fusion.{b}'
+            sd.norm(f'{f}.norm1', o)
+            for n in ('wq', 'wk', 'wv', 'proj'):
+                sd.linear(f'{f}.attn.{n}', o, o)
+            sd.norm(f'{p}.revert_projs.{b}.0', o)
+            sd.linear(f'{p}.revert_projs.{b}.2', d, o)
+    model = models.get_model('CrossViT-S', image_size=32, branch_sizes=(36, 32), embed_dims=dims, num_heads=heads,
+                             depths=depths, mlp_ratios=ratios, num_encoders=encoders, num_classes=classes)
+    return sd, model
+
+
+def _official_queryotr(d=32, mlp=64, layers=2, dec_layers=1, qem_blocks=1, patch=4, overlap=2):
+    """Kaiseem/QueryOTR `models/VITGen.py` TransGen (saved as {'gen': state_dict}): `transformer_encoder` (the
+    BEiT/MAE-style `models/VIT.py` VisionTransformer: patch_embed.proj, blocks.{i}.{norm1, attn.{qkv (no bias),
+    q_bias, v_bias, proj}, norm2, mlp.fc1, mlp.fc2}, norm, and an unused classifier `head`), `qem`
+    (QueryExpansionModule: noise_mlp Sequential(Linear(D/8, D/4), LN, act, Linear(D/4, D/2), LN, act, Linear(D/2, D)),
+    res_blocks.{i}.{conv1 3x3, conv2 DeformConv (no bias) with conv2.conv_offset_mask Conv2d(D, 27, 3), norm1/norm2
+    affine InstanceNorm2d}, norm, embed), `transformer_decoder.{i}` (CorssAttnBlock: norm1, attn, norm2, cross_attn
+    {q, kv, q_bias, v_bias, proj}, norm3, mlp), `psm` (PatchSmoothingModule: proj ConvTranspose2d(D, 3,
+    k = patch + 2 overlap, no bias) weight (D, 3, k, k), bias (1, 3, k, k))."""
+    sd = _SD()
+    e = 'transformer_encoder'
+    sd.conv(f'{e}.patch_embed.proj', d, 3, patch)
+    for i in range(layers):
+        b = f'{e}.blocks.{i}'
+        sd.norm(f'{b}.norm1', d)
+        sd.linear(f'{b}.attn.qkv', 3 * d, d, bias=False)
+        sd.add(f'{b}.attn.q_bias', (d,))
+        sd.add(f'{b}.attn.v_bias', (d,))
+        sd.linear(f'{b}.attn.proj', d, d)
+        sd.norm(f'{b}.norm2', d)
+        sd.linear(f'{b}.mlp.fc1', mlp, d)
+        sd.linear(f'{b}.mlp.fc2', d, mlp)
+    sd.norm(f'{e}.norm', d)
+    sd.linear(f'{e}.head', 1000, d)
+    for j, (o, i) in ((0, (d // 4, d // 8)), (3, (d // 2, d // 4)), (6, (d, d // 2))):
+        sd.linear(f'qem.noise_mlp.{j}', o, i)
+    sd.norm('qem.noise_mlp.1', d // 4)
+    sd.norm('qem.noise_mlp.4', d // 2)
+    for i in range(qem_blocks):
+        b = f'qem.res_blocks.{i}'
+        sd.conv(f'{b}.conv1', d, d, 3)
+        sd.conv(f'{b}.conv2', d, d, 3, bias=False)
+        sd.conv(f'{b}.conv2.conv_offset_mask', 27, d, 3)
+        sd.norm(f'{b}.norm1', d)
+        sd.norm(f'{b}.norm2', d)
+    sd.norm('qem.norm', d)
+    sd.linear('qem.embed', d, d)
+    for i in range(dec_layers):
+        b = f'transformer_decoder.{i}'
+        for n in ('norm1', 'norm2', 'norm3'):
+            sd.norm(f'{b}.{n}', d)
+        sd.linear(f'{b}.attn.qkv', 3 * d, d, bias=False)
+        sd.linear(f'{b}.cross_attn.q', d, d, bias=False)
+        sd.linear(f'{b}.cross_attn.kv', 2 * d, d, bias=False)
+        for a in ('attn', 'cross_attn'):
+            sd.add(f'{b}.{a}.q_bias', (d,))
+            sd.add(f'{b}.{a}.v_bias', (d,))
+            sd.linear(f'{b}.{a}.proj', d, d)
+        sd.linear(f'{b}.mlp.fc1', mlp, d)
+        sd.linear(f'{b}.mlp.fc2', d, mlp)
+    k = patch + 2 * overlap
+    sd.add('psm.proj.weight', (d, 3, k, k))
+    sd.add('psm.bias', (1, 3, k, k))
+    model = models.get_model('QueryOTR-testing')
+    return sd, model
+
+
+def _official_vgg(depth=11, divisor=16, classes=7):
+    """torchvision `vgg11()`: `features.{idx}` Conv2d 3x3 (idx counts convs, ReLUs and max pools),
+    `classifier.{0, 3, 6}` Linear(512*7*7, 4096), Linear(4096, 4096), Linear(4096, classes) (widths / divisor)."""
+    sd = _SD()
+    widths = [64, 'M', 128, 'M', 256, 256, 'M', 512, 512, 'M', 512, 512, 'M']  # torchvision cfg 'A' (VGG11).
+    idx, cin = 0, 3
+    for w in widths:
+        if w == 'M':
+            idx += 1
+            continue
+        sd.conv(f'features.{idx}', w // divisor, cin, 3)
+        cin = w // divisor
+        idx += 2
+    sd.linear('classifier.0', 4096 // divisor, cin * 49)
+    sd.linear('classifier.3', 4096 // divisor, 4096 // divisor)
+    sd.linear('classifier.6', classes, 4096 // divisor)
+    model = models.get_model('VGG19', depth=depth, width_divisor=divisor, num_classes=classes, image_size=32)
+    return sd, model
+
+
+OFFICIAL = {
+    'cct': _official_cct, 'cct/vit_lite': _official_vit_lite, 'dhvt': _official_dhvt, 't2t': _official_t2t,
+    'crossvit': _official_crossvit, 'queryotr': _official_queryotr, 'vgg': _official_vgg,
+}
+# A key of each layout whose shape decides a model variable's shape (for the wrong-shape test), and that variable.
+HEAD_KEYS = {
+    'cct': ('classifier.fc.weight', 'head/kernel'), 'cct/vit_lite': ('classifier.fc.weight', 'head/kernel'),
+    'dhvt': ('head.weight', 'head/kernel'), 't2t': ('head.weight', 'head/kernel'),
+    'crossvit': ('head.1.weight', 'head_1/kernel'), 'queryotr': ('qem.embed.weight', 'qem/embed/kernel'),
+    'vgg': ('classifier.6.weight', 'fc8/kernel'),
+}
+
+
+def _family(name):
+    return name.split('/')[0]
+
+
+def test_official_families_are_listed_and_each_names_its_models():
+    fams = convert.official_families()
+    for f in ('cct', 'dhvt', 't2t', 'crossvit', 'queryotr', 'inception', 'vgg'):
+        assert f in fams
+    from vit_jax.porting import registry
+
+    names = models.list_models()
+    for f in fams:
+        fam = registry.get_family(f)
+        assert fam.source and fam.doc, f
+        assert any(n.startswith(p) for p in fam.models for n in names), (f, fam.models)
+
+
+@pytest.mark.parametrize('name', sorted(OFFICIAL))
+def test_official_layout_converts_every_key_and_runs(name):
+    sd, model = OFFICIAL[name]()
+    variables = convert.from_official(_family(name), dict(sd), model)  # Raises on any key left unread.
+    shapes = models.init_shapes(model)
+    assert jax.tree_util.tree_structure(shapes) == jax.tree_util.tree_structure(variables)
+    x = jnp.asarray(np.random.default_rng(0).uniform(size=models.input_shape(model, 2)), jnp.float32)
+    y, _ = model.apply(variables, x, train=False)
+    assert np.isfinite(np.asarray(y)).all()
+
+
+def test_official_values_land_where_the_official_code_reads_them():
+    """Spot checks of the layout arithmetic: q/k/v split of the fused qkv, per-head kernels, Linear transposes."""
+    sd, model = _official_cct()
+    v = convert.from_official('cct', dict(sd), model)['params']
+    qkv = sd['classifier.blocks.0.self_attn.qkv.weight']  # (3D, D): rows q, k, v; head h = rows [h*hd, (h+1)*hd).
+    blk = v['Transformer']['encoderblock_0']['MultiHeadDotProductAttention_1']
+    np.testing.assert_array_equal(blk['key']['kernel'][:, 1, :], qkv[32 + 16:32 + 32].T)
+    np.testing.assert_array_equal(v['head']['kernel'], sd['classifier.fc.weight'].T)
+    np.testing.assert_array_equal(v['tokenizer']['conv_1']['kernel'],
+                                  sd['tokenizer.conv_layers.1.0.weight'].transpose(2, 3, 1, 0))
+    sd, model = _official_dhvt()
+    v = convert.from_official('dhvt', dict(sd), model)
+    np.testing.assert_array_equal(v['batch_stats']['sope']['bn_1']['var'], sd['patch_embed.proj.2.1.running_var'])
+
+
+@pytest.mark.parametrize('name', sorted(OFFICIAL))
+def test_official_errors_name_the_key(name):
+    sd, model = OFFICIAL[name]()
+    fam = _family(name)
+    extra = dict(sd, **{'blocks_extra.9.weight': np.zeros(3, np.float32)})
+    with pytest.raises(convert.ConversionError, match=r"unconverted.*'blocks_extra\.9\.weight'"):
+        convert.from_official(fam, extra, model)
+    key, var = HEAD_KEYS[name]
+    missing = {k: v for k, v in sd.items() if k != key}
+    with pytest.raises(convert.ConversionError, match=f"no key '{key}'|does not provide.*{var}"):
+        convert.from_official(fam, missing, model)
+    bad = dict(sd, **{key: np.zeros((sd[key].shape[0] + 1,) + sd[key].shape[1:], np.float32)})
+    with pytest.raises(convert.ConversionError, match=f'shape mismatches.*{var}'):
+        convert.from_official(fam, bad, model)
+
+
+def test_wrong_model_class_is_refused():
+    sd, _ = _official_cct()
+    with pytest.raises(convert.ConversionError, match='Compact Transformer'):
+        convert.from_official('cct', dict(sd), models.get_model('ViT-testing'))
+    with pytest.raises(ValueError, match='Unknown official family'):
+        convert.from_official('no_such_family', dict(sd), models.get_model('ViT-testing'))
+
+
+def test_checkpoint_wrappers_and_module_prefix_are_removed():
+    sd, model = _official_cct()
+    want = convert.from_official('cct', dict(sd), model)
+    for wrapped in ({'model': {f'module.{k}': v for k, v in sd.items()}, 'epoch': np.array(3)},
+                    {'state_dict': dict(sd), 'optimizer': {'lr': np.array(0.1)}}):
+        got = convert.from_official('cct', wrapped, model)
+        for a, b in zip(jax.tree_util.tree_leaves(want), jax.tree_util.tree_leaves(got)):
+            np.testing.assert_array_equal(a, b)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The command line and the .npz round trip.
+# ----------------------------------------------------------------------------------------------------------------
+def test_cli_official_pth_with_wrapper_and_module_prefix(tmp_path, capsys):
+    torch = pytest.importorskip('torch')
+    sd, model = _official_cct()
+    want = convert.from_official('cct', dict(sd), model)
+    pth = str(tmp_path / 'cct.pth')
+    torch.save({'model': {f'module.{k}': torch.from_numpy(np.asarray(v)) for k, v in sd.items()}, 'epoch': 7}, pth)
+    out = str(tmp_path / 'cct.npz')
+    assert convert.main(['--from=official:cct', '--model=CCT-7/3x2', '--model.hidden_size=32', '--model.num_heads=2',
+                         '--model.mlp_ratio=2.0', '--model.num_layers', '1', '--model.image_size=32',
+                         '--model.num_classes=10', pth, '--out', out]) == 0
+    printed = capsys.readouterr().out
+    assert '--config.model.name=CCT-7/3x2' in printed and '--config.model.num_layers=1' in printed
+    assert 'Input: 32x32 pixels' in printed and f'--config.init_from.path={out}' in printed
+    # Loads like a release file: into a freshly initialised tree of the same model.
+    init = jax.tree_util.tree_map(lambda s: np.zeros(s.shape, s.dtype), models.init_shapes(model)['params'])
+    loaded = checkpoint.load_pretrained(init, out)
+    for a, b in zip(jax.tree_util.tree_leaves(want['params']), jax.tree_util.tree_leaves(loaded)):
+        np.testing.assert_array_equal(a, b)
+    assert checkpoint.load_npz_model_state(out) == {}
+
+
+def test_cli_official_safetensors_with_batch_stats(tmp_path, capsys):
+    from safetensors.numpy import save_file
+
+    sd, model = _official_dhvt()
+    want = convert.from_official('dhvt', dict(sd), model)
+    path = str(tmp_path / 'dhvt.safetensors')
+    save_file({k: np.ascontiguousarray(v) for k, v in sd.items()}, path)
+    out = str(tmp_path / 'dhvt.npz')
+    assert convert.main(['--from=official:dhvt', '--model=DHVT-T-CIFAR/4', '--model.hidden_size=32',
+                         '--model.num_heads=4', '--model.num_layers=1', '--model.mlp_ratio=2.0',
+                         '--model.image_size=16', '--model.num_classes=10', path, '--out', out]) == 0
+    assert 'model_state (batch_stats)' in capsys.readouterr().out
+    shapes = models.init_shapes(model)
+    zeros = jax.tree_util.tree_map(lambda s: np.zeros(s.shape, s.dtype), shapes)
+    params = checkpoint.load_pretrained(zeros['params'], out)
+    state = checkpoint.load_pretrained_model_state({'batch_stats': zeros['batch_stats']}, out)
+    got = {'params': params, **state}
+    assert jax.tree_util.tree_structure(got) == jax.tree_util.tree_structure(want)
+    for a, b in zip(jax.tree_util.tree_leaves(want), jax.tree_util.tree_leaves(got)):
+        np.testing.assert_array_equal(a, b)
+    # Inference reads the statistics too (predict's loader).
+    p, ms = checkpoint.load_for_inference(out)
+    assert set(ms) == {'batch_stats'}
+    # A model whose statistics do not match is refused, naming the key.
+    other = models.init_shapes(models.get_model('DHVT-T-CIFAR/4', hidden_size=32, num_heads=4, num_layers=1,
+                                                mlp_ratio=4.0, image_size=16, num_classes=10))
+    other_zeros = jax.tree_util.tree_map(lambda s: np.zeros(s.shape, s.dtype), other['batch_stats'])
+    with pytest.raises(checkpoint.CheckpointMismatchError, match='bn1/mean'):
+        checkpoint.load_pretrained_model_state({'batch_stats': other_zeros}, out)
+
+
+def test_cli_errors(tmp_path, capsys):
+    torch = pytest.importorskip('torch')
+    sd, _ = _official_cct()
+    pth = str(tmp_path / 'cct.pth')
+    torch.save({k: torch.from_numpy(np.asarray(v)) for k, v in sd.items()}, pth)
+    out = str(tmp_path / 'o.npz')
+    assert convert.main(['--from=official:cct', pth, '--out', out]) == 1  # No --model.
+    assert '--model=<registered name>' in capsys.readouterr().err
+    assert convert.main(['--from=official:nope', '--model=CCT-7/3x2', pth, '--out', out]) == 1
+    assert 'Unknown official family' in capsys.readouterr().err
+    assert convert.main(['--from=official:cct', '--model=CCT-7/3x2', pth, '--out', out]) == 1  # Default depth 7.
+    assert "has no key 'classifier.blocks.1.self_attn.qkv.weight'" in capsys.readouterr().err
+    assert convert.main(['--from=timm', '--model.hidden_size=3', pth, '--out', out]) == 2
+    with pytest.raises(SystemExit):
+        convert.main(['--from=official:cct', '--model=CCT-7/3x2', '--bogus', pth, '--out', out])
+    torch.save({'model': {'w': torch.zeros(2)}, 'args': _Pickled()}, str(tmp_path / 'p.pth'))
+    assert convert.main(['--from=official:cct', '--model=CCT-7/3x2', str(tmp_path / 'p.pth'), '--out', out]) == 1
+    assert 'weights_only=True' in capsys.readouterr().err  # Pickled objects are never loaded.
+    assert not os.path.exists(out)
+
+
+class _Pickled:
+    """An arbitrary object in a checkpoint file: torch.load(weights_only=True) refuses to unpickle it."""
+
+
+def test_cli_reads_argparse_namespace_next_to_the_weights(tmp_path):
+    """DeiT-style training scripts (DHVT, CrossViT, T2T ...) save `args` (an argparse.Namespace) with the weights."""
+    import argparse
+
+    torch = pytest.importorskip('torch')
+    sd, _ = _official_cct()
+    pth = str(tmp_path / 'cct.pth')
+    torch.save({'model': {k: torch.from_numpy(np.asarray(v)) for k, v in sd.items()}, 'epoch': 299,
+                'args': argparse.Namespace(lr=5e-4, model='cct_7_3x2_32')}, pth)
+    got = convert.read_torch_state_dict(pth)
+    assert sorted(got) == sorted(sd)
+
+
+def test_cli_partial_encoder_only_checkpoint(tmp_path, capsys):
+    """An MAE-pytorch encoder (`{'model': {'encoder.*', 'decoder.*', ...}}`) initialises QueryOTR's encoder."""
+    torch = pytest.importorskip('torch')
+    sd, model = _official_queryotr()
+    mae = {k.replace('transformer_encoder.', 'encoder.'): v for k, v in sd.items()
+           if k.startswith('transformer_encoder.') and '.head.' not in k}
+    mae['decoder.blocks.0.norm1.weight'] = np.ones(8, np.float32)  # MAE's own decoder: not QueryOTR's.
+    mae['mask_token'] = np.zeros((1, 1, 8), np.float32)
+    pth = str(tmp_path / 'mae.pth')
+    torch.save({'model': {k: torch.from_numpy(np.asarray(v)) for k, v in mae.items()}}, pth)
+    out = str(tmp_path / 'enc.npz')
+    args = ['--from=official:queryotr', '--model=QueryOTR-testing', pth, '--out', out]
+    assert convert.main(args) == 1  # The full model needs the QEM, decoder and PSM.
+    assert 'does not provide' in capsys.readouterr().err
+    assert convert.main(args + ['--partial']) == 0
+    printed = capsys.readouterr().out
+    assert "dont_load" in printed and "'qem/.*'" in printed and "'psm/.*'" in printed
+    init = jax.tree_util.tree_map(lambda s: np.zeros(s.shape, s.dtype), models.init_shapes(model)['params'])
+    loaded = checkpoint.load_pretrained(init, out, dont_load=('qem/.*', 'decoder_.*', 'psm/.*'))
+    np.testing.assert_array_equal(loaded['embedding']['kernel'],
+                                  sd['transformer_encoder.patch_embed.proj.weight'].transpose(2, 3, 1, 0))
+
+
+@pytest.mark.slow
+def test_init_from_a_converted_npz_loads_batch_stats(tmp_path):
+    """config.init_from of a converted DHVT .npz: the run starts from the file's parameters and BN statistics."""
+    from vit_jax import config_utils, train
+
+    sd, model = _official_dhvt()
+    for k in list(sd):
+        if k.endswith('running_mean'):
+            sd[k] = np.full_like(sd[k], 100.0)
+    npz = str(tmp_path / 'dhvt.npz')
+    convert.save_variables(npz, convert.from_official('dhvt', dict(sd), model))
+    c = config_utils.load(os.path.join(ROOT, 'configs/quickstart.py'))
+    c.model = dict(name='DHVT-T-CIFAR/4', hidden_size=32, num_heads=4, num_layers=1, mlp_ratio=2.0, image_size=8,
+                   num_classes=10, patch_size=4)
+    c.batch_size, c.total_steps, c.log_every, c.eval_every, c.checkpoint_every = 16, 1, 1, 0, 0
+    c.tensorboard = False
+    c.evals = {}
+    c.init_from = dict(path=npz, dont_load=('head/.*',))
+    result = train.train_and_evaluate(c, str(tmp_path / 'run'))
+    mean = np.asarray(result['state'].model_state['batch_stats']['sope']['bn_0']['mean'])
+    assert (mean > 50).all()  # 0.9 * 100 + 0.1 * batch mean after one step (a fresh start would be ~0).
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# models/ is pure architecture.
+# ----------------------------------------------------------------------------------------------------------------
+def test_models_import_no_conversion_code():
+    banned = {'vit_jax.convert', 'vit_jax.checkpoint', 'vit_jax.porting'}
+    offenders = []
+    folder = os.path.join(ROOT, 'vit_jax', 'models')
+    for fname in sorted(os.listdir(folder)):
+        if not fname.endswith('.py'):
+            continue
+        tree = ast.parse(open(os.path.join(folder, fname)).read())
+        for node in ast.walk(tree):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                mod = node.module or ''
+                if node.level:  # Relative: from .. import convert (vit_jax.models.x -> vit_jax).
+                    mod = ('vit_jax' if node.level == 2 else 'vit_jax.models') + (f'.{mod}' if mod else '')
+                names = [mod] + [f'{mod}.{a.name}' for a in node.names]
+            for n in names:
+                if any(n == b or n.startswith(b + '.') for b in banned):
+                    offenders.append(f'{fname}:{node.lineno} imports {n}')
+    assert not offenders, offenders
