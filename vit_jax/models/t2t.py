@@ -249,3 +249,16 @@ T2T_VARIANTS = {
 for _name, (_tt, _depth, _d, _heads, _r) in T2T_VARIANTS.items():
     register(_name, T2TViT, aliases=(_name.lower().replace('-', '_'),), paper='t2t', tokens_type=_tt,
              num_layers=_depth, hidden_size=_d, num_heads=_heads, mlp_ratio=_r)
+
+# The paper's CNN-to-ViT ablations of T2T-ViT-14 that the official code registers (`t2t_vit_14_resnext`,
+# `t2t_vit_14_wide`; Performer T2T module): 'T2T-ViT-ResNeXt' (table 6, 21.5M: T2T-ViT-14 with 32 heads of width
+# 12) and the shallow-wide 'T2T-ViT-d768-4' (table 7, 25.0M; table 6 calls it 'T2T-ViT-Wide'). The README lists no
+# checkpoints for them, so the official factories' pretrained-only scales (384^-0.5 and 512^-0.5) are not modelled.
+# name: (aliases, depth, D, heads, mlp ratio).
+T2T_ABLATIONS = {
+    'T2T-ViT-ResNeXt': (('T2T-ViT-14-ResNeXt', 't2t_vit_14_resnext'), 14, 384, 32, 3.0),
+    'T2T-ViT-d768-4': (('T2T-ViT-Wide', 'T2T-ViT-14-Wide', 't2t_vit_14_wide'), 4, 768, 12, 3.0),
+}
+for _name, (_aliases, _depth, _d, _heads, _r) in T2T_ABLATIONS.items():
+    register(_name, T2TViT, aliases=_aliases, paper='t2t', tokens_type='performer', num_layers=_depth, hidden_size=_d,
+             num_heads=_heads, mlp_ratio=_r)
