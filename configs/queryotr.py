@@ -7,7 +7,8 @@
 
 Arguments: 'scenery' (default), 'building', 'wikiart'. The official recipe (Kaiseem/QueryOTR): ViT-B/16 encoder
 (initialised from an MAE ViT-B: `pretrain_mae_vit_base_mask_0.75_400e.pth` of MAE-pytorch, converted with
-`python -m vit_jax.models.queryotr IN.pth mae_vitb.npz`, then --config.init_from.path=mae_vitb.npz), 8 QEM blocks,
+`python -m vit_jax.convert --from=official:queryotr --model=QueryOTR --partial IN.pth --out mae_vitb.npz`, then
+--config.init_from.path=mae_vitb.npz with the init_from.dont_load it prints), 8 QEM blocks,
 4 decoder blocks; 300 epochs of batch 64; Adam betas (0, 0.99), coupled weight decay 1e-4, lr 1e-4 for both
 networks (the offset convs 1e-5), constant after a linear warm-up over the first 10 epochs that is updated once per
 epoch; those 10 epochs train the generator on the reconstruction loss only; then every step one discriminator step
@@ -24,10 +25,11 @@ are published (0.5044838, 0.1355051); for Building and WikiArt compute yours wit
 `vit_jax.data.outpainting.pixel_stats('flat_folder:/data/building')` and pass them as --config.model.output_mean /
 output_std (the configs default to Scenery's).
 
-External weights (see vit_jax/models/{vgg,inception}.py): the VGG19 perceptual net (torchvision ImageNet weights ->
-objective.perceptual.weights, an .npz from `vgg.from_torch_state_dict` + `checkpoint.save_npz`) and pytorch-fid's
-Inception (`python -m vit_jax.models.inception pt_inception-2015-12-05-6726825d.pth inception.npz` ->
-evals.val.inception.weights). Without them the run works with frozen random stand-ins and reports
+External weights (see vit_jax/porting/{vgg,inception}.py): the VGG19 perceptual net (torchvision ImageNet weights ->
+objective.perceptual.weights: `python -m vit_jax.convert --from=official:vgg --model=VGG19 --model.num_classes=0
+vgg19-dcbb9e9d.pth --out vgg19.npz`) and pytorch-fid's Inception (`python -m vit_jax.convert --from=official:inception
+--model=InceptionV3-FID pt_inception-2015-12-05-6726825d.pth --out inception.npz` -> evals.val.inception.weights).
+Without them the run works with frozen random stand-ins and reports
 perceptual_loss_random_features / fid_random_features / is_random_features, never the paper's metrics.
 
 Published: the released Scenery checkpoint gives FID 20.38, IS 3.959 (README). Not reproduced here (no GPU time,

@@ -17,7 +17,9 @@ epochs (300 + 10 cool-down) with 10 warm-up epochs, min lr 1e-5; lr 5e-4 and wei
 model default), weight EMA 0.99996 (on by default in the official code: evaluations use the EMA), label smoothing
 0.1, RandAugment m9-mstd0.5-inc1, Mixup 0.8 / CutMix 1.0, random erasing 0.25, bicubic; test crop 0.9.
 The models train with head_dim^-0.5 (the class default); released checkpoints used embed_dim^-0.5, so a converted
-official checkpoint (t2t.from_official_state_dict) needs `--config.model.attention_scale=embed_dim`.
+official checkpoint needs `attention_scale=embed_dim` (`python -m vit_jax.convert --from=official:t2t
+--model=T2T-ViT-14 --model.attention_scale=embed_dim 81.5_T2T_ViT_14.pth.tar --out t2t_vit_14.npz`, then
+`--config.model.attention_scale=embed_dim`).
 
 Fine-tuning: CIFAR transfer 60 epochs at 224 with SGD and cosine (paper section 4.2); the lr 0.05 at batch 64 and
 weight decay 1e-4 are the README's transfer_learning.py command as recalled (not in the spec: unverified).

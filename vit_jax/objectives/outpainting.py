@@ -34,7 +34,8 @@ Config (`config.objective`):
 
 Without VGG weights the perceptual net is a frozen random-init stand-in and its metric is named
 `perceptual_loss_random_features` (see `objectives.frozen`). Convert torchvision's VGG19 with
-`vit_jax.models.vgg.from_torch_state_dict` and `checkpoint.save_npz` to get the real one.
+`python -m vit_jax.convert --from=official:vgg --model=VGG19 --model.num_classes=0 vgg19.pth --out vgg19.npz` to get
+the real one.
 """
 
 from __future__ import annotations
