@@ -288,9 +288,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument('input', help='official / timm: a .pth/.pt/.pyth/.bin/.safetensors file; HuggingFace: a '
                                  'model directory (config.json + model.safetensors or pytorch_model.bin) or the '
                                  'weights file.')
-    p.add_argument('--from', dest='source', required=True,
-                   help="'official:<family>' (python -c 'from vit_jax import convert; "
-                        "print(convert.official_families())'), 'transformers' (a ViT) or 'timm' (a ViT).")
+    p.add_argument('--from', dest='source', default=None,
+                   help=f"'official:<family>' ({', '.join(official_families())}), 'transformers' (a ViT) or "
+                        "'timm' (a ViT).")
     p.add_argument('--out', required=True, help='Output .npz file.')
     p.add_argument('--model', default=None, help='official: the registered vit_jax model to convert into (e.g. '
                                                  'CCT-7/3x1); set its hyper-parameters with --model.<field>=<value>.')
@@ -331,7 +331,12 @@ def main(argv: list[str] | None = None) -> int:
     A new mode (e.g. an export `--to=...`) adds its flags in `_parser()` and its branch here.
     """
     rest, model_flags = _split_model_flags(sys.argv[1:] if argv is None else list(argv))
-    args = _parser().parse_args(rest)
+    p = _parser()
+    args = p.parse_args(rest)
+    # Modes: --from=<source> (IMPORTS). Another mode (e.g. an export --to=...) adds its flags in _parser() and is
+    # dispatched here, before the import checks.
+    if args.source is None:
+        p.error('--from is required: official:<family>, transformers or timm.')
     if not args.out.endswith('.npz'):
         print('error: --out must end in .npz', file=sys.stderr)
         return 2
