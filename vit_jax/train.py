@@ -29,20 +29,70 @@ log = logging.getLogger(__name__)
 
 
 class MetricWriter:
-    """Writes `metrics.jsonl` (one JSON object per logged step) and TensorBoard events; process 0 only."""
+    """Writes `metrics.jsonl` (one JSON object per logged step) and TensorBoard events; process 0 only.
 
-    def __init__(self, workdir: str, tensorboard: bool = True):
+    `resume_step`: the step the run restarts from (0 for a fresh start). Rows of `metrics.jsonl` after it (written by
+    the interrupted run after its last checkpoint, and a line cut off by a kill) are dropped (the file is rewritten
+    atomically), so each step appears once; `rerun_evals` also drops the evaluation rows at `resume_step` (a finished
+    run started again evaluates its final step again). TensorBoard gets a new event file that starts with a
+    `SessionLog.START` at `resume_step`, which makes event readers (TensorBoard, `EventAccumulator`) purge the earlier
+    files' events from that step on, followed by the kept rows of `resume_step` again. Scalars are `simple_value`
+    summaries, which `EventAccumulator(...).Scalars(tag)` reads.
+    """
+
+    def __init__(self, workdir: str, tensorboard: bool = True, resume_step: Optional[int] = None,
+                 rerun_evals: bool = False):
         self.enabled = jax.process_index() == 0
         self.path = os.path.join(workdir, 'metrics.jsonl')
         self._tb = None
-        if self.enabled and tensorboard:
+        if not self.enabled:
+            return
+        kept = self._drop_rows_after(int(resume_step), rerun_evals) if resume_step is not None else []
+        if tensorboard:
             try:
-                import tensorboard  # noqa: F401  (tf.summary needs it at write time, not at import time)
-                import tensorflow as tf
+                from tensorboard.compat.proto import event_pb2
+                from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
-                self._tb = tf.summary.create_file_writer(os.path.join(workdir, 'tensorboard'))
+                self._tb = EventFileWriter(os.path.join(workdir, 'tensorboard'))
+                start = event_pb2.Event(wall_time=time.time(), step=int(resume_step or 0),
+                                        session_log=event_pb2.SessionLog(status=event_pb2.SessionLog.START))
+                self._tb.add_event(start)
+                for row in kept:  # Purged with everything at resume_step by the START event: written again.
+                    self._write_events(row)
+                self._tb.flush()
             except Exception as e:  # TensorBoard is a nicety; metrics.jsonl is the record.
                 log.warning('TensorBoard writer unavailable: %s', e)
+                self._tb = None
+
+    def _drop_rows_after(self, step: int, rerun_evals: bool) -> list[dict]:
+        """Rewrites metrics.jsonl without the rows after `step`; returns the kept rows of `step`."""
+        if not os.path.exists(self.path):
+            return []
+        keep, at_step, dropped = [], [], 0
+        with open(self.path) as f:
+            for line in f:
+                try:
+                    row = json.loads(line)
+                    row_step = int(row['step'])
+                except (ValueError, KeyError, TypeError):  # A line cut off by the kill.
+                    dropped += 1
+                    continue
+                is_eval = not any(k.startswith('train/') for k in row)
+                if row_step < step or (row_step == step and not (rerun_evals and is_eval)):
+                    keep.append(line if line.endswith('\n') else line + '\n')
+                    if row_step == step:
+                        at_step.append(row)
+                else:
+                    dropped += 1
+        if dropped:
+            tmp = f'{self.path}.tmp'
+            with open(tmp, 'w') as f:
+                f.writelines(keep)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path)
+            log.info('metrics.jsonl: dropped %d row(s) after step %d (written before the restart).', dropped, step)
+        return at_step
 
     def write(self, step: int, metrics: dict[str, Any]) -> None:
         if not self.enabled:
@@ -52,17 +102,26 @@ class MetricWriter:
         with open(self.path, 'a') as f:
             f.write(json.dumps(row) + '\n')
         if self._tb is not None:
-            import tensorflow as tf
-
             try:
-                with self._tb.as_default():
-                    for k, v in row.items():
-                        if k != 'step' and isinstance(v, (int, float)):
-                            tf.summary.scalar(k, v, step=int(step))
+                self._write_events(row)
                 self._tb.flush()
             except Exception as e:  # Never lose a run to the event writer; metrics.jsonl already has the row.
                 log.warning('TensorBoard writer failed, disabling it: %s', e)
                 self._tb = None
+
+    def _write_events(self, row: dict[str, Any]) -> None:
+        from tensorboard.compat.proto import event_pb2, summary_pb2
+
+        values = [summary_pb2.Summary.Value(tag=k, simple_value=float(v)) for k, v in row.items()
+                  if k != 'step' and isinstance(v, (int, float)) and not isinstance(v, bool)]
+        if values:
+            self._tb.add_event(event_pb2.Event(wall_time=time.time(), step=int(row['step']),
+                                               summary=summary_pb2.Summary(value=values)))
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
 
 
 def _to_py(v: Any) -> Any:
@@ -201,13 +260,16 @@ def train_and_evaluate(config: Any, workdir: Optional[str] = None) -> dict[str, 
     if is_main:
         print(f'{config.model.name}: {n_params:,} parameters; {jax.device_count()} devices, mesh '
               f'{dict(mesh.shape)}; batch {global_bs}; {total_steps} steps; workdir {workdir}', flush=True)
+        for warning in config_utils.schedule_warnings(config):
+            log.warning(warning)
 
     train_step = jax.jit(objective.train_step, in_shardings=(state_sharding, sharding.batch_sharding(mesh)),
                          out_shardings=(state_sharding, sharding.replicated(mesh)), donate_argnums=(0,))
     ctx = Context(config=config, model=model, objective=objective, mesh=mesh, image_size=image_size,
                   make_dataset=make_dataset, workdir=workdir)
     evals = evaluators.build_all(config.get('evals', None), ctx)
-    writer = MetricWriter(workdir, tensorboard=bool(config.get('tensorboard', True)))
+    writer = MetricWriter(workdir, tensorboard=bool(config.get('tensorboard', True)), resume_step=start_step,
+                          rerun_evals=start_step >= total_steps)
 
     def run_evals(step: int, final: bool = False) -> dict[str, float]:
         results = {}
@@ -250,6 +312,8 @@ def train_and_evaluate(config: Any, workdir: Optional[str] = None) -> dict[str, 
             step += 1
             steps_window += 1
             pending.append((step, metrics))
+            if step == start_step + 1 and step % log_every and step < total_steps:
+                t_window, steps_window = time.time(), 0  # Speed and ETA leave out the first step's compilation.
             if step % log_every == 0 or step == total_steps:
                 fetched = jax.device_get([m for _, m in pending])
                 for (s, _), m in zip(pending, fetched):
@@ -306,8 +370,9 @@ def train_and_evaluate(config: Any, workdir: Optional[str] = None) -> dict[str, 
         figures = ', '.join(f'{k} {v:.4f}' for k, v in last_eval.items()
                             if isinstance(v, float) and not k.endswith('seconds'))
         status = 'Done' if not preempted else ('Preempted' if preemption.requested else 'Stopped (stop_at_step)')
-        print(f'{status} at step {step} in {_fmt_time(result["seconds"])}. {figures}\n'
-              f'Checkpoint: {result["checkpoint"]}\nMetrics: {writer.path}', flush=True)
+        tb = os.path.join(workdir, 'tensorboard')
+        print(f'Checkpoint: {result["checkpoint"]}\nMetrics: {writer.path}'
+              + (f' (TensorBoard: {tb})' if os.path.isdir(tb) else ''), flush=True)
         try:  # A picture of the curves; never fail a finished run over it.
             from vit_jax.tools import plot_metrics
 
@@ -315,5 +380,8 @@ def train_and_evaluate(config: Any, workdir: Optional[str] = None) -> dict[str, 
         except Exception as e:
             log.warning('Could not draw the training curves (%s); run: python -m vit_jax.tools.plot_metrics %s',
                         e, workdir)
+        # The last line is the result.
+        print(f'{status} at step {step} in {_fmt_time(result["seconds"])}' + (f': {figures}' if figures else '.'),
+              flush=True)
     ckpt.close()
     return result
