@@ -170,3 +170,148 @@ def test_drop_path_schedule_undefined_configs():
     assert crossvit.official_drop_path_rates((4, 1), 1, 3, 0.0) == ((0.0,) * 4,) * 3
     with pytest.raises(ValueError, match='fusion_depth'):
         crossvit.official_drop_path_rates((1, 4), 0, 3, 0.1)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# End to end: an official-layout checkpoint with two cross-attention layers per fusion (depth=[[1, 2, 2]] * 2, so
+# `fusion.{b}` is an nn.Sequential and its keys are `fusion.{b}.{layer}`) converts and gives the official logits.
+# ----------------------------------------------------------------------------------------------------------------
+_DIMS, _HEADS, _DEPTHS, _RATIOS, _K, _L, _CLASSES = (16, 32), (2, 4), (1, 2), (2.0, 3.0), 2, 2, 5
+_SIZES, _PATCHES = (36, 32), (12, 16)
+
+
+def _official_state_dict(fusion_layers, seed=0):
+    """Random weights under IBM/CrossViT's names for VisionTransformer(img_size=[36, 32], patch_size=[12, 16],
+    depth=[[1, 2, L_code]] * 2); `fusion_layers=None` stores one bare block (L_code = 0, the released models)."""
+    rng = np.random.default_rng(seed)
+    sd = {}
+
+    def add(name, *shape, base=0.0):
+        sd[name] = (base + 0.2 * rng.normal(size=shape)).astype(np.float32)
+
+    def linear(name, out_dim, in_dim):
+        add(f'{name}.weight', out_dim, in_dim)
+        add(f'{name}.bias', out_dim)
+
+    def norm(name, d):
+        add(f'{name}.weight', d, base=1.0)
+        add(f'{name}.bias', d)
+
+    for b in range(2):
+        d, p = _DIMS[b], _PATCHES[b]
+        add(f'patch_embed.{b}.proj.weight', d, 3, p, p)
+        add(f'patch_embed.{b}.proj.bias', d)
+        add(f'cls_token.{b}', 1, 1, d)
+        add(f'pos_embed.{b}', 1, 1 + (_SIZES[b] // p) ** 2, d)
+        norm(f'norm.{b}', d)
+        linear(f'head.{b}', _CLASSES, d)
+    for k in range(_K):
+        for b in range(2):
+            d, o = _DIMS[b], _DIMS[1 - b]
+            for j in range(_DEPTHS[b]):
+                q = f'blocks.{k}.blocks.{b}.{j}'
+                norm(f'{q}.norm1', d)
+                linear(f'{q}.attn.qkv', 3 * d, d)
+                linear(f'{q}.attn.proj', d, d)
+                norm(f'{q}.norm2', d)
+                linear(f'{q}.mlp.fc1', int(d * _RATIOS[b]), d)
+                linear(f'{q}.mlp.fc2', d, int(d * _RATIOS[b]))
+            norm(f'blocks.{k}.projs.{b}.0', d)
+            linear(f'blocks.{k}.projs.{b}.2', o, d)
+            names = ([f'blocks.{k}.fusion.{b}'] if fusion_layers is None
+                     else [f'blocks.{k}.fusion.{b}.{layer}' for layer in range(fusion_layers)])
+            for f in names:
+                norm(f'{f}.norm1', o)
+                for n in ('wq', 'wk', 'wv', 'proj'):
+                    linear(f'{f}.attn.{n}', o, o)
+            norm(f'blocks.{k}.revert_projs.{b}.0', o)
+            linear(f'blocks.{k}.revert_projs.{b}.2', d, o)
+    return sd
+
+
+def _official_logits(sd, images, fusion_layers):
+    """The official VisionTransformer.forward with torch functional ops on the state dict (eps 1e-6, exact GELU)."""
+    import torch
+    import torch.nn.functional as F
+
+    w = {k: torch.from_numpy(v) for k, v in sd.items()}
+    ln = lambda x, n: F.layer_norm(x, x.shape[-1:], w[f'{n}.weight'], w[f'{n}.bias'], eps=1e-6)  # noqa: E731
+    lin = lambda x, n: F.linear(x, w[f'{n}.weight'], w[f'{n}.bias'])  # noqa: E731
+
+    def heads_split(t, h):
+        b, n, c = t.shape
+        return t.reshape(b, n, h, c // h).permute(0, 2, 1, 3)
+
+    def block(x, n, h):
+        b, t, c = x.shape
+        qkv = lin(ln(x, f'{n}.norm1'), f'{n}.attn.qkv').reshape(b, t, 3, h, c // h).permute(2, 0, 3, 1, 4)
+        a = ((qkv[0] @ qkv[1].transpose(-2, -1)) * (c // h) ** -0.5).softmax(-1)
+        x = x + lin((a @ qkv[2]).transpose(1, 2).reshape(b, t, c), f'{n}.attn.proj')
+        return x + lin(F.gelu(lin(ln(x, f'{n}.norm2'), f'{n}.mlp.fc1')), f'{n}.mlp.fc2')
+
+    def cross(x, n, h):  # CrossAttentionBlock(has_mlp=False): returns the class token only.
+        y = ln(x, f'{n}.norm1')
+        c = x.shape[-1]
+        q = heads_split(lin(y[:, 0:1], f'{n}.attn.wq'), h)
+        k, v = heads_split(lin(y, f'{n}.attn.wk'), h), heads_split(lin(y, f'{n}.attn.wv'), h)
+        a = ((q @ k.transpose(-2, -1)) * (c // h) ** -0.5).softmax(-1)
+        return x[:, 0:1] + lin((a @ v).transpose(1, 2).reshape(x.shape[0], 1, c), f'{n}.attn.proj')
+
+    def proj(x, n):
+        return lin(F.gelu(ln(x, f'{n}.0')), f'{n}.2')
+
+    x = torch.from_numpy(images.transpose(0, 3, 1, 2))
+    xs = []
+    for b in range(2):
+        xb = F.interpolate(x, size=(_SIZES[b],) * 2, mode='bicubic') if x.shape[2] != _SIZES[b] else x
+        t = F.conv2d(xb, w[f'patch_embed.{b}.proj.weight'], w[f'patch_embed.{b}.proj.bias'], stride=_PATCHES[b])
+        t = torch.cat((w[f'cls_token.{b}'].expand(x.shape[0], -1, -1), t.flatten(2).transpose(1, 2)), dim=1)
+        xs.append(t + w[f'pos_embed.{b}'])
+    for k in range(_K):
+        outs_b = []
+        for b in range(2):
+            t = xs[b]
+            for j in range(_DEPTHS[b]):
+                t = block(t, f'blocks.{k}.blocks.{b}.{j}', _HEADS[b])
+            outs_b.append(t)
+        proj_cls = [proj(outs_b[b][:, 0:1], f'blocks.{k}.projs.{b}') for b in range(2)]
+        xs = []
+        for i in range(2):
+            tmp = torch.cat((proj_cls[i], outs_b[1 - i][:, 1:]), dim=1)
+            names = ([f'blocks.{k}.fusion.{i}'] if fusion_layers is None
+                     else [f'blocks.{k}.fusion.{i}.{layer}' for layer in range(fusion_layers)])
+            for n in names:  # nn.Sequential.
+                tmp = cross(tmp, n, _HEADS[1 - i])
+            xs.append(torch.cat((proj(tmp[:, 0:1], f'blocks.{k}.revert_projs.{i}'), outs_b[i][:, 1:]), dim=1))
+    logits = [lin(ln(xs[b], f'norm.{b}')[:, 0], f'head.{b}') for b in range(2)]
+    return torch.stack(logits).mean(0).numpy()
+
+
+def _model(fusion_depth):
+    return models.get_model('CrossViT-S', image_size=32, branch_sizes=_SIZES, embed_dims=_DIMS, num_heads=_HEADS,
+                            depths=_DEPTHS, mlp_ratios=_RATIOS, num_encoders=_K, num_classes=_CLASSES,
+                            fusion_depth=fusion_depth)
+
+
+@pytest.mark.parametrize('fusion_layers', [None, 2])
+def test_official_checkpoint_converts_and_matches(fusion_layers):
+    pytest.importorskip('torch')
+    from vit_jax import convert
+
+    sd = _official_state_dict(fusion_layers)
+    model = _model(fusion_layers or 1)
+    variables = convert.from_official('crossvit', dict(sd), model)  # Every key consumed, shapes checked.
+    images = np.random.default_rng(3).normal(size=(2, 32, 32, 3)).astype(np.float32)
+    logits, _ = jax.jit(model.apply)(variables, jnp.asarray(images))
+    ref = _official_logits(sd, images, fusion_layers)
+    np.testing.assert_allclose(np.asarray(logits), ref, atol=1e-4)
+
+
+def test_fusion_depth_mismatch_is_refused():
+    from vit_jax import convert
+    from vit_jax.porting import registry
+
+    with pytest.raises(registry.ConversionError, match='fusion'):  # A 2-layer fusion into a 1-layer model.
+        convert.from_official('crossvit', _official_state_dict(2), _model(1))
+    with pytest.raises(registry.ConversionError, match='fusion_depth=1'):  # A single block into a 2-layer model.
+        convert.from_official('crossvit', _official_state_dict(None), _model(2))

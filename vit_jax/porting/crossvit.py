@@ -63,9 +63,15 @@ def convert(sd: registry.StateDict, model: CrossViT) -> dict:
             blk[f'proj_{b}'] = proj(f'{p}.projs.{b}')
             blk[f'revert_proj_{b}'] = proj(f'{p}.revert_projs.{b}')
             heads_j = model.num_heads[(b + 1) % nb]
+            # The code's L_code = 0 stores one CrossAttentionBlock directly (fusion_depth 1); L_code >= 1 an
+            # nn.Sequential of L_code blocks `fusion.{b}.{layer}` (fusion_depth L_code).
+            bare = f'{p}.fusion.{b}.norm1.weight' in sd
+            if bare and model.fusion_depth != 1:
+                raise registry.ConversionError(
+                    f'official:crossvit: {p}.fusion.{b} is a single cross-attention block (official depth[-1] = 0) '
+                    f'but the model has fusion_depth={model.fusion_depth}; build it with fusion_depth=1.')
             for layer in range(model.fusion_depth):
-                # The code's L_code = 0 stores one CrossAttentionBlock directly; L_code > 0 a Sequential.
-                f = f'{p}.fusion.{b}' if f'{p}.fusion.{b}.norm1.weight' in sd else f'{p}.fusion.{b}.{layer}'
+                f = f'{p}.fusion.{b}' if bare else f'{p}.fusion.{b}.{layer}'
                 name = f'fusion_{b}' + (f'_{layer}' if model.fusion_depth > 1 else '')
                 blk[name] = {'norm1': norm(sd, f'{f}.norm1'), 'attn': {
                     'query': attention_in(sd, f'{f}.attn.wq', heads_j),
