@@ -475,9 +475,16 @@ def test_cli_reads_argparse_namespace_next_to_the_weights(tmp_path):
     sd, _ = _official_cct()
     pth = str(tmp_path / 'cct.pth')
     torch.save({'model': {k: torch.from_numpy(np.asarray(v)) for k, v in sd.items()}, 'epoch': 299,
+                'model_ema': {k: torch.from_numpy(np.asarray(v) * 2) for k, v in sd.items()},
                 'args': argparse.Namespace(lr=5e-4, model='cct_7_3x2_32')}, pth)
     got = convert.read_torch_state_dict(pth)
     assert sorted(got) == sorted(sd)
+    np.testing.assert_array_equal(got['classifier.fc.weight'], sd['classifier.fc.weight'])
+    # --key picks another entry (the EMA weights).
+    ema = convert.read_torch_state_dict(pth, key='model_ema')
+    np.testing.assert_array_equal(ema['classifier.fc.weight'], 2 * sd['classifier.fc.weight'])
+    with pytest.raises(ValueError, match="no entry 'state_dict_ema'.*model_ema"):
+        convert.read_torch_state_dict(pth, key='state_dict_ema')
 
 
 def test_cli_partial_encoder_only_checkpoint(tmp_path, capsys):

@@ -13,6 +13,10 @@ Command line (IN: `.pth`, `.pt`, `.pyth`, `.bin` or `.safetensors`; torch files 
     python -m vit_jax.convert --from=transformers HF_MODEL_DIR --out OUT.npz
     python -m vit_jax.convert --from=timm IN --out OUT.npz
 
+Export (`vit_jax/porting/export.py`): `convert.to_transformers(model, variables, out_dir)` writes a HuggingFace model
+directory (ViT/DeiT, CvT, BEiT, DPT, TimeSformer), `convert.to_timm(model, variables, path)` a timm ViT/DeiT state
+dict (.safetensors); on the command line `--to=transformers|timm --workdir_or_npz IN --out OUT [--model=NAME ...]`.
+
 The `.npz` holds the parameters in the release layout (and non-trainable collections such as BatchNorm
 `batch_stats` under `model_state/...`); it loads with `config.init_from.path` and `checkpoint.load_pretrained`. The
 command prints the matching `config.model` flags and the input size. Converters live in `vit_jax/porting/`, one
@@ -30,7 +34,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from vit_jax.porting import registry
+from vit_jax.porting import export, registry
 from vit_jax.porting.common import (  # noqa: F401  (layout helpers, re-exported)
     attention_in,
     attention_out,
@@ -41,6 +45,7 @@ from vit_jax.porting.common import (  # noqa: F401  (layout helpers, re-exported
     norm,
     to_numpy,
 )
+from vit_jax.porting.export import ExportError, to_timm, to_transformers  # noqa: F401
 from vit_jax.porting.hf import (  # noqa: F401
     from_hf_beit,
     from_hf_clip_vision,
@@ -71,10 +76,11 @@ SUFFIXES = TORCH_SUFFIXES + ('.safetensors',)
 # ----------------------------------------------------------------------------------------------------------------
 # Reading checkpoint files.
 # ----------------------------------------------------------------------------------------------------------------
-def read_torch_state_dict(path: str) -> dict:
+def read_torch_state_dict(path: str, key: str | None = None) -> dict:
     """A state dict of numpy arrays from `.safetensors` (no torch needed) or `.pth/.pt/.pyth/.bin` (torch, weights
     only: pickled objects are refused). Wrappers (`{'model': ...}`, `{'state_dict': ...}`, ...) and `module.`
-    prefixes are removed (`porting.registry.unwrap`)."""
+    prefixes are removed (`porting.registry.unwrap`); `key` picks one entry of the file's dict first (e.g.
+    'state_dict_ema' or 'model_ema' for the EMA weights some training scripts save next to the raw ones)."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f'No checkpoint file at {path!r}.')
     if path.endswith('.safetensors'):
@@ -99,6 +105,11 @@ def read_torch_state_dict(path: str) -> dict:
             raise ValueError(f'{path!r} could not be read as a PyTorch weights file with torch.load(weights_only=True) '
                              f'({type(e).__name__}: {str(e)[:300]}). Only plain state dicts of tensors (possibly '
                              "inside {'model': ...} / {'state_dict': ...}) are accepted.") from None
+    if key is not None:
+        if not isinstance(obj, dict) or key not in obj:
+            have = sorted(obj) if isinstance(obj, dict) else type(obj).__name__
+            raise ValueError(f'{path!r} has no entry {key!r} (--key); it has: {have}.')
+        obj = obj[key]
     try:
         return unwrap(obj)
     except ConversionError as e:
@@ -210,7 +221,7 @@ def _from_official(args: Any, model_flags: dict) -> tuple[Any, dict, dict, tuple
         raise ValueError(f'--from=official:{family} needs --model=<registered name> (names starting with {prefixes}) '
                          'and --model.<field>=<value> for the checkpoint\'s hyper-parameters.')
     model = models.get_model(args.model, **model_flags)
-    sd = read_torch_state_dict(args.input)
+    sd = read_torch_state_dict(args.input, key=args.key)
     if args.partial:
         variables = convert_partial(family, sd, model)
         expected = registry._flat(dict(models.init_shapes(model)))
@@ -240,8 +251,8 @@ def _from_timm(args: Any, model_flags: dict) -> tuple[Any, dict, dict, tuple[str
     if args.image_size:
         image_size = tuple(int(x) for x in str(args.image_size).split(','))
         image_size = image_size[0] if len(image_size) == 1 else image_size
-    model, variables = vit_from_timm_state_dict(read_torch_state_dict(args.input), num_heads=args.num_heads,
-                                                image_size=image_size)
+    sd = read_torch_state_dict(args.input, key=args.key)
+    model, variables = vit_from_timm_state_dict(sd, num_heads=args.num_heads, image_size=image_size)
     return model, variables, model_overrides(model), ()
 
 
@@ -269,8 +280,8 @@ def convert_file(source: str, path: str, out: str, *, hf_config: str | None = No
         raise ValueError(f"--from must be 'transformers', 'timm' or 'official:<family>' (families: "
                          f"{', '.join(official_families())}), got {source!r}.")
     args = dataclasses.make_dataclass('Args', ['source', 'input', 'hf_config', 'num_heads', 'image_size', 'model',
-                                               'partial'])(source, path, hf_config, num_heads, image_size, model,
-                                                           partial)
+                                               'partial', 'key'])(source, path, hf_config, num_heads, image_size,
+                                                                  model, partial, None)
     _, variables, model_cfg, _ = IMPORTS[kind](args, dict(model_flags or {}))
     save_variables(out, variables)
     return model_cfg
@@ -284,7 +295,8 @@ def _parser() -> argparse.ArgumentParser:
         prog='python -m vit_jax.convert',
         description='Convert a saved PyTorch checkpoint (an official release, HuggingFace transformers or timm) into '
                     'a .npz parameter file in the vit_jax layout, loadable with config.init_from.path / '
-                    'checkpoint.load_pretrained. Model fields for --from=official: --model.<field>=<value>.')
+                    'checkpoint.load_pretrained. Model fields for --from=official: --model.<field>=<value>. '
+                    'Export: --to=transformers|timm (--to=timm --help).')
     p.add_argument('input', help='official / timm: a .pth/.pt/.pyth/.bin/.safetensors file; HuggingFace: a '
                                  'model directory (config.json + model.safetensors or pytorch_model.bin) or the '
                                  'weights file.')
@@ -294,6 +306,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument('--out', required=True, help='Output .npz file.')
     p.add_argument('--model', default=None, help='official: the registered vit_jax model to convert into (e.g. '
                                                  'CCT-7/3x1); set its hyper-parameters with --model.<field>=<value>.')
+    p.add_argument('--key', default=None,
+                   help="official / timm: the entry of the checkpoint's dict that holds the weights, e.g. "
+                        "state_dict_ema (default: the first of 'state_dict', 'model', ... found; see "
+                        "porting.registry.unwrap).")
     p.add_argument('--partial', action='store_true',
                    help='official: convert the parts the checkpoint holds (e.g. an MAE encoder for QueryOTR) instead '
                         'of requiring every model variable; the printed init_from.dont_load covers the rest.')
@@ -330,7 +346,10 @@ def main(argv: list[str] | None = None) -> int:
     Returns 0 on success, 1 for a checkpoint that cannot be converted (the reason on stderr), 2 for bad usage.
     A new mode (e.g. an export `--to=...`) adds its flags in `_parser()` and its branch here.
     """
-    rest, model_flags = _split_model_flags(sys.argv[1:] if argv is None else list(argv))
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if export.wants_export(argv):  # --to=transformers|timm: the export mode, with its own flags (porting/export.py).
+        return export.main(argv)
+    rest, model_flags = _split_model_flags(argv)
     p = _parser()
     args = p.parse_args(rest)
     # Modes: --from=<source> (IMPORTS). Another mode (e.g. an export --to=...) adds its flags in _parser() and is

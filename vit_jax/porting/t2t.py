@@ -7,8 +7,9 @@ Official names: `tokens_to_token.attention{1,2}` (Token_performer: `kqv`, `proj`
 fixed random features `w`; Token_transformer: `norm1`, `attn.{qkv,proj}`, `norm2`, `mlp.{fc1,fc2}`),
 `tokens_to_token.project`, `cls_token`, `pos_embed` (the fixed sinusoid table: rebuilt here, not loaded),
 `blocks.{i}.{norm1, attn.qkv, attn.proj, norm2, mlp.fc1, mlp.fc2}`, `norm`, `head`. The Performer features `w` go to
-the 'constants' collection. Released files hold `state_dict` and `state_dict_ema` (the official evaluation uses the
-EMA weights: pass `torch.load(path)['state_dict_ema']`; `registry.unwrap` picks `state_dict`).
+the 'constants' collection. A training checkpoint that holds both `state_dict` and `state_dict_ema` (timm's train
+script; the official `load_for_transfer_learning(..., use_ema=True)` reads the EMA one) unwraps to `state_dict`:
+pass `torch.load(path)['state_dict_ema']`, or `--key=state_dict_ema` on the command line, for the EMA weights.
 """
 
 from __future__ import annotations
