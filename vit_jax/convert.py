@@ -297,9 +297,9 @@ def _parser() -> argparse.ArgumentParser:
                     'a .npz parameter file in the vit_jax layout, loadable with config.init_from.path / '
                     'checkpoint.load_pretrained. Model fields for --from=official: --model.<field>=<value>. '
                     'Export: --to=transformers|timm (--to=timm --help).')
-    p.add_argument('input', help='official / timm: a .pth/.pt/.pyth/.bin/.safetensors file; HuggingFace: a '
-                                 'model directory (config.json + model.safetensors or pytorch_model.bin) or the '
-                                 'weights file.')
+    p.add_argument('input', nargs='?', default=None,
+                   help='official / timm: a .pth/.pt/.pyth/.bin/.safetensors file; HuggingFace: a model directory '
+                        '(config.json + model.safetensors or pytorch_model.bin) or the weights file.')
     p.add_argument('--from', dest='source', default=None,
                    help=f"'official:<family>' ({', '.join(official_families())}), 'transformers' (a ViT) or "
                         "'timm' (a ViT).")
@@ -356,6 +356,8 @@ def main(argv: list[str] | None = None) -> int:
     # dispatched here, before the import checks.
     if args.source is None:
         p.error('--from is required: official:<family>, transformers or timm.')
+    if args.input is None:
+        p.error('the checkpoint to convert (IN) is required.')
     if not args.out.endswith('.npz'):
         print('error: --out must end in .npz', file=sys.stderr)
         return 2
