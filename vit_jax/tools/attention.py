@@ -327,6 +327,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument('--mode', choices=('rollout', 'heads'), default='rollout',
                    help='rollout: joint attention over all layers; heads: each head of the last layer.')
     p.add_argument('--query', type=int, default=0, help='Which prefix token reads the map (1: distillation token).')
+    p.add_argument('--verbose', action='store_true', help='Also print library logging (absl/Orbax/TensorFlow).')
     args = p.parse_args(argv)
     try:
         model, variables, prep = load_model(args.checkpoint, args.model, args.config, args.image_size,
@@ -346,4 +347,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == '__main__':
+    from vit_jax import console
+
+    console.setup(verbose='--verbose' in sys.argv)  # Library logging off (before TensorFlow is imported).
     sys.exit(main())
