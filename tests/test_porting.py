@@ -369,6 +369,19 @@ def test_official_errors_name_the_key(name):
         convert.from_official(fam, bad, model)
 
 
+def test_queryotr_fixed_table_is_checked_not_loaded():
+    """A stored `pos_embed` (use_learnable_pos_emb=True, or MAE's table saved as a buffer) is accepted only when it is
+    the fixed sin-cos table the model rebuilds; a learnable one would be lost, so it is refused."""
+    from vit_jax.porting import queryotr
+
+    sd, model = _official_queryotr()
+    n = (56 // 4) ** 2
+    convert.from_official('queryotr', dict(sd, **{'transformer_encoder.pos_embed': queryotr.sinusoid_table(n, 32)}),
+                          model)
+    with pytest.raises(convert.ConversionError, match='transformer_encoder.pos_embed.*learnable'):
+        convert.from_official('queryotr', dict(sd, **{'transformer_encoder.pos_embed': _rand((1, n, 32))}), model)
+
+
 def test_wrong_model_class_is_refused():
     sd, _ = _official_cct()
     with pytest.raises(convert.ConversionError, match='Compact Transformer'):
