@@ -164,7 +164,9 @@ def _official_t2t(d=32, token_dim=16, layers=1, classes=10):
         sd.add(f'{p}.w', (token_dim // 2, token_dim))
     sd.linear('tokens_to_token.project', d, token_dim * 9)
     sd.add('cls_token', (1, 1, d))
-    sd.add('pos_embed', (1, 4 + 1, d))
+    from vit_jax.porting.common import sinusoid_table
+
+    sd['pos_embed'] = sinusoid_table(4 + 1, d)  # get_sinusoid_encoding(n_position=num_patches + 1, d_hid=D).
     for i in range(layers):
         b = f'blocks.{i}'
         sd.norm(f'{b}.norm1', d)
@@ -372,14 +374,28 @@ def test_official_errors_name_the_key(name):
 def test_queryotr_fixed_table_is_checked_not_loaded():
     """A stored `pos_embed` (use_learnable_pos_emb=True, or MAE's table saved as a buffer) is accepted only when it is
     the fixed sin-cos table the model rebuilds; a learnable one would be lost, so it is refused."""
-    from vit_jax.porting import queryotr
+    from vit_jax.porting.common import sinusoid_table
 
     sd, model = _official_queryotr()
     n = (56 // 4) ** 2
-    convert.from_official('queryotr', dict(sd, **{'transformer_encoder.pos_embed': queryotr.sinusoid_table(n, 32)}),
-                          model)
-    with pytest.raises(convert.ConversionError, match='transformer_encoder.pos_embed.*learnable'):
+    convert.from_official('queryotr', dict(sd, **{'transformer_encoder.pos_embed': sinusoid_table(n, 32)}), model)
+    with pytest.raises(convert.ConversionError, match="'transformer_encoder.pos_embed' is not the fixed sin-cos table"):
         convert.from_official('queryotr', dict(sd, **{'transformer_encoder.pos_embed': _rand((1, n, 32))}), model)
+
+
+def test_fixed_sine_tables_are_checked_not_dropped():
+    """CCT's `_sine` models and T2T-ViT store their fixed table; a learned table in its place is refused."""
+    sd, model = _official_t2t()
+    with pytest.raises(convert.ConversionError, match="'pos_embed' is not the fixed sin-cos table"):
+        convert.from_official('t2t', dict(sd, pos_embed=_rand(sd['pos_embed'].shape)), model)
+    sd, _ = _official_cct()
+    sine = models.get_model('CCT-7/3x2', hidden_size=32, num_heads=2, mlp_ratio=2.0, num_layers=1, image_size=32,
+                            num_classes=10, posemb='sine')
+    with pytest.raises(convert.ConversionError, match="'classifier.positional_emb' is not the fixed sin-cos table"):
+        convert.from_official('cct', dict(sd), sine)  # A learned table into a sine model.
+    from vit_jax.porting.common import sinusoid_table
+
+    convert.from_official('cct', dict(sd, **{'classifier.positional_emb': sinusoid_table(64, 32)}), sine)
 
 
 def test_wrong_model_class_is_refused():

@@ -15,7 +15,7 @@ from typing import Any
 
 from vit_jax.models.cct import CompactTransformer
 from vit_jax.porting import registry
-from vit_jax.porting.common import attention_in, attention_out, conv, linear, norm, to_numpy
+from vit_jax.porting.common import attention_in, attention_out, check_fixed_table, conv, linear, norm, to_numpy
 
 
 @registry.official('cct', source='SHI-Labs/Compact-Transformers', models=('CCT-', 'CVT-', 'ViT-Lite-', 'cct_',
@@ -39,8 +39,8 @@ def convert(sd: registry.StateDict, model: CompactTransformer) -> dict:
     t: dict[str, Any] = {}
     if model.posemb == 'learnable':
         t['posembed_input'] = {'pos_embedding': to_numpy(sd[f'{c}.positional_emb'])}
-    elif model.posemb == 'sine':
-        sd.ignore(rf'{c}\.positional_emb')  # The fixed table: rebuilt here, not a variable.
+    elif model.posemb == 'sine' and f'{c}.positional_emb' in sd:
+        check_fixed_table(sd, f'{c}.positional_emb')  # The frozen sine Parameter: rebuilt here, not a variable.
     for i in range(model.num_layers):
         b = f'{c}.blocks.{i}'
         qkv = to_numpy(sd[f'{b}.self_attn.qkv.weight'])

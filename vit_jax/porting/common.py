@@ -66,3 +66,25 @@ def hf_activation(name: str) -> str:
     if name not in table:
         raise ValueError(f'Unsupported HuggingFace activation {name!r}.')
     return table[name]
+
+
+def sinusoid_table(n: int, d: int) -> np.ndarray:
+    """The fixed position table of the Transformer (`get_sinusoid_encoding_table` / `sinusoidal_embedding` in the
+    official CCT, T2T-ViT, QueryOTR and MAE-pytorch code): angle pos / 10000^(2 (j // 2) / d), sin on even and cos
+    on odd channels; shape (1, n, d)."""
+    angle = np.arange(n)[:, None] / np.power(10000.0, 2 * (np.arange(d) // 2) / d)[None]
+    return np.where(np.arange(d) % 2 == 0, np.sin(angle), np.cos(angle))[None].astype(np.float32)
+
+
+def check_fixed_table(sd: dict, key: str) -> None:
+    """Reads `key`, a stored copy of the fixed sin-cos table that the vit_jax model rebuilds, and raises if it holds
+    anything else (a learned table would otherwise be dropped without a word)."""
+    from vit_jax.porting.registry import ConversionError
+
+    t = to_numpy(sd[key])
+    if t.ndim == 2:
+        t = t[None]
+    if t.ndim != 3 or not np.allclose(t, sinusoid_table(t.shape[1], t.shape[2]), atol=1e-4):
+        raise ConversionError(f'{key!r} is not the fixed sin-cos table (a learned position embedding?); the model as '
+                              'built rebuilds that table and has no parameter for it: build it with a learnable '
+                              'position embedding if the checkpoint has one.')

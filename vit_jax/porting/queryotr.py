@@ -21,19 +21,11 @@ import numpy as np
 
 from vit_jax.models.queryotr import QueryOTR
 from vit_jax.porting import registry
-from vit_jax.porting.common import attention_in, attention_out, conv, linear, norm, to_numpy
+from vit_jax.porting.common import attention_in, attention_out, check_fixed_table, conv, linear, norm, to_numpy
 
 # Keys that hold no generator weights: the encoder's classifier head, MAE's decoder and mask token.
 _IGNORED = (r'(transformer_encoder|encoder)\.head\..*', r'decoder\..*', r'encoder_to_decoder\..*', r'mask_token')
 _POS_EMBED = r'(transformer_encoder\.|encoder\.)?pos_embed'
-
-
-def sinusoid_table(n: int, d: int) -> np.ndarray:
-    """The fixed table of the official encoders (`get_sinusoid_encoding_table`): angle pos / 10000^(2 (j // 2) / d),
-    sin on even and cos on odd channels; (1, n, d)."""
-    angle = np.arange(n)[:, None] / np.power(10000.0, 2 * (np.arange(d) // 2) / d)[None]
-    table = np.where(np.arange(d) % 2 == 0, np.sin(angle), np.cos(angle))
-    return table[None].astype(np.float32)
 
 
 def _attn(sd: dict, prefix: str, heads: int, *, cross: bool = False) -> dict:
@@ -61,10 +53,7 @@ def _attn(sd: dict, prefix: str, heads: int, *, cross: bool = False) -> dict:
 def _convert(sd: registry.StateDict, num_heads: int, decoder_heads: int) -> dict:
     sd.ignore(*_IGNORED)
     for k in [k for k in sd if re.fullmatch(_POS_EMBED, k)]:  # The fixed sin-cos table, rebuilt by the model.
-        pe = to_numpy(sd[k])
-        if pe.ndim != 3 or not np.allclose(pe, sinusoid_table(pe.shape[1], pe.shape[2]), atol=1e-4):
-            raise registry.ConversionError(f'{k!r} is not the fixed sin-cos table (a learnable position embedding, '
-                                           'use_learnable_pos_emb=True?); the QueryOTR model has no such parameter.')
+        check_fixed_table(sd, k)
     enc = 'transformer_encoder.' if any(k.startswith('transformer_encoder.') for k in sd) else 'encoder.'
     params: dict = {}
     if any(k.startswith(enc) for k in sd):  # Present parts convert whole (a missing key inside is an error).

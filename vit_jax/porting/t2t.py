@@ -18,7 +18,7 @@ from typing import Any
 
 from vit_jax.models.t2t import T2TViT
 from vit_jax.porting import registry
-from vit_jax.porting.common import attention_in, attention_out, linear, norm, to_numpy
+from vit_jax.porting.common import attention_in, attention_out, check_fixed_table, linear, norm, to_numpy
 
 
 @registry.official('t2t', source='yitu-opensource/T2T-ViT', models=('T2T-ViT', 't2t_vit'))
@@ -29,7 +29,8 @@ def convert(sd: registry.StateDict, model: T2TViT) -> dict:
     if model.scan:
         raise registry.ConversionError('Convert into a model with scan=False (checkpoint.load_pretrained restacks '
                                        'the layers for a scanned model).')
-    sd.ignore('pos_embed')  # The sinusoid table (requires_grad=False), rebuilt for the input's token count.
+    if 'pos_embed' in sd:  # The sinusoid table (requires_grad=False), rebuilt for the input's token count.
+        check_fixed_table(sd, 'pos_embed')
     params: dict[str, Any] = {}
     consts: dict[str, Any] = {}
     t2t: dict[str, Any] = {}
