@@ -299,6 +299,45 @@ def _official_vgg(depth=11, divisor=16, classes=7):
     return sd, model
 
 
+def _official_inception(classes=1008):
+    """torchvision `inception_v3(aux_logits=True)` / pytorch-fid `FIDInceptionA/C/E`: every BasicConv2d is
+    `{name}.conv.weight` (no bias) + `{name}.bn.{weight, bias, running_mean, running_var, num_batches_tracked}` under
+    the attribute path (`Conv2d_1a_3x3`, `Mixed_5b.branch5x5_1`, ...), the auxiliary classifier `AuxLogits.*`
+    (not built here) and `fc`. The BasicConv2d paths and widths are torchvision's; here they are enumerated from the
+    model's tree (same names by construction) and spot-checked against torchvision's below."""
+    model = models.get_model('InceptionV3-FID', num_classes=classes, image_size=75)
+    sd = _SD()
+    flat = checkpoint.flatten(models.init_shapes(model)['params'])
+    for k, v in flat.items():
+        if k.endswith('/conv/kernel'):
+            kh, kw, i, o = v.shape
+            sd.add(k[:-len('/conv/kernel')].replace('/', '.') + '.conv.weight', (o, i, kh, kw))
+        elif k.endswith('/bn/scale'):
+            sd.bn(k[:-len('/bn/scale')].replace('/', '.') + '.bn', v.shape[0])
+    sd.linear('fc', classes, 2048)
+    sd.conv('AuxLogits.conv0.conv', 128, 768, 1, bias=False)  # torchvision's auxiliary head: ignored.
+    sd.linear('AuxLogits.fc', 1000, 768)
+    return sd, model
+
+
+def test_inception_layout_has_torchvisions_names():
+    sd, model = _official_inception()
+    # torchvision.models.inception: Conv2d_1a_3x3 = BasicConv2d(3, 32, 3, stride 2); Mixed_5b = InceptionA(192, 32):
+    # branch5x5_1 BasicConv2d(192, 48, 1), branch_pool BasicConv2d(192, 32, 1); Mixed_6e = InceptionC(768, 192):
+    # branch7x7_2 BasicConv2d(192, 192, (1, 7)); Mixed_7c = InceptionE(2048): branch3x3dbl_3b BasicConv2d(384, 384,
+    # (3, 1)); fc Linear(2048, num_classes).
+    want = {'Conv2d_1a_3x3.conv.weight': (32, 3, 3, 3), 'Mixed_5b.branch5x5_1.conv.weight': (48, 192, 1, 1),
+            'Mixed_5b.branch_pool.conv.weight': (32, 192, 1, 1), 'Mixed_6e.branch7x7_2.conv.weight': (192, 192, 1, 7),
+            'Mixed_7c.branch3x3dbl_3b.conv.weight': (384, 384, 3, 1), 'Mixed_7c.branch3x3dbl_3b.bn.running_var': (384,),
+            'fc.weight': (1008, 2048)}
+    for k, shape in want.items():
+        assert tuple(sd[k].shape) == shape, k
+    variables = convert.from_official('inception', dict(sd), model)
+    assert set(variables) == {'params', 'batch_stats'}
+    pool3 = model.apply(variables, jnp.zeros((1, 75, 75, 3)), train=False)[1]['pool3']
+    assert pool3.shape == (1, 2048) and np.isfinite(np.asarray(pool3)).all()
+
+
 OFFICIAL = {
     'cct': _official_cct, 'cct/vit_lite': _official_vit_lite, 'dhvt': _official_dhvt, 't2t': _official_t2t,
     'crossvit': _official_crossvit, 'queryotr': _official_queryotr, 'vgg': _official_vgg,
