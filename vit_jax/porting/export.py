@@ -21,10 +21,12 @@ the option, never exported approximately:
   `CvtForImageClassification` with `num_labels=0` (logits = the normalised pooled features).
 - BEiT (`BeitModel` / `BeitForImageClassification` / `BeitForMaskedImageModeling`): the inert key bias of the shared
   block is dropped (it changes no output); `classifier='token'` needs `final_norm`, `'gap'` none (HF's
-  `use_mean_pooling`).
-- DPT (`DPTForDepthEstimation` / `DPTForSemanticSegmentation`): ViT backbone at a square `image_size` (HF assumes a
-  square stored position grid), final ReLU of the depth head (`non_negative=True`); a metric `depth_scale` is
-  recorded in config.json (`vit_jax_depth_scale`, `vit_jax_depth_shift`), since HF returns the inverse depth.
+  `use_mean_pooling`); position embeddings (relative or absolute) only on a square grid (HF resamples both for a
+  non-square grid even at its own size: the relative table transposed, the absolute one as if square).
+- DPT (`DPTForDepthEstimation` / `DPTForSemanticSegmentation`): ViT or R50-hybrid (BiT) backbone at a square
+  `image_size` (HF assumes a square stored position grid), final ReLU of the depth head (`non_negative=True`); a
+  metric `depth_scale` is recorded in config.json (`vit_jax_depth_scale`, `vit_jax_depth_shift`), since HF returns
+  the inverse depth (vit_jax's `out['inverse_depth']`).
 - TimeSformer (`TimesformerModel` / `TimesformerForVideoClassification`): `divided_space_time` and
   `joint_space_time` at a square frame size (HF's space-only model does not average frames as the official code
   does; L+G and axial attention are not in HF).
@@ -340,6 +342,16 @@ def _beit_hf(model: Any, params: dict, stats: dict) -> tuple[Any, str, dict, dic
              "norm (classifier='gap').")
     ph, pw = _pair(model.patch_size)
     _require(ph == pw, fam, f'patch_size={model.patch_size}: HuggingFace BEiT needs a square patch.')
+    gh, gw = _pair(model.image_size)[0] // ph, _pair(model.image_size)[1] // pw
+    _require(gh == gw or model.rel_pos_bias == 'none', fam,
+             f"image_size={model.image_size} (a {gh}x{gw} grid) with rel_pos_bias={model.rel_pos_bias!r}: "
+             "transformers' BEiT always resamples its relative-position table as a (2w-1, 2h-1) grid to (2h-1, 2w-1), "
+             'which scrambles the table of a non-square grid (an HF bug; square grids are unaffected). Export a '
+             "model with a square image_size.")
+    _require(gh == gw or not model.abs_posemb, fam,
+             f"image_size={model.image_size} (a {gh}x{gw} grid) with abs_posemb=True: transformers' BEiT resizes its "
+             'absolute position embedding for any non-square input as if the stored grid were square (it fails). '
+             'Export a model with a square image_size.')
     has_head = bool(model.num_classes)
     mim = bool(model.vocab_size)
     _require(not (has_head and mim), fam, 'a model with both a classification head (num_classes) and a MIM head '
@@ -412,34 +424,59 @@ def _dpt_hf(model: Any, params: dict, stats: dict) -> tuple[Any, str, dict, dict
     import transformers
 
     fam = 'DPT -> HuggingFace'
-    _require(model.stem == 'patch', fam, f"stem={model.stem!r}: DPT-Hybrid (BiT backbone) export is not "
-             'implemented; the ViT backbone exports.')
-    _require(all(isinstance(h, (int, np.integer)) for h in model.hooks), fam,
-             f'hooks={model.hooks}: HF taps ViT blocks (integer hooks) only.')
+    hybrid = model.stem == 'resnet'
+    _require(model.stem in ('patch', 'resnet'), fam, f'stem={model.stem!r}: HF DPT has a ViT or a BiT-hybrid '
+             'backbone.')
+    n = len(model.hooks)
+    vit_hooks = model.hooks[2:] if hybrid else model.hooks
+    _require(all(isinstance(h, (int, np.integer)) for h in vit_hooks), fam,
+             f'hooks={model.hooks}: HF taps ViT blocks (integer hooks)' + (
+                 ", after 'resnet/block1', 'resnet/block2' for the hybrid." if hybrid else '.'))
+    if hybrid:
+        _require(tuple(model.hooks[:2]) == ('resnet/block1', 'resnet/block2') and n == 4, fam,
+                 f"hooks={model.hooks}: HF's hybrid taps ResNet stages 1 and 2, then two ViT blocks.")
+        _require(len(model.resnet_layers) == 3 and _pair(model.patch_size) == (1, 1), fam,
+                 f'resnet_layers={model.resnet_layers}, patch_size={model.patch_size}: HF\'s BiT-hybrid has three '
+                 'ResNet stages and a 1x1 projection (the R50 hybrid).')
+        _require(model.resnet_variant == 'timm', fam, f"resnet_variant={model.resnet_variant!r}: HF's BiT has "
+                 "the 'timm' epsilons.")
+        _require(float(64 * model.resnet_width).is_integer(), fam, f'resnet_width={model.resnet_width}.')
     h, w = _pair(model.image_size)
     _require(h == w, fam, f'image_size={model.image_size}: HuggingFace DPT assumes a square stored position grid; '
              'export a model built with a square image_size (inputs of other sizes still work in both).')
     seg = model.head == 'segmentation'
     _require(seg or model.non_negative, fam, "non_negative=False: HuggingFace's depth head always ends in a ReLU.")
     _require(model.norm_eps > 0, fam, 'norm_eps must be positive.')
-    stride = _pair(model.patch_size)[0]
-    n = len(model.hooks)
+    stride = 16 if hybrid else _pair(model.patch_size)[0]
     factors = model.reassemble_factors
     if factors is None:
         factors = tuple(stride / (4 * 2**i) for i in range(n))
     factors = [int(f) if float(f).is_integer() else float(f) for f in factors]
     use_bn = model.fusion_bn if model.fusion_bn is not None else seg
+    features = list(model.features)
+    hybrid_kw = {}
+    if hybrid:
+        width = int(64 * model.resnet_width)
+        sizes = [4 * width * 2**i for i in range(3)]
+        features[:2] = sizes[:2]  # The ResNet maps' channels (HF's neck convolutions read them from here).
+        hybrid_kw = dict(
+            is_hybrid=True, backbone_featmap_shape=[1, sizes[2], h // 16, h // 16],
+            backbone_config=dict(model_type='bit', embedding_size=width, hidden_sizes=sizes,
+                                 depths=[int(d) for d in model.resnet_layers], num_groups=32, global_padding='same',
+                                 layer_type='bottleneck', out_features=['stage1', 'stage2', 'stage3'],
+                                 embedding_dynamic_padding=True))
     config = transformers.DPTConfig(
         hidden_size=model.hidden_size, num_hidden_layers=model.num_layers, num_attention_heads=model.num_heads,
         intermediate_size=model.mlp_dim, hidden_act=_hf_activation(model.activation, 'DPT'),
         hidden_dropout_prob=float(model.dropout_rate), attention_probs_dropout_prob=float(model.attention_dropout_rate),
         layer_norm_eps=float(model.norm_eps), image_size=h, patch_size=stride, num_channels=3, qkv_bias=True,
-        is_hybrid=False, backbone_out_indices=[int(i) for i in model.hooks], readout_type=model.readout,
-        reassemble_factors=factors, neck_hidden_sizes=list(model.features),
+        backbone_out_indices=([0, 1] if hybrid else []) + [int(i) for i in vit_hooks], readout_type=model.readout,
+        reassemble_factors=factors, neck_hidden_sizes=features,
         fusion_hidden_size=int(model.fusion_features), head_in_index=-1,
         use_batch_norm_in_fusion_residual=bool(use_bn), use_bias_in_fusion_residual=not use_bn,
         add_projection=False, use_auxiliary_head=bool(seg and model.aux_head),
-        semantic_classifier_dropout=float(model.head_dropout), num_labels=int(model.num_classes) if seg else 2)
+        semantic_classifier_dropout=float(model.head_dropout), num_labels=int(model.num_classes) if seg else 2,
+        **hybrid_kw)
     if not seg and model.depth_scale is not None:
         config.vit_jax_depth_scale = float(model.depth_scale)
         config.vit_jax_depth_shift = float(model.depth_shift)
@@ -448,7 +485,11 @@ def _dpt_hf(model: Any, params: dict, stats: dict) -> tuple[Any, str, dict, dict
     emb = pre + 'embeddings'
     sd[f'{emb}.cls_token'] = _a(params['cls'])
     sd[f'{emb}.position_embeddings'] = _a(params['Transformer']['posembed_input']['pos_embedding'])
-    _put(sd, f'{emb}.patch_embeddings.projection', conv(params['embedding']))
+    if hybrid:
+        _put(sd, f'{emb}.projection', conv(params['embedding']))
+        _bit_hf(sd, f'{emb}.backbone.bit', params)
+    else:
+        _put(sd, f'{emb}.patch_embeddings.projection', conv(params['embedding']))
     tr = params['Transformer']
     for i in range(model.num_layers):
         b, L = tr[f'encoderblock_{i}'], f'{pre}encoder.layer.{i}'
@@ -463,6 +504,9 @@ def _dpt_hf(model: Any, params: dict, stats: dict) -> tuple[Any, str, dict, dict
     _put(sd, f'{pre}layernorm', norm(tr['encoder_norm']))
     neck, neck_stats = params['neck'], stats.get('neck', {})
     for i in range(n):
+        _put(sd, f'neck.convs.{i}', conv(neck[f'layer{i + 1}_rn'], bias=False))
+        if hybrid and i < 2:
+            continue  # ResNet maps: no reassembly.
         r = neck[f'reassemble{i + 1}']
         if model.readout == 'project':
             _put(sd, f'neck.reassemble_stage.readout_projects.{i}.0', linear(r['readout_project']))
@@ -474,7 +518,6 @@ def _dpt_hf(model: Any, params: dict, stats: dict) -> tuple[Any, str, dict, dict
             sd[f'{lp}.resize.bias'] = _a(r['resize']['bias'])
         elif factors[i] < 1:
             _put(sd, f'{lp}.resize', conv(r['resize']))
-        _put(sd, f'neck.convs.{i}', conv(neck[f'layer{i + 1}_rn'], bias=False))
     for j in range(n):  # HF fusion layer j (deepest first) is refinenet{n - j}.
         name = f'refinenet{n - j}'
         block, fp = neck[name], f'neck.fusion_stage.layers.{j}'
@@ -506,6 +549,24 @@ def _dpt_hf(model: Any, params: dict, stats: dict) -> tuple[Any, str, dict, dict
             _put(sd, f'head.head.{idx}', conv(p[c]))
         cls_name = 'DPTForDepthEstimation'
     return config, cls_name, sd, {}
+
+
+def _bit_hf(sd: dict, prefix: str, params: dict) -> None:
+    """resnet_stem names (`conv_root`, `gn_root`, `block{i}/unit{j}`) -> HuggingFace BitBackbone (bottleneck)."""
+    _put(sd, f'{prefix}.embedder.convolution', conv(params['conv_root'], bias=False))
+    _put(sd, f'{prefix}.embedder.norm', norm(params['gn_root']))
+    stage = 0
+    while f'block{stage + 1}' in params:
+        block = params[f'block{stage + 1}']
+        for unit in range(len(block)):
+            u, lp = block[f'unit{unit + 1}'], f'{prefix}.encoder.stages.{stage}.layers.{unit}'
+            for c in (1, 2, 3):
+                _put(sd, f'{lp}.conv{c}', conv(u[f'conv{c}'], bias=False))
+                _put(sd, f'{lp}.norm{c}', norm(u[f'gn{c}']))
+            if 'conv_proj' in u:
+                _put(sd, f'{lp}.downsample.conv', conv(u['conv_proj'], bias=False))
+                _put(sd, f'{lp}.downsample.norm', norm(u['gn_proj']))
+        stage += 1
 
 
 def _zero_unit(f: int, use_bn: bool) -> dict:
@@ -755,7 +816,7 @@ def _parser() -> Any:
     import argparse
 
     p = argparse.ArgumentParser(
-        prog='python -m vit_jax.convert --to=transformers|timm',
+        prog='python -m vit_jax.convert',
         description='Export a vit_jax model (a run\'s workdir, or a .npz with --model) as a HuggingFace transformers '
                     'model directory (config.json + model.safetensors) or a timm ViT/DeiT state dict (.safetensors). '
                     'Model fields: --model.<field>=<value> (override the workdir\'s config.json, or describe a .npz).')
