@@ -2,6 +2,8 @@
 
     python tests/scale_worker.py OUT_DIR JOBS_JSON [--distributed PORT RANK N]
 
+A job may carry `config`: top-level config overrides (tests/test_faults_train.py uses it).
+
 Each job trains the tiny config for `steps` under `mesh` in `workdir` (resuming if it holds a checkpoint) and writes
 OUT_DIR/<tag>.<process>.json (losses, parameter shardings, devices) and OUT_DIR/<tag>.npz (the final params).
 Not a test module itself (no test_ prefix); tests/test_scale.py launches it.
@@ -54,6 +56,8 @@ def run_job(job: dict, out: str) -> None:
     c = tiny_config(job.get('steps', 3))
     c.mesh = job['mesh']
     c.stop_at_step = job.get('stop_at', 0)  # Same schedule as the full run, interrupted.
+    with c.unlocked():
+        c.update(job.get('config', {}))  # Top-level overrides (e.g. checkpoint_every, peer_timeout_seconds).
     result = train.train_and_evaluate(c, job['workdir'])
     state = result['state']
     specs = {}

@@ -112,20 +112,34 @@ def validate(config: ml_collections.ConfigDict) -> None:
         raise ConfigError(f'The config lacks required keys: {", ".join(missing)}. See configs/quickstart.py.')
     if 'name' not in config.model:
         raise ConfigError('config.model.name is required (a registered model name; see models.list_models()).')
-    for key in ('batch_size', 'total_steps', 'log_every'):
+    for key in ('batch_size', 'total_steps', 'log_every', 'keep_checkpoints'):
         v = config[key]
         if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
-            raise ConfigError(f'config.{key} must be a positive integer, got {v!r}.')
-    for key in ('eval_every', 'checkpoint_every', 'keep_checkpoints'):
+            hint = ' (the last N checkpoints are kept; 0 would delete every one)' if key == 'keep_checkpoints' else ''
+            raise ConfigError(f'config.{key} must be a positive integer, got {v!r}{hint}.')
+    for key in ('eval_every', 'checkpoint_every'):
         v = config[key]
         if not isinstance(v, int) or isinstance(v, bool) or v < 0:
             raise ConfigError(f'config.{key} must be a non-negative integer, got {v!r}.')
+    on_nonfinite = config.get('on_nonfinite', 'stop')
+    if on_nonfinite not in ('stop', 'skip'):
+        raise ConfigError(f"config.on_nonfinite must be 'stop' or 'skip', got {on_nonfinite!r}.")
+    for key in ('peer_timeout_seconds', 'lock_stale_seconds', 'stop_at_step'):
+        v = config.get(key, 0)
+        if v is not None and (not isinstance(v, (int, float)) or isinstance(v, bool) or v < 0):
+            raise ConfigError(f'config.{key} must be a non-negative number, got {v!r}.')
     if not isinstance(config.dataset, str):
         raise ConfigError(f'config.dataset must be a string (a TFDS name, "digits" or "folder:/path"), '
                           f'got {config.dataset!r}.')
     base_lr = config.lr.get('base', None)
     if not isinstance(base_lr, (int, float)) or isinstance(base_lr, bool):
         raise ConfigError(f'config.lr.base must be a number, got {base_lr!r}.')
+    from vit_jax import optim
+
+    try:  # The schedule checks its own options (lr.decay ...) when called: once here, not while tracing.
+        optim.lr_schedule(config.lr, int(config.total_steps))(0)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     accum = config.optimizer.get('accum_steps', 1) or 1
     if config.batch_size % accum:
         raise ConfigError(f'batch_size={config.batch_size} is not divisible by optimizer.accum_steps={accum}.')
@@ -200,8 +214,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.log_every = 50  # Steps between training-metric logs.
     c.eval_every = 1000  # Steps between evaluations (0: only at the end).
     c.checkpoint_every = 1000  # Steps between checkpoints (0: only at the end).
-    c.keep_checkpoints = 3  # Checkpoints kept.
-    c.on_nonfinite = 'stop'  # 'stop' or 'skip' when a loss or gradient is not finite.
+    c.keep_checkpoints = 3  # Checkpoints kept (>= 1).
+    c.on_nonfinite = 'stop'  # 'stop' or 'skip' when a loss, gradient, update or new parameter is not finite.
+    c.peer_timeout_seconds = 1800  # Multi-process: end the job when no step or save progresses this long (0: off).
+    c.lock_stale_seconds = 300  # A workdir lock whose heartbeat is older than this is a dead run's: taken over.
     c.stop_at_step = 0  # If > 0: save and exit at this step (a job-length limit); the same command resumes.
     c.tensorboard = True  # Also write TensorBoard events.
     c.optimizer = ml_collections.ConfigDict(dict(
@@ -214,6 +230,7 @@ def base_config() -> ml_collections.ConfigDict:
         ema_decay=None,  # EMA of weights used by the evaluators (e.g. 0.9999), or None.
         freeze=None,  # Regex of parameters kept frozen.
         accumulator_dtype=None,  # Momentum dtype for SGD (the release uses 'bfloat16').
+        mu_dtype=None,  # First-moment dtype for adam/adamw/lamb (e.g. 'bfloat16'); None: the parameters' dtype.
     ))
     c.lr = ml_collections.ConfigDict(dict(base=0.03, warmup_steps=500, decay='cosine', end=0.0))
     c.objective = ml_collections.ConfigDict(dict(type='classification', label_smoothing=0.0, loss='softmax'))

@@ -21,6 +21,8 @@ flags.DEFINE_bool('distributed', False, 'Call jax.distributed.initialize() (mult
 flags.DEFINE_string('coordinator_address', None, 'Multi-host: host:port of process 0 (else from the environment).')
 flags.DEFINE_integer('num_processes', None, 'Multi-host: number of processes (else from the environment).')
 flags.DEFINE_integer('process_id', None, 'Multi-host: this process (else from the environment).')
+flags.DEFINE_integer('heartbeat_timeout', 100, 'Multi-host: seconds without a heartbeat after which a dead peer '
+                     'process ends the job (jax.distributed). A stuck but alive peer: config.peer_timeout_seconds.')
 flags.DEFINE_bool('verbose', False, 'Also print library logging (absl/Orbax/TensorFlow/JAX INFO lines), hidden by '
                   'default.')
 
@@ -37,12 +39,17 @@ def _split_overrides(argv: Sequence[str]) -> list[str]:
 
 
 def initialize_distributed(coordinator_address: Optional[str] = None, num_processes: Optional[int] = None,
-                           process_id: Optional[int] = None) -> None:
-    """jax.distributed.initialize from explicit values or the environment (no-op for a single process)."""
+                           process_id: Optional[int] = None, heartbeat_timeout: Optional[int] = None) -> None:
+    """jax.distributed.initialize from explicit values or the environment (no-op for a single process).
+
+    `heartbeat_timeout` (seconds, JAX's default 100): a peer process that stops sending heartbeats (killed, or its
+    machine died) ends every process of the job after this long, instead of leaving them blocked in a collective.
+    """
     import jax
 
     kw = {k: v for k, v in dict(coordinator_address=coordinator_address, num_processes=num_processes,
-                                process_id=process_id).items() if v is not None}
+                                process_id=process_id, heartbeat_timeout_seconds=heartbeat_timeout).items()
+          if v is not None}
     jax.distributed.initialize(**kw)
 
 
@@ -52,7 +59,8 @@ def main(argv: Sequence[str]) -> None:
 
     console.setup(verbose=FLAGS.verbose)  # Before TensorFlow / JAX are imported: their C++ logging reads env vars.
     if FLAGS.distributed or os.environ.get('VIT_JAX_DISTRIBUTED'):
-        initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+        initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
+                               FLAGS.heartbeat_timeout)
     from vit_jax import config_utils, train
 
     if not FLAGS.config:
@@ -68,7 +76,14 @@ def main(argv: Sequence[str]) -> None:
     trainer = config.get('trainer', 'train')
     if trainer != 'train':
         raise app.UsageError(f"config.trainer={trainer!r}: only 'train' exists (methods plug in as objectives).")
-    train.train_and_evaluate(config, FLAGS.workdir)
+    from vit_jax import data, lock
+
+    try:
+        train.train_and_evaluate(config, FLAGS.workdir)
+    except (config_utils.ConfigError, train.ResumeMismatchError, lock.WorkdirBusyError,
+            data.DatasetNotPreparedError) as e:
+        print(f'Error: {e}', file=sys.stderr)  # One line: these name the problem and the fix.
+        sys.exit(2)
 
 
 def run() -> None:

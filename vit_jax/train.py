@@ -15,6 +15,8 @@ import json
 import logging
 import os
 import signal
+import sys
+import threading
 import time
 from typing import Any, Optional
 
@@ -22,8 +24,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vit_jax import checkpoint, config_utils, evaluators, models, objectives, sharding
+from vit_jax import checkpoint, config_utils, evaluators, lock, models, objectives, sharding
 from vit_jax.evaluators.base import Context
+from vit_jax.objectives.base import tree_all_finite
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +103,7 @@ class MetricWriter:
         row = {'step': int(step)}
         row.update({k: _to_py(v) for k, v in metrics.items()})
         with open(self.path, 'a') as f:
-            f.write(json.dumps(row) + '\n')
+            f.write(json.dumps(row, allow_nan=False) + '\n')
         if self._tb is not None:
             try:
                 self._write_events(row)
@@ -125,7 +128,11 @@ class MetricWriter:
 
 
 def _to_py(v: Any) -> Any:
+    """A JSON value: non-finite floats become null (JSON has no NaN/Infinity; `metrics.jsonl` stays strict JSON)."""
     v = np.asarray(v)
+    if v.dtype.kind == 'f' and not np.all(np.isfinite(v)):
+        v = v.astype(object)
+        v[~np.isfinite(v.astype(float))] = None
     return v.item() if v.size == 1 else v.tolist()
 
 
@@ -157,6 +164,95 @@ class _Preemption:
     def __exit__(self, *exc):
         if self._old is not None:
             signal.signal(signal.SIGTERM, self._old)
+
+
+class ResumeMismatchError(ValueError):
+    """The workdir's checkpoint was written for another model than the config's."""
+
+
+class _Watchdog:
+    """Ends the process with a clear error when the loop makes no progress for `timeout` seconds.
+
+    Multi-process runs only: a dead or stuck peer otherwise blocks every other process in a collective (a train
+    step, the stop-flag all-reduce, Orbax's save barrier) forever. Armed after the first step (compilation can be
+    long), paused during evaluation.
+    """
+
+    def __init__(self, timeout: float):
+        self.timeout = float(timeout)
+        self._since: Optional[float] = None
+        self._what = ''
+        self._stop = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+
+    def poke(self, what: str) -> None:
+        self._what = what
+        self._since = time.monotonic()
+        if self._thread is None and self.timeout > 0:
+            self._thread = threading.Thread(target=self._watch, name='vit-jax-watchdog', daemon=True)
+            self._thread.start()
+
+    def pause(self) -> None:
+        self._since = None
+
+    def _watch(self) -> None:
+        while not self._stop.wait(min(max(self.timeout / 10, 0.5), 10.0)):
+            since = self._since
+            if since is not None and time.monotonic() - since > self.timeout:
+                msg = (f'No progress for {self.timeout:.0f} s after {self._what} (process {jax.process_index()} of '
+                       f'{jax.process_count()}): another process is dead or stuck. Stopping this one; rerun the same '
+                       'command to resume from the last checkpoint. Raise --config.peer_timeout_seconds if steps or '
+                       'saves legitimately take longer.')
+                log.error(msg)
+                print(f'Error: {msg}', file=sys.stderr, flush=True)
+                os._exit(1)  # The main thread is blocked in a collective: only a hard exit ends it.
+
+    def close(self) -> None:
+        self._stop.set()
+
+
+def _any_process(flag: bool) -> bool:
+    """True on every process when `flag` is True on any (an all-gather over processes; a no-op for one process)."""
+    if jax.process_count() == 1:
+        return bool(flag)
+    from jax.experimental import multihost_utils
+
+    return bool(np.any(multihost_utils.process_allgather(np.asarray([int(bool(flag))], np.int32))))
+
+
+def check_resume_matches(checkpoint_dir: str, step: int, abstract_params: Any) -> None:
+    """Raises ResumeMismatchError (one line) when the checkpoint at `step` holds other parameters than the model's.
+
+    Reads Orbax's tree metadata (names and written shapes) without restoring anything; a checkpoint whose metadata
+    cannot be read is left to `checkpoint.Manager.restore` (and its fall-back to older steps).
+    """
+    try:
+        with open(os.path.join(checkpoint_dir, str(step), 'default', '_METADATA')) as f:
+            tree = json.load(f)['tree_metadata']
+        stored = {}
+        for entry in tree.values():
+            keys = [str(k['key']) for k in entry['key_metadata']]
+            value = entry.get('value_metadata', {})
+            if keys[0] == 'params' and not value.get('skip_deserialize', False):
+                stored['/'.join(keys[1:])] = tuple(value.get('write_shape') or ())
+    except Exception:  # Unreadable metadata: the restore decides.
+        return
+    want = {sharding._path_str(p): tuple(x.shape) for p, x in jax.tree_util.tree_flatten_with_path(abstract_params)[0]}
+    missing = sorted(set(want) - set(stored))
+    unexpected = sorted(set(stored) - set(want))
+    # Orbax records the written (possibly per-shard) shape: a shard is never larger than, and divides, the whole.
+    shapes = [f'{k} {stored[k]} in the checkpoint, {want[k]} in this config' for k in sorted(set(want) & set(stored))
+              if len(stored[k]) != len(want[k]) or any(w > n or (w and n % w) for w, n in zip(stored[k], want[k]))]
+    if not (missing or unexpected or shapes):
+        return
+    parts = ([f'shapes differ: {shapes[0]}' + (f' (and {len(shapes) - 1} more)' if len(shapes) > 1 else '')]
+             if shapes else [])
+    for what, names in (('not in the checkpoint', missing), ('only in the checkpoint', unexpected)):
+        if names:
+            parts.append(f'{len(names)} parameter(s) {what}, e.g. {names[0]}')
+    raise ResumeMismatchError(
+        f'Cannot resume from {checkpoint_dir}/{step}: it was written for another model ({"; ".join(parts)}). Use a '
+        'new --workdir for a changed model, or --config.init_from.path=<that workdir> to start from its weights.')
 
 
 def default_workdir(config: Any) -> str:
@@ -192,12 +288,38 @@ def _bad_input_error(train_ds: Any, bad: int, frac: float, max_bad: float, when:
 
 
 def train_and_evaluate(config: Any, workdir: Optional[str] = None) -> dict[str, Any]:
-    """Trains `config` in `workdir` (resuming if it holds checkpoints) and returns the final figures."""
-    from vit_jax import data
+    """Trains `config` in `workdir` (resuming if it holds checkpoints) and returns the final figures.
 
+    The workdir is locked for the run (`vit_jax.lock`): a second run on it refuses, a crashed run's lock is taken
+    over. All processes stop at the same step on SIGTERM or `stop_at_step`, save, and return normally.
+    """
     config_utils.validate(config)
     workdir = os.path.abspath(workdir or default_workdir(config))
     os.makedirs(workdir, exist_ok=True)
+    held, busy = None, None
+    if jax.process_index() == 0:  # One lock per workdir (process 0 speaks for the job).
+        try:
+            held = lock.WorkdirLock(workdir, stale_after=float(config.get('lock_stale_seconds', 300) or 300)).acquire()
+        except lock.WorkdirBusyError as e:
+            busy = e
+    if _any_process(busy is not None):
+        raise busy or lock.WorkdirBusyError(f'{workdir} is in use by another run (process 0 could not lock it).')
+    cleanup: list = []
+    try:
+        return _train_and_evaluate(config, workdir, cleanup)
+    finally:
+        for fn in reversed(cleanup):
+            try:
+                fn()
+            except Exception as e:  # Never mask the run's own error.
+                log.warning('Cleanup failed: %s', e)
+        if held is not None:
+            held.release()
+
+
+def _train_and_evaluate(config: Any, workdir: str, cleanup: list) -> dict[str, Any]:
+    from vit_jax import data
+
     is_main = jax.process_index() == 0
     if is_main:
         with open(os.path.join(workdir, 'config.json'), 'w') as f:
@@ -219,6 +341,12 @@ def train_and_evaluate(config: Any, workdir: Optional[str] = None) -> dict[str, 
                                 seed=int(config.seed), process_index=jax.process_index(),
                                 process_count=jax.process_count(), start_step=start_step, **kw)
 
+    ctx = Context(config=config, model=model, objective=objective, mesh=mesh, image_size=image_size,
+                  make_dataset=make_dataset, workdir=workdir)
+    evals = evaluators.build_all(config.get('evals', None), ctx)
+    for ev in evals.values():  # Splits, datasets and batch sizes of every evaluator, before step 0.
+        ev.check()
+
     # ---- State: shapes first, then sharded initialisation (nothing is materialised on one device). ----
     fake_batch = {'image': jax.ShapeDtypeStruct(models.input_shape(model, 1), jnp.float32)}
     rng = jax.random.PRNGKey(int(config.seed))
@@ -230,8 +358,10 @@ def train_and_evaluate(config: Any, workdir: Optional[str] = None) -> dict[str, 
                                             state_shapes, state_sharding)
 
     ckpt = checkpoint.Manager(workdir, keep=int(config.get('keep_checkpoints', 3)))
+    cleanup.append(ckpt.close)  # Also on errors: an unclosed Orbax manager spews "Event loop is closed" at exit.
     start_step = 0
     if ckpt.latest_step() is not None:
+        check_resume_matches(ckpt.directory, ckpt.latest_step(), abstract_state.params)
         state, start_step = ckpt.restore(abstract_state)
         print(f'Resuming from {ckpt.directory}/{start_step}.', flush=True)
     else:
@@ -265,11 +395,9 @@ def train_and_evaluate(config: Any, workdir: Optional[str] = None) -> dict[str, 
 
     train_step = jax.jit(objective.train_step, in_shardings=(state_sharding, sharding.batch_sharding(mesh)),
                          out_shardings=(state_sharding, sharding.replicated(mesh)), donate_argnums=(0,))
-    ctx = Context(config=config, model=model, objective=objective, mesh=mesh, image_size=image_size,
-                  make_dataset=make_dataset, workdir=workdir)
-    evals = evaluators.build_all(config.get('evals', None), ctx)
     writer = MetricWriter(workdir, tensorboard=bool(config.get('tensorboard', True)), resume_step=start_step,
                           rerun_evals=start_step >= total_steps)
+    cleanup.append(writer.close)
 
     def run_evals(step: int, final: bool = False) -> dict[str, float]:
         results = {}
@@ -305,6 +433,44 @@ def train_and_evaluate(config: Any, workdir: Optional[str] = None) -> dict[str, 
     history: list[dict[str, float]] = []
     last_eval: dict[str, float] = {}
     preempted = False
+    last_saved = ckpt.latest_step()
+    state_finite = jax.jit(lambda st: tree_all_finite(
+        st.params, st.opt_state, st.model_state, st.ema_params, st.extra), out_shardings=sharding.replicated(mesh))
+    multi = jax.process_count() > 1
+    watchdog = _Watchdog(float(config.get('peer_timeout_seconds', 1800) or 0) if multi else 0.0)
+    cleanup.append(watchdog.close)
+
+    def stop_on_nonfinite() -> None:
+        """With on_nonfinite='stop': raises at the first non-finite step not yet checked (nothing is saved after
+        it, so the latest checkpoint is the last good one and keep_checkpoints never deletes all good ones)."""
+        if on_nonfinite != 'stop':
+            return
+        for s, m in pending:
+            if float(jax.device_get(m['nonfinite'])) > 0:
+                m = jax.device_get(m)
+                bad = [k for k, v in m.items() if k != 'nonfinite' and not np.all(np.isfinite(v))] or ['update']
+                ckpt.wait()
+                good = ckpt.latest_step()
+                where = (f'The last good checkpoint is {ckpt.directory}/{good} (step {good}).' if good is not None
+                         else 'There is no last good checkpoint: none was written before it.')
+                raise FloatingPointError(
+                    f'Non-finite {", ".join(bad)} at step {s}: the update was not applied and training stopped. '
+                    f'{where} Lower the learning rate (or raise optimizer.eps), or set --config.on_nonfinite=skip '
+                    'to skip such updates.')
+
+    def save(force: bool = False) -> None:
+        """Saves `state` at `step` unless already saved there; never from a non-finite step or state."""
+        nonlocal last_saved
+        if last_saved == step:
+            return  # The periodic save already wrote this step (SIGTERM / stop_at_step on a checkpoint step).
+        stop_on_nonfinite()
+        if not bool(jax.device_get(state_finite(state))):
+            raise FloatingPointError(
+                f'The train state holds non-finite values at step {step}: not saving it. The last good checkpoint '
+                f'is {ckpt.directory}/{last_saved}.')
+        ckpt.save(step, state, force=force)
+        last_saved = step
+
     with _Preemption() as preemption:
         while step < total_steps:
             batch = sharding.to_global(next(train_iter), mesh)
@@ -315,19 +481,16 @@ def train_and_evaluate(config: Any, workdir: Optional[str] = None) -> dict[str, 
             if step == start_step + 1 and step % log_every and step < total_steps:
                 t_window, steps_window = time.time(), 0  # Speed and ETA leave out the first step's compilation.
             if step % log_every == 0 or step == total_steps:
+                stop_on_nonfinite()
                 fetched = jax.device_get([m for _, m in pending])
-                for (s, _), m in zip(pending, fetched):
-                    if m.get('nonfinite', 0.0) > 0:
-                        bad = [k for k, v in m.items() if not np.all(np.isfinite(v))] or ['l2_grads']
-                        if on_nonfinite == 'skip':
-                            skipped_updates += 1
-                            continue
-                        ckpt.wait()
-                        raise FloatingPointError(
-                            f'Non-finite {", ".join(bad)} at step {s}: the update was not applied and training '
-                            f'stopped. The last good checkpoint is in {ckpt.directory} (step {ckpt.latest_step()}). '
-                            "Lower the learning rate or set --config.on_nonfinite=skip to skip such updates.")
-                mean = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[-1]}
+                skipped_now = sum(1 for m in fetched if m.get('nonfinite', 0.0) > 0)
+                skipped_updates += skipped_now
+                if skipped_now == len(fetched):
+                    log.warning('Every update of steps %d-%d was non-finite and skipped (on_nonfinite=skip): the '
+                                'weights are not changing. Lower the learning rate or raise optimizer.eps.',
+                                pending[0][0], step)
+                good = [m for m in fetched if m.get('nonfinite', 0.0) == 0] or fetched
+                mean = {k: float(np.mean([m[k] for m in good])) for k in fetched[-1]}
                 mean.pop('nonfinite', None)
                 dt = time.time() - t_window
                 mean['img_per_sec'] = steps_window * global_bs / max(dt, 1e-9)
@@ -347,20 +510,27 @@ def train_and_evaluate(config: Any, workdir: Optional[str] = None) -> dict[str, 
                     print(f'step {step}/{total_steps} | loss {mean["loss"]:.4f}{extra} | lr {mean["lr"]:.3g} | '
                           f'{mean["img_per_sec"]:.0f} img/s | ETA {_fmt_time(eta)}', flush=True)
                 pending, t_window, steps_window = [], time.time(), 0
-            if step < total_steps:
+            # Every process stops at the same step: the SIGTERM of one process (preemption signals processes at
+            # different moments) is all-reduced each step, so no process waits in a collective for a peer that left.
+            stop = _any_process(preemption.requested or step == stop_at)
+            watchdog.poke(f'step {step}')
+            if step < total_steps and not stop:
+                watchdog.pause()  # Evaluations may legitimately take long.
                 last_eval = run_evals(step) or last_eval
+                watchdog.poke(f'the evaluation at step {step}')
             if ckpt_every and step % ckpt_every == 0 and step < total_steps:
-                ckpt.save(step, state)
-            if preemption.requested or step == stop_at:
-                ckpt.save(step, state, force=True)
+                save()
+            if stop:
+                save(force=True)
                 ckpt.wait()
                 preempted = True
                 break
     result: dict[str, Any] = {'step': step, 'workdir': workdir, 'preempted': preempted, 'history': history}
     if not preempted:
+        save(force=True)  # The final checkpoint first: a failing final evaluation must not lose the run.
+        ckpt.wait()
+        watchdog.pause()
         last_eval = run_evals(step, final=True) or last_eval
-        if ckpt.latest_step() != step:
-            ckpt.save(step, state, force=True)
     ckpt.wait()
     result.update(last_eval)
     result['checkpoint'] = os.path.join(ckpt.directory, str(ckpt.latest_step()))
@@ -383,5 +553,4 @@ def train_and_evaluate(config: Any, workdir: Optional[str] = None) -> dict[str, 
         # The last line is the result.
         print(f'{status} at step {step} in {_fmt_time(result["seconds"])}' + (f': {figures}' if figures else '.'),
               flush=True)
-    ckpt.close()
     return result

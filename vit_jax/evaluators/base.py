@@ -44,6 +44,40 @@ class Evaluator:
         for b in ds:
             yield sharding.to_global(b, self.ctx.mesh)
 
+    def batch_size(self) -> int:
+        """The global eval batch: `batch_size` of the entry, else config.eval_batch_size, else config.batch_size."""
+        c = self.ctx.config
+        return int(self.cfg.get('batch_size', None) or c.get('eval_batch_size', None) or c.batch_size)
+
+    def data_specs(self) -> list[dict]:
+        """The datasets this evaluator reads: [{split, dataset, data_config}] (checked before training starts).
+
+        The default is the entry's `split` (default 'test'), `dataset` and `data`; evaluators reading other or more
+        splits override this (an empty list skips the dataset check).
+        """
+        return [dict(split=self.cfg.get('split', None) or 'test', dataset=self.cfg.get('dataset', None),
+                     data_config=self.cfg.get('data', None))]
+
+    def check(self) -> None:
+        """Raises ValueError naming `config.evals.<name>` when its batch size or data cannot work: called by the
+        trainer before step 0, so that a typo does not cost a whole run (builds each dataset, reads no batch)."""
+        from vit_jax.config_utils import ConfigError
+
+        bs = self.batch_size()
+        n, pc = self.ctx.mesh.size, jax.process_count()
+        if bs < 1 or bs % n or bs % pc:
+            raise ConfigError(f'config.evals.{self.name}: the eval batch size {bs} does not divide over the {n} '
+                             f'devices ({pc} process(es)); set config.eval_batch_size (or evals.{self.name}.'
+                             f'batch_size) to a multiple of {n}.')
+        for spec in self.data_specs():
+            try:
+                self.ctx.make_dataset(spec['split'], batch_size=bs, train=False, dataset=spec.get('dataset', None),
+                                      data_config=spec.get('data_config', None))
+            except Exception as e:
+                where = f"{spec.get('dataset', None) or self.ctx.config.dataset!r} split {spec['split']!r}"
+                raise ConfigError(f'config.evals.{self.name} ({self.cfg.get("type", "")}): cannot read {where}: '
+                                 f'{type(e).__name__}: {e}') from e
+
     def run(self, state: Any) -> dict[str, float]:
         raise NotImplementedError
 

@@ -138,6 +138,10 @@ class FewShot(Evaluator):
 
         return features
 
+    def data_specs(self) -> list[dict]:
+        return [dict(split=spec[k], dataset=spec['dataset'], data_config=spec.get('data', None))
+                for spec in self.datasets.values() for k in ('train_split', 'test_split')]
+
     def _extract(self, state: Any, spec: dict, split: str) -> tuple[np.ndarray, np.ndarray, int]:
         bs = int(self.cfg.get('batch_size', self.ctx.config.get('eval_batch_size', None) or self.ctx.config.batch_size))
         ds = self.ctx.make_dataset(split, batch_size=bs, train=False, dataset=spec['dataset'],

@@ -564,6 +564,16 @@ class Corruption(RobustnessEvaluator):
     'mce' (a fraction: the papers' "41.4 mCE" is 0.414 here).
     """
 
+    def data_specs(self) -> list[dict]:
+        """The first corruption and severity (the others are the same TFDS dataset's configs)."""
+        cfg = self.cfg
+        base = cfg.get('dataset', 'cifar10_corrupted')
+        c = (list(cfg.get('corruptions', None) or CORRUPTIONS))[0]
+        s = int((cfg.get('severities', None) or (1,))[0])
+        split = cfg.get('split', None) or ('validation' if str(base).startswith('imagenet') else 'test')
+        name = cfg.get('template', '{dataset}/{corruption}_{severity}').format(dataset=base, corruption=c, severity=s)
+        return [dict(split=split, dataset=name, data_config=cfg.get('data', None))]
+
     def run(self, state: Any) -> dict[str, float]:
         cfg = self.cfg
         base = cfg.get('dataset', 'cifar10_corrupted')
@@ -702,6 +712,10 @@ class FeatureEnsemble(RobustnessEvaluator):
     Figures: 'accuracy_last<N>' (best test accuracy over the epochs, as the paper reports) and
     'final_accuracy_last<N>'.
     """
+
+    def data_specs(self) -> list[dict]:
+        return [dict(split=self.cfg.get(k, d), dataset=self.cfg.get('dataset', None),
+                     data_config=self.cfg.get('data', None)) for k, d in (('train_split', 'train'), ('split', 'test'))]
 
     def _features(self, variables: dict, split: str, blocks: list[int], limit: Optional[int]
                   ) -> tuple[dict[int, np.ndarray], np.ndarray]:

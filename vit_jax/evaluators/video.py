@@ -34,6 +34,10 @@ class VideoAccuracy(Evaluator):
         """(temporal clips, spatial crops) per video."""
         return int(self.cfg.get('temporal_views', 1)), int(self.cfg.get('spatial_crops', 3))
 
+    def data_specs(self) -> list[dict]:
+        return [dict(split=self.cfg.get('split', 'test'), dataset=self.cfg.get('dataset', None),
+                     data_config=self.data_config())]
+
     def data_config(self) -> dict:
         """The data config of the evaluation pipeline: multi-view test op and the model's clip length."""
         tv, sc = self.views

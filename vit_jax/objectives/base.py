@@ -39,6 +39,35 @@ def tree_l2(tree: Any) -> jax.Array:
     return optax.global_norm(tree)
 
 
+def tree_all_finite(*trees: Any) -> jax.Array:
+    """True when every floating-point element of every tree is finite (integer leaves are ignored)."""
+    ok = jnp.array(True)
+    for leaf in jax.tree_util.tree_leaves(trees):
+        leaf = jnp.asarray(leaf)
+        if jnp.issubdtype(leaf.dtype, jnp.inexact):
+            ok = ok & jnp.all(jnp.isfinite(leaf))
+    return ok
+
+
+def guard_nonfinite(old: TrainState, new: TrainState, *checks: Any) -> tuple[TrainState, jax.Array]:
+    """The one non-finite guard of every train step: keeps `old` (all but `step`) unless the step is finite.
+
+    A step is finite when every float in `checks` (the loss, the gradients, the optimizer updates ...) and every
+    float of the new state (parameters, optimizer state, model state, EMA, `extra`) is finite. A non-finite step
+    is never applied: the returned state holds the old values with `step` advanced (the update is skipped and
+    counted; the trainer stops or skips depending on `config.on_nonfinite`).
+
+    Returns:
+        (the state to continue from, the boolean `finite`).
+    """
+    finite = tree_all_finite(checks, new.params, new.opt_state, new.model_state, new.ema_params, new.extra)
+    keep = lambda n, o: jax.tree_util.tree_map(lambda a, b: jnp.where(finite, a, b), n, o)  # noqa: E731
+    guarded = new.replace(params=keep(new.params, old.params), opt_state=keep(new.opt_state, old.opt_state),
+                          model_state=keep(new.model_state, old.model_state),
+                          ema_params=keep(new.ema_params, old.ema_params), extra=keep(new.extra, old.extra))
+    return guarded, finite
+
+
 class Objective:
     """Base objective. Subclasses implement `loss` and `predict`."""
 
@@ -136,22 +165,20 @@ class Objective:
         return scale(g), scale(m), model_state
 
     def train_step(self, state: TrainState, batch: dict) -> tuple[TrainState, dict]:
-        """One optimizer update. Non-finite gradients leave the state unchanged and are counted in the metrics."""
+        """One optimizer update. A non-finite loss, gradient, update or new state leaves the state unchanged (the
+        step is counted in `metrics['nonfinite']`; see `guard_nonfinite`)."""
         rng = jax.random.fold_in(state.rng, state.step)
         grads, metrics, model_state = self.grads(state.params, state.model_state, batch, rng)
         updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         grad_norm = tree_l2(grads)
-        finite = jnp.isfinite(grad_norm) & jnp.isfinite(metrics['loss'])
-        keep = lambda new, old: jax.tree_util.tree_map(lambda a, b: jnp.where(finite, a, b), new, old)  # noqa
-        params, opt_state, model_state = keep(params, state.params), keep(opt_state, state.opt_state), keep(
-            model_state, state.model_state)
         ema = state.ema_params
         if ema is not None:
             decay = float(self.config.optimizer.ema_decay)
-            ema = jax.tree_util.tree_map(lambda e, p: jnp.where(finite, decay * e + (1 - decay) * p, e), ema, params)
-        metrics = dict(metrics, l2_grads=grad_norm, l2_params=tree_l2(params), l2_updates=tree_l2(updates),
-                       lr=self.schedule(state.step), nonfinite=1.0 - finite.astype(jnp.float32))
+            ema = jax.tree_util.tree_map(lambda e, p: decay * e + (1 - decay) * p, ema, params)
         new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state, model_state=model_state,
                                   ema_params=ema)
+        new_state, finite = guard_nonfinite(state, new_state, metrics['loss'], grad_norm, updates)
+        metrics = dict(metrics, l2_grads=grad_norm, l2_params=tree_l2(new_state.params), l2_updates=tree_l2(updates),
+                       lr=self.schedule(state.step), nonfinite=1.0 - finite.astype(jnp.float32))
         return new_state, metrics

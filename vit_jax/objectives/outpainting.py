@@ -51,7 +51,7 @@ import optax
 from vit_jax import objectives, optim
 from vit_jax.models import patchgan
 from vit_jax.objectives import frozen
-from vit_jax.objectives.base import Objective, TrainState, tree_l2
+from vit_jax.objectives.base import Objective, TrainState, guard_nonfinite, tree_l2
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -320,13 +320,12 @@ class Outpainting(Objective):
         new_extra = dict(extra, disc=disc, disc_opt=disc_opt)
 
         grad_norm = tree_l2(grads)
-        finite = jnp.isfinite(grad_norm) & jnp.isfinite(metrics['loss']) & jnp.isfinite(metrics['d_loss'])
-        keep = lambda new, old: jax.tree_util.tree_map(lambda a, b: jnp.where(finite, a, b), new, old)  # noqa
-        params, opt_state, new_extra = (keep(params, state.params), keep(opt_state, state.opt_state),
-                                        keep(new_extra, extra))
-        metrics = dict(metrics, l2_grads=grad_norm, l2_params=tree_l2(params), lr=self.schedule(state.step),
+        new_state, finite = guard_nonfinite(
+            state, state.replace(step=state.step + 1, params=params, opt_state=opt_state, extra=new_extra),
+            metrics['loss'], metrics['d_loss'], grad_norm, updates)
+        metrics = dict(metrics, l2_grads=grad_norm, l2_params=tree_l2(new_state.params), lr=self.schedule(state.step),
                        gan_phase=1.0 - warm.astype(jnp.float32), nonfinite=1.0 - finite.astype(jnp.float32))
-        return state.replace(step=state.step + 1, params=params, opt_state=opt_state, extra=new_extra), metrics
+        return new_state, metrics
 
     def predict(self, state: TrainState, batch: dict) -> dict:
         """{'outpainted': the full image (centre = input), 'prediction': the PSM output before the centre copy}."""

@@ -38,7 +38,7 @@ import optax
 from vit_jax import objectives
 from vit_jax.models.vqgan import PatchGAN
 from vit_jax.objectives import frozen
-from vit_jax.objectives.base import Objective, TrainState, tree_l2
+from vit_jax.objectives.base import Objective, TrainState, guard_nonfinite, tree_l2
 
 
 def _cfg(c: Any, key: str, default: Any) -> Any:
@@ -203,19 +203,17 @@ class VQGANObjective(Objective):
         extra['usage_ema'] = usage
 
         grad_norm = tree_l2(grads)
-        finite = jnp.isfinite(grad_norm) & jnp.isfinite(metrics['loss'])
-        keep = lambda new, old: jax.tree_util.tree_map(lambda a, b: jnp.where(finite, a, b), new, old)  # noqa
-        params, opt_state, model_state = (keep(params, state.params), keep(opt_state, state.opt_state),
-                                          keep(model_state, state.model_state))
-        extra = keep(extra, state.extra)
         ema = state.ema_params
         if ema is not None:
             decay = float(self.config.optimizer.ema_decay)
-            ema = jax.tree_util.tree_map(lambda e, p: jnp.where(finite, decay * e + (1 - decay) * p, e), ema, params)
-        metrics.update(l2_grads=grad_norm, l2_params=tree_l2(params), lr=self.schedule(state.step),
+            ema = jax.tree_util.tree_map(lambda e, p: decay * e + (1 - decay) * p, ema, params)
+        new_state, finite = guard_nonfinite(
+            state, state.replace(step=state.step + 1, params=params, opt_state=opt_state, model_state=model_state,
+                                 ema_params=ema, extra=extra),
+            metrics['loss'], metrics.get('d_loss', 0.0), grad_norm, updates)
+        metrics.update(l2_grads=grad_norm, l2_params=tree_l2(new_state.params), lr=self.schedule(state.step),
                        nonfinite=1.0 - finite.astype(jnp.float32))
-        return state.replace(step=state.step + 1, params=params, opt_state=opt_state, model_state=model_state,
-                             ema_params=ema, extra=extra), metrics
+        return new_state, metrics
 
     def predict(self, state: TrainState, batch: dict) -> dict:
         (xrec, out), _ = self.apply_model(self.eval_params(state), state.model_state, batch['image'], train=False,
