@@ -659,8 +659,12 @@ def transformers_state_dict(model: Any, variables: Mapping) -> tuple[Any, str, d
 
 def build_transformers_model(model: Any, variables: Mapping) -> Any:
     """The HuggingFace PyTorch model (eval mode) holding `variables`; every HF weight is set (strict load)."""
-    import torch
-    import transformers
+    try:
+        import torch
+        import transformers
+    except ImportError:
+        raise ImportError('to_transformers needs PyTorch and transformers: pip install -e ".[test]" (torch CPU + '
+                          'transformers 5.23).') from None
 
     config, cls_name, sd, init = transformers_state_dict(model, variables)
     hf_cls = getattr(transformers, cls_name)
@@ -782,7 +786,11 @@ def to_timm(model: Any, variables: Mapping, path: str) -> dict[str, np.ndarray]:
     Returns:
       The state dict written (numpy arrays).
     """
-    from safetensors.numpy import save_file
+    try:
+        from safetensors.numpy import save_file
+    except ImportError:
+        raise ImportError('to_timm writes safetensors: pip install safetensors (or the test extras: '
+                          'pip install -e ".[test]").') from None
 
     sd = timm_state_dict(model, variables)
     if not path.endswith('.safetensors'):
