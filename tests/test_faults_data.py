@@ -9,6 +9,7 @@ evaluation and predict. Predict streams its inputs and names permission errors.
 """
 
 import glob
+import io
 import logging
 import os
 import shutil
@@ -18,8 +19,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from PIL import Image
 
-from vit_jax import checkpoint, train
+from vit_jax import checkpoint, data, predict, train
 from vit_jax.objectives.base import TrainState
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -176,3 +178,180 @@ def test_damaged_final_checkpoint_is_set_aside_and_saved_again(tmp_path, caplog)
     want = jax.device_get(result['state'].params)
     for k, v in checkpoint.flatten(want).items():
         np.testing.assert_array_equal(checkpoint.flatten(got)[k], np.asarray(v), err_msg=k)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Image folders.
+# ----------------------------------------------------------------------------------------------------------------
+def _png(path, value=0, size=(4, 4)):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    Image.fromarray(np.full((*size, 3), value, np.uint8)).save(path)
+
+
+def _listing(root, split='train', **cfg):
+    """{relative path: class name} of the examples an image folder gives for a split."""
+    from vit_jax.data import datasets
+
+    src = datasets.folder(split, arg=str(root), data_config={'check_images': True, **cfg})
+    out = {}
+    for ex in src.dataset.as_numpy_iterator():
+        rel = os.path.relpath(ex['image_path'].decode(), str(root))
+        assert rel not in out, f'{rel} listed twice'
+        out[rel] = src.class_names[int(ex['label'])]
+    return out
+
+
+def test_directory_symlinks_never_repeat_or_relabel_images(tmp_path, caplog):
+    root, ext = tmp_path / 'images', tmp_path / 'elsewhere'
+    _png(root / 'train' / 'cat' / 'a.png')
+    _png(root / 'train' / 'cat' / 'sub' / 'b.png')
+    _png(root / 'train' / 'dog' / 'c.png')
+    _png(ext / 'more_cats' / 'd.png')
+    _png(ext / 'birds' / 'e.png')
+    os.symlink('.', root / 'train' / 'cat' / 'loop')  # A cycle.
+    os.symlink('..', root / 'train' / 'cat' / 'sub' / 'up')  # Back up to the class directory.
+    os.symlink('../..', root / 'train' / 'dog' / 'top')  # Up to train/: every class's images.
+    os.symlink(root / 'train' / 'cat' / 'sub', root / 'train' / 'dog' / 'cats')  # Into another class.
+    os.symlink(ext / 'more_cats', root / 'train' / 'cat' / 'more')  # Out of the tree: read once.
+    os.symlink(ext / 'more_cats', root / 'train' / 'dog' / 'more_again')  # The same directory again.
+    os.symlink(ext / 'birds', root / 'train' / 'bird')  # A class directory that is a link: a normal class.
+    with caplog.at_level(logging.WARNING):
+        got = _listing(root)
+    assert got == {'train/bird/e.png': 'bird', 'train/cat/a.png': 'cat', 'train/cat/sub/b.png': 'cat',
+                   'train/cat/more/d.png': 'cat', 'train/dog/c.png': 'dog'}
+    msg = _messages(caplog)
+    for link in ('cat/loop', 'cat/sub/up', 'dog/top', 'dog/cats', 'dog/more_again'):
+        assert link in msg, (link, msg)
+    assert 'cat/more' in msg  # The link that was followed is named too.
+
+
+def _touch_bytes_name(directory, name: bytes, content: bytes):
+    path = os.path.join(os.fsencode(str(directory)), name)
+    with open(path, 'wb') as f:
+        f.write(content)
+    return path
+
+
+def test_non_utf8_file_names_are_skipped_and_named(tmp_path, caplog):
+    root = tmp_path / 'images'
+    _png(root / 'train' / 'cat' / 'a.png')
+    _png(root / 'train' / 'dog' / 'b.png')
+    png = (root / 'train' / 'cat' / 'a.png').read_bytes()
+    _touch_bytes_name(root / 'train' / 'cat', b'caf\xe9.png', png)  # Latin-1, not UTF-8.
+    os.makedirs(os.path.join(os.fsencode(str(root / 'train')), b'd\xf6g'))  # A class directory too.
+    _touch_bytes_name(os.path.join(os.fsencode(str(root / 'train')), b'd\xf6g').decode('utf-8', 'surrogateescape'),
+                      b'x.png', png)
+    with caplog.at_level(logging.WARNING):
+        got = _listing(root)
+    assert got == {'train/cat/a.png': 'cat', 'train/dog/b.png': 'dog'}
+    msg = _messages(caplog)
+    assert repr(b'caf\xe9.png')[2:-1] in msg and repr(b'd\xf6g')[2:-1] in msg, msg
+    assert 'UTF-8' in msg
+
+
+def test_empty_class_folders_are_not_classes(tmp_path, caplog):
+    root = tmp_path / 'images'
+    _png(root / 'train' / 'cat' / 'a.png')
+    _png(root / 'train' / 'dog' / 'b.png')
+    (root / 'train' / 'empty').mkdir()
+    (root / 'train' / 'notes_only').mkdir()
+    (root / 'train' / 'notes_only' / 'readme.txt').write_text('no images here')
+    _png(root / 'test' / 'dog' / 'c.png')
+    (root / 'test' / 'empty').mkdir()
+    with caplog.at_level(logging.WARNING):
+        got = _listing(root)
+        assert _listing(root, 'test') == {'test/dog/c.png': 'dog'}
+    assert got == {'train/cat/a.png': 'cat', 'train/dog/b.png': 'dog'}
+    assert str(root / 'train' / 'empty') in _messages(caplog)
+    assert str(root / 'train' / 'notes_only') in _messages(caplog)
+    from vit_jax.data import datasets
+
+    assert datasets.folder('train', arg=str(root), data_config={}).class_names == ['cat', 'dog']
+
+
+def test_unreadable_sub_directories_are_reported(tmp_path, caplog, monkeypatch):
+    # Tests run as root here, so chmod cannot make a directory unreadable: os.scandir raises for it instead.
+    root = tmp_path / 'images'
+    _png(root / 'train' / 'cat' / 'a.png')
+    _png(root / 'train' / 'cat' / 'locked' / 'b.png')
+    _png(root / 'train' / 'dog' / 'c.png')
+    locked = str(root / 'train' / 'cat' / 'locked')
+    real_scandir = os.scandir
+
+    def scandir(path='.'):
+        if os.fsdecode(path).rstrip('/') == locked:
+            raise PermissionError(13, 'Permission denied', locked)
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, 'scandir', scandir)
+    with caplog.at_level(logging.WARNING):
+        got = _listing(root)
+    assert got == {'train/cat/a.png': 'cat', 'train/dog/c.png': 'dog'}
+    assert locked in _messages(caplog) and 'ermission denied' in _messages(caplog)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# One decode path: EXIF orientation in training, evaluation and predict.
+# ----------------------------------------------------------------------------------------------------------------
+def _exif_jpeg(path, pixels, orientation):
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    Image.fromarray(pixels).save(path, 'JPEG', quality=95, subsampling=0, exif=exif.tobytes())
+
+
+def _upright_scene():
+    """A smooth 24x16 (h x w) picture whose halves differ, so a turned or mirrored copy is far from it."""
+    y, x = np.mgrid[0:24, 0:16]
+    return np.stack([y * 10, x * 15, np.where(y < 12, 40, 220)], -1).astype(np.uint8)
+
+
+def test_exif_orientation_is_applied_in_training_evaluation_and_predict(tmp_path):
+    from PIL import ImageOps
+
+    from vit_jax.data import preprocess
+
+    up = _upright_scene()
+    root = tmp_path / 'images'
+    stored = {}  # What a camera writes for each orientation: pixels that the orientation turns upright.
+    for o in (1, 3, 6, 8):
+        im = Image.fromarray(up)
+        inverse = {1: None, 3: Image.Transpose.ROTATE_180, 6: Image.Transpose.ROTATE_90,
+                   8: Image.Transpose.ROTATE_270}[o]
+        px = np.asarray(im.transpose(inverse) if inverse else im)
+        stored[o] = px
+        _exif_jpeg(str(root / 'train' / f'o{o}' / 'x.jpg'), px, o)
+        assert np.asarray(ImageOps.exif_transpose(Image.open(root / 'train' / f'o{o}' / 'x.jpg'))).shape == up.shape
+    cfg = {'value_range': (0, 255), 'eval_pp': 'resize'}
+    for train_mode in (False, True):
+        kw = dict(data_config={**cfg, 'train_pp': 'resize', 'flip': False}, batch_size=4, image_size=(24, 16),
+                  train=train_mode, seed=0)
+        batch = next(iter(data.get_dataset(f'folder:{root}', 'train', **kw)))
+        for img, label in zip(batch['image'], batch['label']):
+            o = (1, 3, 6, 8)[int(label)]
+            diff = np.abs(img - up.astype(np.float32))
+            assert diff.mean() <= 4, (train_mode, o, diff.mean())  # Upright (JPEG-close), not turned.
+            pred = predict.read_image(str(root / 'train' / f'o{o}' / 'x.jpg'))
+            assert pred.shape == up.shape
+            assert np.abs(pred.astype(np.float32) - img).mean() <= 2, (train_mode, o)
+    # The orientation parser agrees with PIL's on every value, for JPEG and PNG, little- and big-endian.
+    for o in range(1, 9):
+        for fmt in ('JPEG', 'PNG'):
+            exif = Image.Exif()
+            exif[0x0112] = o
+            b = io.BytesIO()
+            Image.fromarray(stored[1]).save(b, fmt, exif=exif.tobytes())
+            assert int(preprocess.exif_orientation(b.getvalue())) == o, (fmt, o)
+            pil = np.asarray(ImageOps.exif_transpose(Image.open(io.BytesIO(b.getvalue()))).convert('RGB'))
+            ours = preprocess.decode_image(b.getvalue(), 3, orient=True).numpy()
+            assert ours.shape == pil.shape and np.abs(ours.astype(int) - pil).mean() <= (0 if fmt == 'PNG' else 3)
+    big_endian = (b'Exif\0\0MM\0\x2a\0\0\0\x08\0\x01' + b'\x01\x12\0\x03\0\0\0\x01\0\x06\0\0' + b'\0\0\0\0')
+    b = io.BytesIO()
+    Image.fromarray(stored[1]).save(b, 'JPEG', exif=big_endian)
+    assert int(preprocess.exif_orientation(b.getvalue())) == 6
+    for junk in (b'', b'\xff\xd8', b'\xff\xd8\xff\xe1\x00\x10Exif\x00\x00MM', b'GIF89a', b.getvalue()[:30]):
+        assert int(preprocess.exif_orientation(junk)) == 1
+    # Dense datasets keep the stored pixels (their targets are aligned with them).
+    from vit_jax.data import datasets
+
+    assert datasets.find_builtin('dense_folder:/x')[0].defaults['exif_orientation'] is False

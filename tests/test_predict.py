@@ -191,3 +191,44 @@ def test_more_errors(setup, capsys, tmp_path):
     mngr.close()
     assert predict.main(['--checkpoint', str(wd), img]) == 2
     assert 'No config.json' in capsys.readouterr().err
+
+
+def test_predict_streams_batches_instead_of_keeping_every_image(setup, capsys, monkeypatch):
+    """Files are read, predicted and printed batch by batch: at most --batch_size preprocessed images are held."""
+    imgs = [str(setup['imgs'] / n) for n in ('rgb.jpg', 'gray.png', 'rgba.png', 'palette.gif', 'gray16.png',
+                                             'tall.bmp', 'digit.png', 'notes.txt', 'rgb.jpg', 'gray.png')]
+    events = []
+    read_image, predict_inputs = predict.read_image, predict.Predictor.predict_inputs
+    monkeypatch.setattr(predict, 'read_image', lambda p, **kw: (events.append('read'), read_image(p, **kw))[1])
+
+    def counting(self, inputs, *a, **kw):
+        events.append(len(inputs))
+        return predict_inputs(self, inputs, *a, **kw)
+
+    monkeypatch.setattr(predict.Predictor, 'predict_inputs', counting)
+    rc = predict.main(['--checkpoint', setup['npz'], '--config', setup['config_json'], '--batch_size', '4'] + imgs)
+    out = capsys.readouterr()
+    assert rc == 1 and 'notes.txt is not an image' in out.err
+    assert events == ['read'] * 4 + [4] + ['read'] * 5 + [4] + ['read'] + [1]  # notes.txt (8th) is not held.
+    assert len(out.out.splitlines()) == 9 * 6  # Every readable file printed (a name line + 5 labels), in order.
+    assert [line[:-1] for line in out.out.splitlines() if line.endswith(':')] == [p for p in imgs if 'notes' not in p]
+
+
+def test_predict_names_permission_errors(setup, capsys, monkeypatch):
+    # Tests run as root here (chmod cannot lock a file), so opening the file raises as it would for a user.
+    locked = str(setup['imgs'] / 'rgb.jpg')
+    import builtins
+
+    real_open = builtins.open
+
+    def fake_open(file, *a, **kw):
+        if isinstance(file, (str, bytes, os.PathLike)) and os.fsdecode(file) == locked:
+            raise PermissionError(13, 'Permission denied', locked)
+        return real_open(file, *a, **kw)
+
+    monkeypatch.setattr(builtins, 'open', fake_open)
+    rc = predict.main(['--checkpoint', setup['npz'], '--config', setup['config_json'], locked,
+                       str(setup['imgs'] / 'gray.png')])
+    err = capsys.readouterr().err
+    assert rc == 1
+    assert f'{locked}: permission denied' in err and 'unrecognised' not in err and 'not an image' not in err

@@ -16,7 +16,12 @@ one): truncated JPEG (...)`; also empty files, unknown formats, directories, mis
 decode) and skipped; the others still get their predictions. Exit status: 0 when every file was predicted, 1 when
 at least one file could not be read (whatever the others did), 2 when nothing could run (bad checkpoint, config or
 labels). JPEGs over 16.8 MP are decoded at 1/2-1/8 scale (PIL draft mode, like the training pipeline's libjpeg
-scaling), so a 10000x10000 photo needs about 5 MB.
+scaling), so a 10000x10000 photo needs about 5 MB. Files are read, predicted and printed `--batch_size` at a time,
+so memory does not grow with the number of files. A file that cannot be opened says so (`permission denied`).
+
+The EXIF orientation is applied with the training pipeline's own parser (`vit_jax.data.preprocess.
+exif_orientation`), so a photo is the same upright image here as in training and evaluation (unless the config
+sets `data.exif_orientation=False`, which both then follow).
 """
 
 from __future__ import annotations
@@ -108,15 +113,40 @@ def _damage(fmt: Optional[str], e: BaseException) -> str:
     return f'damaged {fmt} ({type(e).__name__}: {msg})' if fmt else f'unrecognised format ({type(e).__name__}: {msg})'
 
 
-def read_image(path: str, min_size: Optional[Sequence[int]] = None) -> np.ndarray:
+_orientation_fn = None
+
+
+def exif_orientation(head: bytes) -> int:
+    """The EXIF orientation (1-8) of encoded image bytes, by the training pipeline's parser."""
+    global _orientation_fn
+    import tensorflow as tf
+
+    from vit_jax.data import preprocess
+
+    if _orientation_fn is None:
+        _orientation_fn = tf.function(preprocess.exif_orientation,
+                                      input_signature=[tf.TensorSpec([], tf.string)])
+    return int(_orientation_fn(tf.constant(head)))
+
+
+def _orient(a: np.ndarray, orientation: int) -> np.ndarray:
+    """`preprocess.apply_orientation` on a numpy image (the same eight cases)."""
+    t = a.transpose(1, 0, *range(2, a.ndim)) if orientation >= 5 else a
+    return np.ascontiguousarray({1: t, 2: t[:, ::-1], 3: t[::-1, ::-1], 4: t[::-1], 5: t, 6: t[:, ::-1],
+                                 7: t[::-1, ::-1], 8: t[::-1]}[orientation])
+
+
+def read_image(path: str, min_size: Optional[Sequence[int]] = None, orient: bool = True) -> np.ndarray:
     """Any image file -> uint8 RGB [H, W, 3], converted as the training pipeline does.
 
-    EXIF orientation is applied; grayscale (L, LA, 1-bit) is repeated to RGB; alpha is dropped (colours as stored,
-    not composited); palette images are expanded; 16-bit images are scaled to 8 bits (v >> 8: 65535 -> 255, as
-    TensorFlow's decoder); CMYK (Adobe JPEGs too) is converted to RGB.
+    EXIF orientation is applied (with `orient`, by the training pipeline's parser); grayscale (L, LA, 1-bit) is
+    repeated to RGB; alpha is dropped (colours as stored, not composited); palette images are expanded; 16-bit
+    images are scaled to 8 bits (v >> 8: 65535 -> 255, as TensorFlow's decoder); CMYK (Adobe JPEGs too) is
+    converted to RGB.
 
     Args:
         path: the image file.
+        orient: apply the EXIF orientation (the training pipeline's data config `exif_orientation`).
         min_size: (h, w) the image will be used at. JPEGs of more than `LARGE_JPEG_PIXELS` pixels are then decoded
             at 1/2, 1/4 or 1/8 scale (libjpeg DCT scaling, PIL's draft mode) keeping the short side >= 4 *
             max(min_size), so a 10000x10000 photo takes ~5 MB instead of 300 MB. Other formats are decoded fully
@@ -124,12 +154,13 @@ def read_image(path: str, min_size: Optional[Sequence[int]] = None) -> np.ndarra
 
     Raises:
         FileNotFoundError: no such file.
+        PermissionError: the file cannot be opened (permission denied); the message names it.
         NotAnImageError: a directory, an empty file, not an image, a truncated/damaged one, or one too large;
             the message says which.
     """
     import warnings
 
-    from PIL import Image, ImageOps
+    from PIL import Image
 
     if not os.path.exists(path):
         raise FileNotFoundError(f'{path}: no such file.')
@@ -141,6 +172,15 @@ def read_image(path: str, min_size: Optional[Sequence[int]] = None) -> np.ndarra
 
     if os.path.getsize(path) == 0:
         raise fail('empty file (0 bytes)')
+    try:
+        with open(path, 'rb') as f:
+            head = f.read(1 << 17)  # preprocess.EXIF_SCAN_BYTES: where the orientation is read.
+    except PermissionError:
+        raise PermissionError(f'{path}: permission denied (the file cannot be opened; check its permissions).'
+                              ) from None
+    except OSError as e:
+        raise NotAnImageError(f'{path} cannot be read ({type(e).__name__}: {e.strerror or e}).') from None
+    orientation = exif_orientation(head) if orient else 1
     limit = Image.MAX_IMAGE_PIXELS
     fmt = None
     try:
@@ -161,19 +201,21 @@ def read_image(path: str, min_size: Optional[Sequence[int]] = None) -> np.ndarra
                     raise fail(f'too large ({im.size[0]}x{im.size[1]} {fmt}: {im.size[0] * im.size[1]} pixels, '
                                f'more than twice PIL.Image.MAX_IMAGE_PIXELS={limit})')
                 im.load()
-                im = ImageOps.exif_transpose(im)
                 if im.mode in ('I;16', 'I;16B', 'I;16L', 'I;16N'):  # 16-bit grayscale: top 8 bits, as TF.
                     a = (np.asarray(im).astype(np.uint16) >> 8).astype(np.uint8)
-                    return np.repeat(a[..., None], 3, axis=-1)
+                    return _orient(np.repeat(a[..., None], 3, axis=-1), orientation)
                 if im.mode in ('I', 'F'):  # 32-bit integer / float: 16-bit data if it exceeds 255, else 8-bit.
                     a = np.asarray(im, np.float64)
                     a = np.clip(a, 0, 65535) / 256.0 if a.max() > 255 else np.clip(a, 0, 255)
-                    return np.repeat(np.floor(a).astype(np.uint8)[..., None], 3, axis=-1)
+                    return _orient(np.repeat(np.floor(a).astype(np.uint8)[..., None], 3, axis=-1), orientation)
                 if im.mode == 'P':
                     im = im.convert('RGBA')
-                return np.asarray(im.convert('RGB'), np.uint8)
+                return _orient(np.asarray(im.convert('RGB'), np.uint8), orientation)
     except NotAnImageError:
         raise
+    except PermissionError:
+        raise PermissionError(f'{path}: permission denied (the file cannot be opened; check its permissions).'
+                              ) from None
     except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as e:
         raise fail(_damage(fmt, e)) from None
 
@@ -214,6 +256,7 @@ class Predictor:
             pass
         cfg.update({k: v for k, v in (config.get('data', None) or {}).items() if v is not None})
         pp = preprocess.build(pipeline._pipe(cfg, train=False), image_size=self.image_size, train=False, config=cfg)
+        self.exif_orientation = bool(cfg.get('exif_orientation', True))  # As the training pipeline's 'decode'.
         import tensorflow as tf
 
         self._pp = lambda im: pp({'image': tf.convert_to_tensor(im)}, None)['image'].numpy()
@@ -235,14 +278,20 @@ class Predictor:
         """Probabilities [N, num_classes] of uint8 RGB images of any size."""
         return self.predict_inputs([self.preprocess(im) for im in images], batch_size)
 
-    def predict_inputs(self, inputs: Sequence[np.ndarray], batch_size: int = 32) -> np.ndarray:
-        """Probabilities [N, num_classes] of already preprocessed inputs (`preprocess`)."""
+    def predict_inputs(self, inputs: Sequence[np.ndarray], batch_size: int = 32,
+                       pad: Optional[bool] = None) -> np.ndarray:
+        """Probabilities [N, num_classes] of already preprocessed inputs (`preprocess`).
+
+        A last partial batch is padded to `batch_size` (one compiled shape) when `pad`, or by default when there
+        are more than `batch_size` inputs.
+        """
         images = inputs
+        pad = len(images) > batch_size if pad is None else pad
         out = []
         for i in range(0, len(images), batch_size):
             chunk = np.stack(images[i:i + batch_size])
             n = len(chunk)
-            if n < batch_size and len(images) > batch_size:  # Keep one compiled shape.
+            if n < batch_size and pad:  # Keep one compiled shape.
                 chunk = np.concatenate([chunk, np.zeros((batch_size - n, *chunk.shape[1:]), chunk.dtype)])
             out.append(np.asarray(self._probs(self.variables, self._jnp.asarray(chunk)))[:n])
         return np.concatenate(out) if out else np.zeros((0, self.num_classes), np.float32)
@@ -266,6 +315,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument('--labels', default=None, help='A text file with one label per line (class order).')
     p.add_argument('--top_k', type=int, default=5, help='How many labels to print per image (default 5).')
     p.add_argument('--json', action='store_true', help='Print one JSON object per image instead of text.')
+    p.add_argument('--batch_size', type=int, default=32, help='Images read and predicted at a time (default 32).')
     args = p.parse_args(argv)
     try:
         config = load_config(args.config, args.checkpoint, overrides)
@@ -274,31 +324,46 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (ValueError, FileNotFoundError, KeyError) as e:
         print(f'error: {e}', file=sys.stderr)
         return 2
-    inputs, paths, failed = [], [], 0
+    batch_size = max(1, int(args.batch_size))
+    k = max(1, min(args.top_k, predictor.num_classes))
+    inputs, paths, failed, done, full = [], [], 0, 0, False
+
+    def flush() -> None:  # Predicts and prints the files read so far, then lets them go (bounded memory).
+        nonlocal inputs, paths, done
+        if not inputs:
+            return
+        probs = predictor.predict_inputs(inputs, batch_size, pad=full)
+        for path, pr in zip(paths, probs):
+            top = np.argsort(-pr, kind='stable')[:k]
+            if args.json:
+                print(json.dumps({'image': path, 'top_k': [{'label': names[i], 'index': int(i),
+                                                            'probability': float(pr[i])} for i in top]}))
+            else:
+                print(f'{path}:')
+                for i in top:
+                    print(f'  {pr[i]:.4f}  {names[i]}')
+        sys.stdout.flush()
+        done += len(paths)
+        inputs, paths = [], []
+
     for path in args.images:  # Each file is read and brought to the model size at once (big images are not kept).
         try:
-            inputs.append(predictor.preprocess(read_image(path, min_size=predictor.image_size)))
+            image = read_image(path, min_size=predictor.image_size, orient=predictor.exif_orientation)
+            inputs.append(predictor.preprocess(image))
             paths.append(path)
-        except (NotAnImageError, FileNotFoundError) as e:
+        except (NotAnImageError, FileNotFoundError, PermissionError) as e:
             print(f'error: {e}', file=sys.stderr)
             failed += 1
         except Exception as e:  # noqa: BLE001 - one odd file must not stop the others.
             print(f'error: {path}: cannot preprocess it ({type(e).__name__}: {e})', file=sys.stderr)
             failed += 1
-    probs = predictor.predict_inputs(inputs) if inputs else np.zeros((0, predictor.num_classes))
-    k = max(1, min(args.top_k, predictor.num_classes))
-    for path, pr in zip(paths, probs):
-        top = np.argsort(-pr, kind='stable')[:k]
-        if args.json:
-            print(json.dumps({'image': path, 'top_k': [{'label': names[i], 'index': int(i),
-                                                        'probability': float(pr[i])} for i in top]}))
-        else:
-            print(f'{path}:')
-            for i in top:
-                print(f'  {pr[i]:.4f}  {names[i]}')
+        if len(inputs) == batch_size:
+            full = True
+            flush()
+    flush()
     if failed:
         print(f'{failed} of {len(args.images)} file(s) could not be read; predictions were printed for the other '
-              f'{len(paths)}.', file=sys.stderr)
+              f'{done}.', file=sys.stderr)
     return 1 if failed else 0
 
 

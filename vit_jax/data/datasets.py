@@ -222,24 +222,132 @@ _verdicts: collections.OrderedDict[str, dict[str, tuple[int, int, str | None]]] 
 _verdicts_lock = threading.Lock()
 
 
-def _list_class_files(class_dir: str, ignored: list[str] | None = None) -> list[str]:
-    """Image files under `class_dir` (subdirectories included); other files are appended to `ignored`."""
-    files = []
-    for dirpath, dirnames, filenames in os.walk(class_dir, followlinks=True):
-        dirnames.sort()
-        for fn in filenames:
-            if fn.startswith('.'):
+def _utf8(path: str) -> bool:
+    try:
+        path.encode('utf-8')
+    except UnicodeEncodeError:  # Bytes that are not UTF-8, decoded by Python as surrogates.
+        return False
+    return True
+
+
+def _inside(path: str, directory: str) -> bool:
+    return path == directory or path.startswith(directory.rstrip(os.sep) + os.sep)
+
+
+def _os_reason(e: OSError) -> str:
+    return f'{type(e).__name__}: {e.strerror or e}'.replace('Permission denied', 'permission denied')
+
+
+class ImageWalk:
+    """Lists the image files under class directories: no file is listed twice or under another class's label.
+
+    Subdirectories are read in name order. A directory symlink is followed when its target lies outside the image
+    folder and outside every class directory and was not read before (so a linked collection such as
+    `cat/more -> /data/more_cats` is read once, and named in a warning); it is skipped, with a warning, when it
+    points back into the image folder (`loop -> .`, `up -> ..`), into or above a class directory (its images would
+    be relabelled or repeated) or to a directory already read. Files whose names are not UTF-8 (named by their
+    bytes) and directories that cannot be read are skipped with a warning; hidden entries are ignored.
+    """
+
+    def __init__(self, root: str, class_dirs: Mapping[str, str]):
+        self.root = os.path.realpath(root)
+        self.owners = {os.path.realpath(d): c for c, d in class_dirs.items()}  # Real class directory -> class.
+        self.visited: set[str] = set()
+        self.notes: list[str] = []  # One warning line each.
+        self.ignored: list[str] = []  # Files without an image extension.
+
+    def _refuse_link(self, path: str, real: str, cls: str) -> str | None:
+        """Why the directory symlink `path` (-> `real`) of class `cls` is not followed; None to follow it."""
+        if real in self.visited:
+            return 'its target was read already (a loop, or a second link to it)'
+        if _inside(real, self.root) or _inside(self.root, real):
+            return 'it points back into the image folder: its images would be repeated or relabelled'
+        for owner_real, owner in self.owners.items():
+            if _inside(real, owner_real) or _inside(owner_real, real):
+                what = 'relabelled' if owner != cls else 'listed twice'
+                return f'it points into or above the class directory of {owner!r}: its images would be {what}'
+        return None
+
+    def files(self, class_dir: str, cls: str, first_only: bool = False) -> list[str]:
+        """Image files under `class_dir` (of class `cls`); with `first_only` at most one (is the class empty?)."""
+        out: list[str] = []
+        real = os.path.realpath(class_dir)
+        if real in self.visited:
+            self.notes.append(f'left out {class_dir}: the same directory as another class directory (a link)')
+            return out
+        self.visited.add(real)
+        stack = [class_dir]
+        while stack:
+            d = stack.pop()
+            try:
+                with os.scandir(d) as it:
+                    entries = sorted(it, key=lambda e: e.name)
+            except OSError as e:
+                self.notes.append(f'cannot read the directory {d} ({_os_reason(e)}): its images are left out')
                 continue
-            if fn.lower().endswith(IMAGE_EXTENSIONS):
-                files.append(os.path.join(dirpath, fn))
-            elif ignored is not None:
-                ignored.append(os.path.join(dirpath, fn))
-    return files
+            subdirs = []
+            for e in entries:
+                if e.name.startswith('.'):
+                    continue
+                if not _utf8(e.path):
+                    self.notes.append(f'skipped {os.fsencode(e.path)!r}: the name is not valid UTF-8 (rename it)')
+                    continue
+                try:
+                    is_dir = e.is_dir()
+                    is_link = is_dir and e.is_symlink()
+                except OSError:
+                    is_dir = is_link = False
+                if is_dir:
+                    real = os.path.realpath(e.path)
+                    why = self._refuse_link(e.path, real, cls) if is_link else (
+                        'read already' if real in self.visited else None)
+                    if why is not None:
+                        if is_link:
+                            self.notes.append(f'did not follow the directory link {e.path} -> {real}: {why}')
+                        continue
+                    if is_link:
+                        self.notes.append(f'followed the directory link {e.path} -> {real} (read once)')
+                    self.visited.add(real)
+                    subdirs.append(e.path)
+                elif e.name.lower().endswith(IMAGE_EXTENSIONS):
+                    out.append(e.path)
+                    if first_only:
+                        return out
+                else:
+                    self.ignored.append(e.path)
+            stack.extend(reversed(subdirs))
+        return out
 
 
-def _classes(split_dir: str) -> list[str]:
-    return sorted(d for d in os.listdir(split_dir)
-                  if os.path.isdir(os.path.join(split_dir, d)) and not d.startswith('.'))
+def _class_dirs(split_dir: str, notes: list[str]) -> dict[str, str]:
+    """{class name: directory} of a split (sorted; hidden entries and names that are not UTF-8 left out)."""
+    out = {}
+    for d in sorted(os.listdir(split_dir)):
+        path = os.path.join(split_dir, d)
+        if d.startswith('.') or not os.path.isdir(path):
+            continue
+        if not _utf8(d):
+            notes.append(f'skipped the class directory {os.fsencode(path)!r}: the name is not valid UTF-8 (rename '
+                         'it)')
+            continue
+        if not os.access(path, os.R_OK | os.X_OK):
+            raise PermissionError(f'Image folder: cannot read the class directory {path} (permission denied). Fix '
+                                  'its permissions, or move it out of the image folder.')
+        out[d] = path
+    return out
+
+
+def _classes(train_dir: str, root: str, notes: list[str]) -> list[str]:
+    """The classes: the train/ class directories holding at least one image file (empty ones named in `notes`)."""
+    dirs = _class_dirs(train_dir, notes)
+    walk = ImageWalk(root, dirs)
+    classes = []
+    for c, d in dirs.items():
+        if walk.files(d, c, first_only=True):
+            classes.append(c)
+        else:
+            notes.append(f'the class directory {d} holds no .jpg/.jpeg/.png file: it is not a class')
+    return classes
 
 
 def _check_file(path: str) -> str | None:
@@ -337,35 +445,45 @@ def _order_key(root: str, path: str) -> str:
 
 
 def _scan_folder(root: str, split: str, check: bool) -> tuple[list[str], list[int], list[str],
-                                                             list[tuple[str, str]], list[str]]:
-    """(files, labels, classes, [(bad file, reason)], ignored non-image files) of root/split.
+                                                             list[tuple[str, str]], list[str], list[str]]:
+    """(files, labels, classes, [(bad file, reason)], ignored non-image files, warnings) of root/split.
 
     The listing is redone on every call (cheap next to reading images); header checks are cached per file.
+    Directory symlinks, names that are not UTF-8 and unreadable directories are handled as `ImageWalk` says.
     """
     split_dir = os.path.join(root, split)
     train_dir = os.path.join(root, 'train')
-    classes = _classes(train_dir) if os.path.isdir(train_dir) else _classes(split_dir)
+    notes: list[str] = []
+    base = train_dir if os.path.isdir(train_dir) else split_dir
+    classes = _classes(base, root, notes)
     if not classes:
-        where = train_dir if os.path.isdir(train_dir) else split_dir
-        raise ValueError(f'Image folder {root!r}: no class directories in {where!r}. '
-                         'Expected ROOT/train/<class>/*.jpg (and optionally ROOT/test/<class>/*.jpg).')
-    extra = sorted(set(_classes(split_dir)) - set(classes))
+        raise ValueError(f'Image folder {root!r}: no class directories with images in {base!r}. '
+                         'Expected ROOT/train/<class>/*.jpg (and optionally ROOT/test/<class>/*.jpg).'
+                         + (' ' + '; '.join(notes) if notes else ''))
+    split_notes: list[str] = []
+    dirs = _class_dirs(split_dir, split_notes) if split_dir != base else {c: os.path.join(base, c) for c in classes}
+    walk = ImageWalk(root, dirs)
+    extra = sorted(c for c, d in dirs.items() if c not in classes and walk.files(d, c, first_only=True))
     if extra:
         raise ValueError(f'Image folder {root!r}: classes {extra} in {split!r} are not in train/ '
-                         f'(train classes: {classes}).')
+                         f'(train classes: {classes}; a train/ class directory without images is not a class).')
+    if split_dir != base:
+        notes = split_notes + [n for n in notes if 'not a class' in n]
+    walk = ImageWalk(root, {c: d for c, d in dirs.items() if c in classes})
     items = []
-    ignored: list[str] = []
     for label, cls in enumerate(classes):
         cdir = os.path.join(split_dir, cls)
         if os.path.isdir(cdir):
-            items.extend((f, label) for f in _list_class_files(cdir, ignored))
+            items.extend((f, label) for f in walk.files(cdir, cls))
+    notes += walk.notes
+    ignored = walk.ignored
     items.sort(key=lambda t: _order_key(root, t[0]))
     bad: list[tuple[str, str]] = []
     if check and items:
         reasons = _check_files(root, [f for f, _ in items])
         bad = [(f, r) for (f, _), r in zip(items, reasons) if r is not None]
         items = [it for it, r in zip(items, reasons) if r is None]
-    return [f for f, _ in items], [lbl for _, lbl in items], classes, bad, sorted(ignored)
+    return [f for f, _ in items], [lbl for _, lbl in items], classes, bad, sorted(ignored), notes
 
 
 @register_dataset('folder', prefix=True)
@@ -387,6 +505,10 @@ def folder(split: str, *, arg: str, data_config: Mapping[str, Any]) -> Source:
     file is checked; data config `check_images=False` turns this off; the files and reasons are logged) and
     while reading (files whose content fails to decode, e.g. truncated JPEGs; logged by name). Files with other
     extensions (.txt, .gif ...) are ignored, with one warning. `Dataset.num_skipped` reports the total.
+
+    Never silently: a class directory without image files is not a class; names that are not UTF-8 and
+    unreadable subdirectories are skipped; directory symlinks are read once and never back into the folder or
+    into another class (`ImageWalk`); each with a warning naming the path.
     """
     root = os.path.abspath(os.path.expanduser(arg))
     if not os.path.isdir(root):
@@ -401,7 +523,9 @@ def folder(split: str, *, arg: str, data_config: Mapping[str, Any]) -> Source:
             "split 'train[90%:]'.")
     check = data_config.get('check_images', None)
     check = True if check is None else bool(check)
-    files, labels, classes, bad, ignored = _scan_folder(root, split, check)
+    files, labels, classes, bad, ignored, notes = _scan_folder(root, split, check)
+    for note in notes:
+        log.warning('Image folder %s/%s: %s.', root, split, note)
     if bad:
         shown = '; '.join(f'{f} ({r})' for f, r in bad[:5])
         log.warning('Image folder %s/%s: skipped %d unreadable file(s): %s%s', root, split, len(bad), shown,

@@ -107,7 +107,8 @@ def dense_digits_arrays(split: str, canvas: int = 32, num: int | None = None) ->
     return {'image': images, 'label': labels, 'depth': depths}
 
 
-_DENSE_DEFAULTS = dict(flip=False, ignore_label=IGNORE_LABEL)
+# Targets are aligned with the stored pixels, so images are not turned by their EXIF orientation.
+_DENSE_DEFAULTS = dict(flip=False, ignore_label=IGNORE_LABEL, exif_orientation=False)
 
 
 @datasets_lib.register_dataset('dense_digits', train_pp='dense_decode|dense_random_crop',

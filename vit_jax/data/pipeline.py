@@ -55,6 +55,7 @@ DEFAULTS = {  # Data-config defaults (a dataset's own defaults override these; e
     'label_key': 'label',  # TFDS feature holding the class label.
     'check_images': True,  # Image folders: check every file's header at construction (skip and count bad ones).
     'downscale_large_jpegs': True,  # Decode JPEGs over 16.8 MP at 1/2-1/8 scale (short side stays >= 4x model size).
+    'exif_orientation': True,  # Turn images upright by their EXIF orientation (as predict does); False: stored pixels.
     'train_batch_pp': None,  # Optional pipe string of batch ops applied to training batches (e.g. mixup).
     'repeated_aug': None,  # k > 1: each example of an epoch appears k times, augmented independently (DeiT's RA).
 }

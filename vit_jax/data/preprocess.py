@@ -224,7 +224,8 @@ LARGE_JPEG_PIXELS = 1 << 24  # JPEGs above this many pixels (16.8 MP, e.g. 4096x
 JPEG_DOWNSCALE_MARGIN = 4  # ... keeping the short side >= this many times the model input's long side.
 
 
-def decode_image(data: tf.Tensor, channels: int = 3, min_size: Sequence[int] | None = None) -> tf.Tensor:
+def decode_image(data: tf.Tensor, channels: int = 3, min_size: Sequence[int] | None = None,
+                 orient: bool = False) -> tf.Tensor:
     """Decodes JPEG/PNG/GIF/BMP bytes to uint8 HxWx`channels`.
 
     Modes: grayscale is repeated to RGB, alpha is dropped (the colour channels are kept as stored, not composited),
@@ -238,7 +239,11 @@ def decode_image(data: tf.Tensor, channels: int = 3, min_size: Sequence[int] | N
             decoded at 1/2, 1/4 or 1/8 scale (libjpeg's DCT scaling: fast, and a 10000x10000 photo takes
             1250x1250x3 bytes instead of 300 MB) as long as its short side stays >= `JPEG_DOWNSCALE_MARGIN` times
             max(min_size). Smaller images, and all non-JPEG formats, are decoded at full size.
+        orient: apply the EXIF orientation (`exif_orientation`), so the image is upright as viewers (and
+            `vit_jax.predict`) show it. The 'decode' op does (data config `exif_orientation`, default True).
     """
+    if orient:
+        return apply_orientation(decode_image(data, channels, min_size), exif_orientation(data))
     if min_size is None:
         image = tf.io.decode_image(data, channels=channels, expand_animations=False, dtype=tf.uint8)
         image.set_shape([None, None, channels])
@@ -262,6 +267,97 @@ def decode_image(data: tf.Tensor, channels: int = 3, min_size: Sequence[int] | N
     image = tf.cond(is_jpeg, jpeg, other)
     image.set_shape([None, None, channels])
     return image
+
+
+EXIF_SCAN_BYTES = 1 << 17  # The EXIF block is read from the first 128 KiB (a JPEG's APP1 segment is < 64 KiB).
+_ORIENTATION_TAG = 0x0112
+
+
+def exif_orientation(data: tf.Tensor) -> tf.Tensor:
+    """The EXIF orientation (int32 1-8; 1 when absent or unreadable) of encoded image bytes (scalar tf.string).
+
+    Read from a JPEG's `Exif` APP1 segment or a PNG's `eXIf` chunk (before the image data), in pure TensorFlow
+    (no Python per image). 1 is "as stored"; 2-8 as in the EXIF standard (6: rotate 90 degrees clockwise to
+    display, the usual phone photo held upright). Damaged or truncated headers give 1, never an error.
+    """
+    b = tf.cast(tf.io.decode_raw(tf.strings.substr(data, 0, EXIF_SCAN_BYTES), tf.uint8), tf.int64)
+    n = tf.shape(b, out_type=tf.int64)[0]
+    b = tf.concat([b, tf.zeros([1], tf.int64)], 0)  # Index n reads 0: gathers stay valid for empty data.
+    i64 = lambda v: tf.constant(v, tf.int64)  # noqa: E731
+
+    def at(i: tf.Tensor) -> tf.Tensor:  # Byte(s) at i (0 outside the data); i may be a vector.
+        i = tf.cast(i, tf.int64)
+        return tf.where((i >= 0) & (i < n), tf.gather(b, tf.clip_by_value(i, 0, n)), i64(0))
+
+    def u16(i: tf.Tensor, little: tf.Tensor) -> tf.Tensor:
+        lo, hi = at(i), at(i + 1)
+        return tf.where(little, lo + 256 * hi, 256 * lo + hi)
+
+    def u32(i: tf.Tensor, little: tf.Tensor) -> tf.Tensor:
+        lo, hi = u16(i, little), u16(i + 2, little)
+        return tf.where(little, lo + 65536 * hi, 65536 * lo + hi)
+
+    def is_bytes(i: tf.Tensor, text: bytes) -> tf.Tensor:
+        return tf.reduce_all(tf.equal(at(i + tf.range(len(text), dtype=tf.int64)), tf.constant(list(text), tf.int64)))
+
+    big = tf.constant(False)
+    none = i64(-1)
+
+    def jpeg_tiff() -> tf.Tensor:  # Walks the marker segments up to the first Exif APP1 (or the image data).
+        def cond(pos, found):
+            return (found == -1) & (pos + 4 <= n)
+
+        def body(pos, found):
+            marker = at(pos + 1)
+            standalone = (marker == 0x01) | ((marker >= 0xD0) & (marker <= 0xD8)) | (marker == 0xFF)
+            stop = (at(pos) != 0xFF) | (marker == 0xDA) | (marker == 0xD9)
+            exif = (marker == 0xE1) & is_bytes(pos + 4, b'Exif\0\0')
+            found = tf.where(stop, i64(-2), tf.where(exif, pos + 10, found))
+            step = tf.where(marker == 0xFF, i64(1), tf.where(standalone, i64(2), 2 + u16(pos + 2, big)))
+            return pos + step, found
+
+        return tf.while_loop(cond, body, (i64(2), none), maximum_iterations=256)[1]
+
+    def png_tiff() -> tf.Tensor:  # Walks the chunks up to an eXIf chunk (or the image data).
+        def cond(pos, found):
+            return (found == -1) & (pos + 8 <= n)
+
+        def body(pos, found):
+            stop = is_bytes(pos + 4, b'IDAT') | is_bytes(pos + 4, b'IEND')
+            found = tf.where(stop, i64(-2), tf.where(is_bytes(pos + 4, b'eXIf'), pos + 8, found))
+            return pos + 12 + u32(pos, big), found
+
+        return tf.while_loop(cond, body, (i64(8), none), maximum_iterations=256)[1]
+
+    is_jpeg = (at(0) == 0xFF) & (at(1) == 0xD8)
+    is_png = is_bytes(i64(0), b'\x89PNG\r\n\x1a\n')
+    t = tf.case([(is_jpeg, jpeg_tiff), (is_png, png_tiff)], default=lambda: i64(-2))
+    little = is_bytes(t, b'II')
+    valid = (t >= 0) & (little | is_bytes(t, b'MM')) & (u16(t + 2, little) == 42)
+    ifd = t + u32(t + 4, little)
+    k = tf.range(64, dtype=tf.int64)
+    entries = ifd + 2 + 12 * k  # Orientation is an IFD0 entry; at most 64 entries are looked at.
+    hit = (u16(entries, little) == _ORIENTATION_TAG) & (k < u16(ifd, little))
+    value = tf.reduce_max(tf.where(hit, u16(entries + 8, little), i64(0)))
+    return tf.cast(tf.where(valid & (value >= 1) & (value <= 8), value, i64(1)), tf.int32)
+
+
+def apply_orientation(image: tf.Tensor, orientation: tf.Tensor) -> tf.Tensor:
+    """Turns an [H, W, C] image stored with EXIF `orientation` (1-8) upright, as viewers show it (PIL's
+    `ImageOps.exif_transpose`); orientations 5-8 swap height and width."""
+    branches = [
+        lambda: image,  # 1: as stored.
+        lambda: image[:, ::-1],  # 2: mirrored left-right.
+        lambda: image[::-1, ::-1],  # 3: rotated 180.
+        lambda: image[::-1],  # 4: mirrored top-bottom.
+        lambda: tf.transpose(image, [1, 0, 2]),  # 5: transposed.
+        lambda: tf.transpose(image, [1, 0, 2])[:, ::-1],  # 6: rotate 90 clockwise.
+        lambda: tf.transpose(image, [1, 0, 2])[::-1, ::-1],  # 7: transverse.
+        lambda: tf.transpose(image, [1, 0, 2])[::-1],  # 8: rotate 90 counter-clockwise.
+    ]
+    out = tf.switch_case(tf.clip_by_value(tf.cast(orientation, tf.int32), 1, 8) - 1, branches)
+    out.set_shape([None, None, image.shape[-1]])
+    return out
 
 
 def to_rgb(image: tf.Tensor) -> tf.Tensor:
@@ -349,6 +445,8 @@ def decode(example: Example, ctx: Context, channels: int = 3) -> Example:
     """Encoded bytes (or an 'image_path' to read) -> uint8 RGB; already-decoded images are made RGB.
 
     Huge JPEGs are decoded downscaled (see `decode_image`; data config `downscale_large_jpegs=False` turns it off).
+    The EXIF orientation is applied (as `vit_jax.predict` does, so a file is the same image in training, evaluation
+    and predict; data config `exif_orientation=False` decodes the stored pixels as the ViT release did).
     """
     if 'image_path' in example:
         example['image'] = tf.io.read_file(example.pop('image_path'))
@@ -357,7 +455,8 @@ def decode(example: Example, ctx: Context, channels: int = 3) -> Example:
     image = example['image']
     if image.dtype == tf.string:
         large = ctx.get('downscale_large_jpegs', True)
-        example['image'] = decode_image(image, channels, min_size=ctx.image_size if large else None)
+        example['image'] = decode_image(image, channels, min_size=ctx.image_size if large else None,
+                                        orient=bool(ctx.get('exif_orientation', True)))
     else:
         example['image'] = to_rgb(image)
     return example
