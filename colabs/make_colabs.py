@@ -1,11 +1,24 @@
-"""Writes colabs/*.ipynb (no outputs). Run: python colabs/make_colabs.py."""
+"""Writes colabs/*.ipynb, executed, so that GitHub shows their figures.
+
+    python colabs/make_colabs.py --execute            # all notebooks, run top to bottom on the CPU (~15-30 min)
+    python colabs/make_colabs.py --execute tour.ipynb # one of them
+    python colabs/make_colabs.py                      # sources only, no outputs (quick; for editing)
+
+Execution uses the notebooks' own settings (built-in data, not the smoke settings of tests/test_colabs.py), runs in
+colabs/ like Jupyter, writes its runs under colabs/colab_workdirs/ (ignored by git), and stores the outputs without
+stderr streams (library warnings), execution timestamps, or this machine's absolute paths.
+"""
 # ruff: noqa: E501  (notebook cell sources are kept as written in the notebooks)
+import argparse
 import os
+import sys
+import time
 
 import nbformat
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
-ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', 'colabs')
+ROOT = os.path.dirname(os.path.abspath(__file__))  # colabs/
+REPO = os.path.dirname(ROOT)
 
 SETUP = '''# Setup. On Colab: clone this repository and install it first (the runtime's CPU is enough), e.g.
 #   !git clone <URL of this repository> vit_jax && pip install -q -e vit_jax && cd vit_jax
@@ -20,11 +33,15 @@ SMOKE = os.environ.get('VIT_JAX_COLAB_SMOKE', '0') == '1'
 REPO = next((p for p in ('.', '..', 'vit_jax') if os.path.isdir(os.path.join(p, 'configs'))), '.')
 WORK = os.environ.get('VIT_JAX_COLAB_WORKDIR') or os.path.abspath('colab_workdirs')
 os.makedirs(WORK, exist_ok=True)
+from vit_jax import console
+
+console.setup()  # Library logging (absl/Orbax/TensorFlow INFO lines) off; console.setup(verbose=True) brings it back.
 %matplotlib inline
 '''
 
 
-def nb(cells, name):
+def build(cells, name):
+    """The notebook `name` made of `cells` (strings; 'md:' starts a markdown cell), without outputs."""
     book = new_notebook(cells=[new_markdown_cell(c[3:]) if c.startswith('md:') else new_code_cell(c.strip('\n'))
                                for c in cells])
     book.metadata['kernelspec'] = {'name': 'python3', 'display_name': 'Python 3', 'language': 'python'}
@@ -32,6 +49,50 @@ def nb(cells, name):
     book.metadata['colab'] = {'provenance': []}
     for i, cell in enumerate(book.cells):  # Stable ids: regenerating leaves unchanged cells unchanged.
         cell['id'] = f'{name.split(".")[0][:20]}-{i:02d}'
+    nbformat.validate(book)
+    return book
+
+
+def execute(book, timeout=3600):
+    """Runs `book` top to bottom in colabs/ (a fresh python3 kernel of this interpreter) and tidies its outputs."""
+    import nbclient
+
+    env_work = os.path.join(ROOT, 'colab_workdirs')
+    os.environ['VIT_JAX_COLAB_WORKDIR'] = env_work
+    os.environ.pop('VIT_JAX_COLAB_SMOKE', None)
+    os.environ['MPLBACKEND'] = 'Agg'
+    # The kernelspec runs `python`; put this interpreter's directory first so that the kernel is this environment's.
+    os.environ['PATH'] = os.path.dirname(sys.executable) + os.pathsep + os.environ.get('PATH', '')
+    nbclient.NotebookClient(book, kernel_name='python3', timeout=timeout,
+                            resources={'metadata': {'path': ROOT}}).execute()
+    tidy(book)
+    return book
+
+
+def tidy(book):
+    """Drops stderr streams and execution timestamps; writes paths under the repository relative to it."""
+    prefixes = sorted({REPO + os.sep, os.path.realpath(REPO) + os.sep}, key=len, reverse=True)
+    book.metadata.pop('widgets', None)
+    for cell in book.cells:
+        cell.metadata.pop('execution', None)
+        if cell.cell_type != 'code':
+            continue
+        outputs = []
+        for out in cell.get('outputs', []):
+            if out.get('output_type') == 'stream':
+                if out.get('name') == 'stderr':
+                    continue
+                for p in prefixes:
+                    out['text'] = out['text'].replace(p, '')
+            elif 'data' in out and 'text/plain' in out['data']:
+                for p in prefixes:
+                    out['data']['text/plain'] = out['data']['text/plain'].replace(p, '')
+            outputs.append(out)
+        cell['outputs'] = outputs
+    return book
+
+
+def write(book, name):
     nbformat.validate(book)
     with open(os.path.join(ROOT, name), 'w') as f:
         nbformat.write(book, f)
@@ -90,6 +151,7 @@ if USE_REAL_DATA and CHECKPOINT:
     net, variables, preprocess = attention.load_model(CHECKPOINT, model=MODEL, image_size=IMAGE_SIZE)
     raw = predict.read_image(IMAGE_PATH)
     images = preprocess(raw)[None]
+    labels = [None]  # Your image's true label is not known here.
     value_range = (-1.0, 1.0)
 else:
     c = config_utils.base_config()
@@ -113,14 +175,18 @@ else:
     batch = next(iter(data.get_dataset('digits', 'test', batch_size=8, image_size=(32, 32), train=False,
                                        data_config={'value_range': value_range})))
     images = np.asarray(batch['image'])
+    labels = [int(t) for t in np.asarray(batch['label'])]
     print('test accuracy', result.get('val/accuracy'))
 
 logits, attn = attention.get_attention(net, variables, jnp.asarray(images))
 pred = np.argmax(logits, -1)
-fig, axes = plt.subplots(1, len(images), figsize=(1.6 * len(images), 1.9), squeeze=False)
-for ax, im, p in zip(axes[0], images, pred):
+fig, axes = plt.subplots(1, len(images), figsize=(1.6 * len(images), 2.1), squeeze=False)
+for ax, im, p, t in zip(axes[0], images, pred, labels):
     ax.imshow(attention.image_to_uint8(im, value_range))
-    ax.set_title(f'pred {p}')
+    if t is None:
+        ax.set_title(f'pred {p}', fontsize=9)
+    else:  # Green when the prediction is right, red when it is wrong.
+        ax.set_title(f'pred {p}\\ntrue {t}', fontsize=9, color='green' if p == t else 'red')
     ax.axis('off')
 plt.show()
 print(f'{len(attn)} layers of attention, each {attn[0].shape} (batch, heads, tokens, tokens)')''',
@@ -540,11 +606,33 @@ plt.axis('off')
 plt.show()''',
 ]
 
+NOTEBOOKS = {
+    'tour.ipynb': TOUR,
+    'finetune_own_images.ipynb': FINETUNE,
+    'model_zoo.ipynb': ZOO,
+    'robustness.ipynb': ROBUST,
+    'dense_prediction.ipynb': DENSE,
+}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p.add_argument('--execute', action='store_true', help='Run each notebook and store it with its outputs.')
+    p.add_argument('names', nargs='*', help=f'Notebooks to write (default: all): {", ".join(NOTEBOOKS)}.')
+    args = p.parse_args(argv)
+    unknown = sorted(set(args.names) - set(NOTEBOOKS))
+    if unknown:
+        p.error(f'unknown notebook(s) {", ".join(unknown)}; choose from {", ".join(NOTEBOOKS)}')
+    for name in args.names or NOTEBOOKS:
+        book = build(NOTEBOOKS[name], name)
+        if args.execute:
+            t0 = time.time()
+            execute(book)
+            images = sum('image/png' in o.get('data', {}) for c in book.cells for o in c.get('outputs', []))
+            print(f'{name}: executed in {time.time() - t0:.0f} s, {images} figure(s)', flush=True)
+        write(book, name)
+    print('written to', ROOT)
+
+
 if __name__ == '__main__':
-    os.makedirs(ROOT, exist_ok=True)
-    nb(TOUR, 'tour.ipynb')
-    nb(FINETUNE, 'finetune_own_images.ipynb')
-    nb(ZOO, 'model_zoo.ipynb')
-    nb(ROBUST, 'robustness.ipynb')
-    nb(DENSE, 'dense_prediction.ipynb')
-    print('written to', os.path.abspath(ROOT))
+    main()
