@@ -357,6 +357,8 @@ def _train_and_evaluate(config: Any, workdir: str, cleanup: list) -> dict[str, A
     abstract_state = jax.tree_util.tree_map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
                                             state_shapes, state_sharding)
 
+    # Every process creates the folder first: the Manager's start-up collectives then agree across processes.
+    os.makedirs(os.path.join(workdir, 'checkpoints'), exist_ok=True)
     ckpt = checkpoint.Manager(workdir, keep=int(config.get('keep_checkpoints', 3)))
     cleanup.append(ckpt.close)  # Also on errors: an unclosed Orbax manager spews "Event loop is closed" at exit.
     start_step = 0
@@ -539,7 +541,8 @@ def _train_and_evaluate(config: Any, workdir: str, cleanup: list) -> dict[str, A
     if is_main:
         figures = ', '.join(f'{k} {v:.4f}' for k, v in last_eval.items()
                             if isinstance(v, float) and not k.endswith('seconds'))
-        status = 'Done' if not preempted else ('Preempted' if preemption.requested else 'Stopped (stop_at_step)')
+        status = 'Done' if not preempted else ('Stopped (stop_at_step)' if step == stop_at and not preemption.requested
+                                                  else 'Preempted')
         tb = os.path.join(workdir, 'tensorboard')
         print(f'Checkpoint: {result["checkpoint"]}\nMetrics: {writer.path}'
               + (f' (TensorBoard: {tb})' if os.path.isdir(tb) else ''), flush=True)
