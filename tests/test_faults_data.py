@@ -290,6 +290,31 @@ def test_unreadable_sub_directories_are_reported(tmp_path, caplog, monkeypatch):
     assert locked in _messages(caplog) and 'ermission denied' in _messages(caplog)
 
 
+def test_flat_and_dense_folders_survive_links_and_non_utf8_names(tmp_path, caplog):
+    """Beyond the issue: the class-less image folders (outpainting) and dense (segmentation) folders."""
+    from vit_jax.data import dense, outpainting
+
+    flat = tmp_path / 'flat'
+    _png(flat / 'train' / 'a.png')
+    _png(flat / 'train' / 'sub' / 'b.png')
+    os.symlink('..', flat / 'train' / 'sub' / 'up')
+    os.symlink('.', flat / 'train' / 'loop')
+    _touch_bytes_name(flat / 'train', b'\xff.png', (flat / 'train' / 'a.png').read_bytes())
+    with caplog.at_level(logging.WARNING):
+        src = outpainting.flat_folder('train', arg=str(flat), data_config={})
+    paths = sorted(os.path.relpath(ex['image_path'].decode(), str(flat)) for ex in src.dataset.as_numpy_iterator())
+    assert paths == ['train/a.png', 'train/sub/b.png']
+    assert 'sub/up' in _messages(caplog) and 'loop' in _messages(caplog) and r'\xff.png' in _messages(caplog)
+    root = tmp_path / 'dense'
+    _png(root / 'train' / 'images' / 'x.png')
+    _png(root / 'train' / 'labels' / 'x.png')
+    _touch_bytes_name(root / 'train' / 'images', b'\xe9.png', (root / 'train' / 'images' / 'x.png').read_bytes())
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        src = dense.dense_folder('train', arg=str(root), data_config={'num_classes': 2})
+    assert src.num_examples == 1 and r'\xe9.png' in _messages(caplog)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # One decode path: EXIF orientation in training, evaluation and predict.
 # ----------------------------------------------------------------------------------------------------------------

@@ -204,8 +204,13 @@ def dense_folder(split: str, *, arg: str, data_config: Mapping[str, Any]) -> dat
     if not os.path.isdir(img_dir):
         raise FileNotFoundError(f'Dense folder: {img_dir!r} does not exist. Expected ROOT/<split>/images/*.jpg with '
                                 'ROOT/<split>/labels/<stem>.png and/or ROOT/<split>/depth/<stem>.png.')
-    stems = sorted(os.path.splitext(f)[0] for f in os.listdir(img_dir)
-                   if f.lower().endswith(datasets_lib.IMAGE_EXTENSIONS) and not f.startswith('.'))
+    names = [f for f in os.listdir(img_dir) if f.lower().endswith(datasets_lib.IMAGE_EXTENSIONS)
+             and not f.startswith('.')]
+    for f in names:
+        if not datasets_lib._utf8(f):
+            datasets_lib.log.warning('Dense folder %s: skipped %r: the name is not valid UTF-8 (rename it).', img_dir,
+                                     os.fsencode(os.path.join(img_dir, f)))
+    stems = sorted(os.path.splitext(f)[0] for f in names if datasets_lib._utf8(f))
     files = {os.path.splitext(f)[0]: os.path.join(img_dir, f) for f in os.listdir(img_dir)}
     cols: dict[str, list[str]] = {'image_path': [files[s] for s in stems]}
     for key, sub in (('label_path', 'labels'), ('depth_path', 'depth')):

@@ -26,6 +26,7 @@ Any TFDS image dataset works with the same pipes (e.g. 'places365_small').
 from __future__ import annotations
 
 import functools
+import logging
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -34,6 +35,8 @@ import numpy as np
 import tensorflow as tf
 
 from vit_jax.data import datasets, preprocess
+
+log = logging.getLogger(__name__)
 
 OUTPAINT_TRAIN_PP = 'outpaint_crop|flip|value_range|outpaint_split'
 OUTPAINT_EVAL_PP = 'outpaint_crop|value_range|outpaint_split'
@@ -133,16 +136,14 @@ def outpaint_samples(split: str) -> datasets.Source:
 
 
 @functools.lru_cache(maxsize=16)
-def _scan_flat(split_dir: str, stamp: float) -> tuple[str, ...]:
+def _scan_flat(split_dir: str, stamp: float) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(image files, warnings) under `split_dir`: symlinks, non-UTF-8 names and unreadable directories are handled
+    as for class folders (`datasets.ImageWalk`: no image is listed twice)."""
     del stamp
-    files = []
-    for dirpath, dirnames, filenames in os.walk(split_dir, followlinks=True):
-        dirnames.sort()
-        for fn in filenames:
-            if fn.lower().endswith(datasets.IMAGE_EXTENSIONS) and not fn.startswith('.'):
-                files.append(os.path.join(dirpath, fn))
+    walk = datasets.ImageWalk(split_dir, {'image': split_dir})
+    files = walk.files(split_dir, 'image')
     files.sort(key=lambda f: datasets._order_key(split_dir, f))
-    return tuple(files)
+    return tuple(files), tuple(walk.notes)
 
 
 @datasets.register_dataset('flat_folder', prefix=True)
@@ -160,7 +161,9 @@ def flat_folder(split: str, *, arg: str, data_config: Mapping[str, Any]) -> data
         raise FileNotFoundError(f'flat_folder: {split_dir!r} does not exist' + (
             f' ({root!r} has: {have}).' if have is not None else '.') + ' Expected ROOT/train/*.jpg and '
             'ROOT/test/*.jpg (subfolders allowed).')
-    files = _scan_flat(split_dir, os.path.getmtime(split_dir))
+    files, notes = _scan_flat(split_dir, os.path.getmtime(split_dir))
+    for note in notes:
+        log.warning('flat_folder %s: %s.', split_dir, note)
     if not files:
         raise ValueError(f'flat_folder: no .jpg/.jpeg/.png images under {split_dir!r}.')
     files_a = np.array(files)
