@@ -116,6 +116,7 @@ class BEiT(nn.Module):
     activation: str = 'gelu_exact'  # MLP activation (PyTorch nn.GELU).
     remat_policy: Optional[str] = None  # Rematerialise each block with this jax.checkpoint_policies name.
     dtype: Any = jnp.float32  # Compute dtype.
+    attention_impl: str = 'auto'  # Attention kernel: 'auto', 'xla', 'cudnn' or 'cpu' (layers.resolve_attention_impl).
 
     @property
     def grid_size(self) -> tuple[int, int]:
@@ -162,7 +163,8 @@ class BEiT(nn.Module):
             final_norm=(self.classifier != 'gap') if self.final_norm is None else self.final_norm,
             dropout_rate=self.dropout_rate, attention_dropout_rate=self.attention_dropout_rate,
             drop_path_rate=self.drop_path_rate, norm_eps=self.norm_eps, activation=self.activation,
-            remat_policy=self.remat_policy, dtype=self.dtype, name='Transformer')(x, train)
+            remat_policy=self.remat_policy, dtype=self.dtype, attention_impl=self.attention_impl,
+            name='Transformer')(x, train)
         out.update({f'encoder/{k}': v for k, v in enc_out.items()})
         out['encoded'] = x
         out['tokens_2d'] = x[:, 1:].reshape(b, h, w, d)
@@ -203,6 +205,7 @@ class _BEiTTransformer(nn.Module):
     activation: str
     remat_policy: Optional[str]
     dtype: Any
+    attention_impl: str = 'auto'  # Attention kernel (the relative position bias enters as its `bias`).
 
     @nn.compact
     def __call__(self, x: Array, train: bool) -> tuple[Array, dict[str, Array]]:
@@ -229,7 +232,8 @@ class _BEiTTransformer(nn.Module):
                           attention_dropout_rate=self.attention_dropout_rate, drop_path_rate=float(rates[i]),
                           norm_eps=self.norm_eps, activation=self.activation, layer_scale=self.layer_scale,
                           dtype=self.dtype, kernel_init=beit_trunc_normal, bias_init=nn.initializers.zeros,
-                          name=f'encoderblock_{i}')(x, train, None if bias is None else bias.astype(x.dtype))
+                          attention_impl=self.attention_impl, name=f'encoderblock_{i}')(
+                              x, train, None if bias is None else bias.astype(x.dtype))
             out[f'block_{i:02d}'] = x
         if self.final_norm:
             x = nn.LayerNorm(epsilon=self.norm_eps, dtype=self.dtype, name='encoder_norm')(x)

@@ -128,6 +128,7 @@ class CompactTransformer(nn.Module):
     scan: bool = False  # Scan over encoder layers.
     remat_policy: str | None = None  # Rematerialisation policy of each block (jax.checkpoint_policies name).
     dtype: Any = jnp.float32  # Compute dtype (parameters stay float32).
+    attention_impl: str = 'auto'  # Attention kernel: 'auto', 'xla', 'cudnn' or 'cpu' (layers.resolve_attention_impl).
 
     def input_shape(self, batch: int = 1) -> tuple[int, ...]:
         """Shape of a batch this model accepts at its configured resolution."""
@@ -187,7 +188,8 @@ class CompactTransformer(nn.Module):
             posemb=self.posemb, posemb_std=self.posemb_std, dropout_rate=self.dropout_rate,
             attention_dropout_rate=self.attention_dropout_rate, drop_path_rate=self.drop_path_rate, norm=self.norm,
             norm_eps=self.norm_eps, norm_style=self.norm_style, activation=self.activation, qkv_bias=self.qkv_bias,
-            scan=self.scan, remat_policy=self.remat_policy, dtype=self.dtype, name='Transformer')(x, train=train)
+            scan=self.scan, remat_policy=self.remat_policy, dtype=self.dtype, attention_impl=self.attention_impl,
+            name='Transformer')(x, train=train)
         out.update({f'encoder/{k}': v for k, v in enc_out.items()})
         out['encoded'] = x
         out['tokens_2d'] = x[:, num_prefix:].reshape(b, h, w, d)
@@ -222,6 +224,7 @@ class _Transformer(nn.Module):
     scan: bool
     remat_policy: str | None
     dtype: Any
+    attention_impl: str = 'auto'  # Attention kernel.
 
     @nn.compact
     def __call__(self, x: Array, train: bool) -> tuple[Array, dict[str, Array]]:
@@ -237,7 +240,8 @@ class _Transformer(nn.Module):
             dropout_rate=self.dropout_rate, attention_dropout_rate=self.attention_dropout_rate,
             drop_path_rate=self.drop_path_rate, norm=self.norm, norm_eps=self.norm_eps, norm_style=self.norm_style,
             activation=self.activation, qkv_bias=self.qkv_bias, scan=self.scan, remat_policy=self.remat_policy,
-            kernel_init=_DENSE_INIT, bias_init=nn.initializers.zeros, dtype=self.dtype)
+            kernel_init=_DENSE_INIT, bias_init=nn.initializers.zeros, dtype=self.dtype,
+            attention_impl=self.attention_impl)
         # Keep `encoderblock_{i}` / `encoder_norm` directly under `Transformer` (the release's layout).
         nn.share_scope(self, enc)
         return enc(x, train=train)

@@ -156,6 +156,7 @@ class HIAttention(nn.Module):
     dropout_rate: float = 0.0  # Dropout on the output (proj_drop).
     head_norm_eps: float = 1e-5  # Epsilon of `ht_norm`.
     dtype: Any = jnp.float32  # Compute dtype.
+    attention_impl: str = 'auto'  # Attention kernel (layers.resolve_attention_impl).
 
     @nn.compact
     def __call__(self, x: Array, train: bool = False) -> Array:
@@ -170,6 +171,7 @@ class HIAttention(nn.Module):
         z = jnp.concatenate([x, ht], axis=1)
         z = layers.MultiHeadAttention(num_heads=h, qkv_bias=self.qkv_bias, kernel_init=_DENSE_INIT,
                                       attention_dropout_rate=self.attention_dropout_rate, dtype=self.dtype,
+                                      attention_impl=self.attention_impl,
                                       name='MultiHeadDotProductAttention_0')(z, deterministic=not train)
         cls = z[:, :1] + jnp.mean(z[:, n:], axis=1, keepdims=True)
         z = jnp.concatenate([cls, z[:, 1:n]], axis=1)
@@ -212,12 +214,13 @@ class DHVTBlock(nn.Module):
     bn_momentum: float = 0.9  # BatchNorm decay.
     bn_groups: int = 1  # DAFF per-group BatchNorm statistics.
     dtype: Any = jnp.float32  # Compute dtype.
+    attention_impl: str = 'auto'  # Attention kernel (layers.resolve_attention_impl).
 
     @nn.compact
     def __call__(self, x: Array, grid: tuple[int, int], train: bool = False) -> Array:
         y = nn.LayerNorm(epsilon=self.norm_eps, dtype=self.dtype, name='LayerNorm_0')(x)
         y = HIAttention(self.num_heads, self.qkv_bias, self.attention_dropout_rate, self.dropout_rate,
-                        dtype=self.dtype, name='attn')(y, train)
+                        dtype=self.dtype, attention_impl=self.attention_impl, name='attn')(y, train)
         x = x + layers.DropPath(self.drop_path_rate)(y, not train)
         y = nn.LayerNorm(epsilon=self.norm_eps, dtype=self.dtype, name='LayerNorm_2')(x)
         y = DAFF(self.mlp_dim, self.bn_momentum, self.bn_groups, dtype=self.dtype, name='daff')(y, grid, train)
@@ -244,6 +247,7 @@ class DHVT(nn.Module):
     bn_axis_name: str | None = None  # SOPE SyncBatchNorm axis for pmap / shard_map (under jit stats are global).
     daff_bn_groups: int = 1  # DAFF BatchNorm statistics per this many batch slices (= devices: per-GPU BN).
     dtype: Any = jnp.float32  # Compute dtype.
+    attention_impl: str = 'auto'  # Attention kernel: 'auto', 'xla', 'cudnn' or 'cpu' (layers.resolve_attention_impl).
 
     def input_shape(self, batch: int = 1) -> tuple[int, ...]:
         """Shape of a batch this model accepts at its configured resolution."""
@@ -265,7 +269,8 @@ class DHVT(nn.Module):
         enc = _Blocks(num_heads=self.num_heads, mlp_dim=int(c * self.mlp_ratio), qkv_bias=self.qkv_bias,
                       dropout_rate=self.dropout_rate, attention_dropout_rate=self.attention_dropout_rate,
                       rates=tuple(float(r) for r in rates), norm_eps=self.norm_eps, bn_momentum=self.bn_momentum,
-                      bn_groups=self.daff_bn_groups, dtype=self.dtype, name='Transformer')
+                      bn_groups=self.daff_bn_groups, dtype=self.dtype, attention_impl=self.attention_impl,
+                      name='Transformer')
         x, blocks = enc(x, (gh, gw), train)
         out.update({f'encoder/{k}': v for k, v in blocks.items()})
         out['encoded'] = x
@@ -291,6 +296,7 @@ class _Blocks(nn.Module):
     bn_momentum: float
     bn_groups: int
     dtype: Any
+    attention_impl: str = 'auto'  # Attention kernel.
 
     @nn.compact
     def __call__(self, x: Array, grid: tuple[int, int], train: bool) -> tuple[Array, dict[str, Array]]:
@@ -298,7 +304,7 @@ class _Blocks(nn.Module):
         for i, rate in enumerate(self.rates):
             x = DHVTBlock(self.num_heads, self.mlp_dim, self.qkv_bias, self.dropout_rate, self.attention_dropout_rate,
                           rate, self.norm_eps, self.bn_momentum, self.bn_groups, dtype=self.dtype,
-                          name=f'encoderblock_{i}')(x, grid, train)
+                          attention_impl=self.attention_impl, name=f'encoderblock_{i}')(x, grid, train)
             out[f'block_{i:02d}'] = x
         return nn.LayerNorm(epsilon=self.norm_eps, dtype=self.dtype, name='encoder_norm')(x), out
 

@@ -185,6 +185,7 @@ class DPT(nn.Module):
     scan: bool = False  # Scan over ViT layers.
     remat_policy: Optional[str] = None  # Rematerialisation of ViT blocks.
     dtype: Any = jnp.float32  # Compute dtype.
+    attention_impl: str = 'auto'  # Backbone attention kernel: 'auto', 'xla', 'cudnn' or 'cpu' (layers).
 
     def _backbone(self) -> VisionTransformer:
         return VisionTransformer(
@@ -194,7 +195,7 @@ class DPT(nn.Module):
             resnet_variant=self.resnet_variant, classifier='token', dropout_rate=self.dropout_rate,
             attention_dropout_rate=self.attention_dropout_rate, drop_path_rate=self.drop_path_rate,
             norm_eps=self.norm_eps, activation=self.activation, scan=self.scan, remat_policy=self.remat_policy,
-            dtype=self.dtype, dynamic_img_size=True)
+            dtype=self.dtype, dynamic_img_size=True, attention_impl=self.attention_impl)
 
     @nn.compact
     def __call__(self, images: Array, *, train: bool = False) -> tuple[Array, dict[str, Array]]:

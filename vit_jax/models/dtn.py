@@ -222,6 +222,7 @@ class DTNViT(nn.Module):
     attention_dropout_rate: float = 0.0  # Dropout on attention probabilities.
     drop_path_rate: float = 0.1  # Stochastic depth of the last block (linear ramp from 0).
     dtype: Any = jnp.float32  # Compute dtype.
+    attention_impl: str = 'auto'  # Attention kernel: 'auto', 'xla', 'cudnn' or 'cpu' (layers.resolve_attention_impl).
 
     def input_shape(self, batch: int = 1) -> tuple[int, ...]:
         """Shape of a batch this model accepts at its configured resolution."""
@@ -248,7 +249,7 @@ class DTNViT(nn.Module):
                        norm=self.norm, norm_eps=self.norm_eps, posemb=self.posemb, qkv_bias=self.qkv_bias,
                        activation=self.activation, dropout_rate=self.dropout_rate,
                        attention_dropout_rate=self.attention_dropout_rate, drop_path_rate=self.drop_path_rate,
-                       dtype=self.dtype, name='Transformer')(x, cls, train)
+                       dtype=self.dtype, attention_impl=self.attention_impl, name='Transformer')(x, cls, train)
         out.update({f'encoder/{k}': v for k, v in enc.items()})
         out['encoded'] = x
         has_cls = self.local_up_to_layer < self.num_layers
@@ -277,6 +278,7 @@ class _Body(nn.Module):
     attention_dropout_rate: float
     drop_path_rate: float
     dtype: Any
+    attention_impl: str = 'auto'  # Attention kernel.
 
     @nn.compact
     def __call__(self, x: Array, cls: Array, train: bool) -> tuple[Array, dict[str, Array]]:
@@ -293,7 +295,8 @@ class _Body(nn.Module):
                 attention_dropout_rate=self.attention_dropout_rate, drop_path_rate=float(rates[i]),
                 norm=self.norm if i < self.local_up_to_layer else 'layernorm', norm_eps=self.norm_eps,
                 activation=self.activation, qkv_bias=self.qkv_bias, kernel_init=_DENSE_INIT,
-                bias_init=nn.initializers.zeros, dtype=self.dtype, name=f'encoderblock_{i}')(x, train)
+                bias_init=nn.initializers.zeros, dtype=self.dtype, attention_impl=self.attention_impl,
+                name=f'encoderblock_{i}')(x, train)
             out[f'block_{i:02d}'] = x
         x = nn.LayerNorm(epsilon=self.norm_eps, dtype=self.dtype, name='encoder_norm')(x)
         return x, out

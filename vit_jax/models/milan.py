@@ -55,12 +55,14 @@ class PromptDecoderBlock(nn.Module):
     norm_eps: float = 1e-6  # LayerNorm epsilon.
     activation: str = 'gelu_exact'  # MLP activation (PyTorch nn.GELU).
     dtype: Any = jnp.float32  # Compute dtype.
+    attention_impl: str = 'auto'  # Attention kernel (layers.resolve_attention_impl).
 
     @nn.compact
     def __call__(self, x: Array, prompts: Array) -> Array:
         h = nn.LayerNorm(epsilon=self.norm_eps, dtype=self.dtype, name='LayerNorm_0')(x)
         kv = jnp.concatenate([prompts.astype(h.dtype), h], axis=1)
         x = x + layers.MultiHeadAttention(num_heads=self.num_heads, dtype=self.dtype,
+                                          attention_impl=self.attention_impl,
                                           name='MultiHeadDotProductAttention_1')(h, kv)
         h = nn.LayerNorm(epsilon=self.norm_eps, dtype=self.dtype, name='LayerNorm_2')(x)
         return x + layers.MlpBlock(mlp_dim=self.mlp_dim, activation=self.activation, dtype=self.dtype,
@@ -87,6 +89,7 @@ class MILAN(nn.Module):
     norm_eps: float = 1e-6  # LayerNorm epsilon.
     activation: str = 'gelu_exact'  # MLP activation (PyTorch nn.GELU).
     dtype: Any = jnp.float32  # Compute dtype.
+    attention_impl: str = 'auto'  # Attention kernel: 'auto', 'xla', 'cudnn' or 'cpu' (layers.resolve_attention_impl).
 
     @property
     def grid_size(self) -> tuple[int, int]:
@@ -125,7 +128,8 @@ class MILAN(nn.Module):
         x = jnp.concatenate([jnp.tile(cls.astype(x.dtype), (b, 1, 1)), x], axis=1)
         x, enc_out = layers.Encoder(num_layers=self.num_layers, num_heads=self.num_heads, mlp_dim=self.mlp_dim,
                                     norm_eps=self.norm_eps, activation=self.activation,
-                                    bias_init=nn.initializers.zeros, dtype=self.dtype, name='Transformer')(x, train)
+                                    bias_init=nn.initializers.zeros, dtype=self.dtype,
+                                    attention_impl=self.attention_impl, name='Transformer')(x, train)
         out.update({f'encoder/{k}': v for k, v in enc_out.items()})
         out['encoded'] = x
         out['pre_logits'] = x[:, 0]
@@ -146,6 +150,7 @@ class MILAN(nn.Module):
             prompts = jnp.concatenate([cls_f, vis_f], axis=1)
             for i in range(self.decoder_depth):
                 queries = PromptDecoderBlock(self.decoder_heads, mlp, self.norm_eps, self.activation, self.dtype,
+                                             attention_impl=self.attention_impl,
                                              name=f'decoder_block_{i}')(queries, prompts)
             full = jnp.concatenate([vis_f, queries], axis=1)
             seq = jnp.concatenate([cls_f, jnp.take_along_axis(full, ids_restore[..., None], axis=1)], axis=1)
@@ -154,7 +159,8 @@ class MILAN(nn.Module):
             seq = jnp.concatenate([cls_f, jnp.take_along_axis(full, ids_restore[..., None], axis=1)], axis=1)
             seq, _ = layers.Encoder(num_layers=self.decoder_depth, num_heads=self.decoder_heads, mlp_dim=mlp,
                                     norm_eps=self.norm_eps, activation=self.activation, final_norm=False,
-                                    bias_init=nn.initializers.zeros, dtype=self.dtype, name='decoder_blocks')(
+                                    bias_init=nn.initializers.zeros, dtype=self.dtype,
+                                    attention_impl=self.attention_impl, name='decoder_blocks')(
                 seq, train)
         else:
             raise ValueError(f"decoder must be 'prompt' or 'mae', got {self.decoder!r}.")
@@ -195,6 +201,7 @@ class CLIPVisionTransformer(nn.Module):
     norm_eps: float = 1e-5  # LayerNorm epsilon (PyTorch default).
     activation: str = 'quick_gelu'  # QuickGELU, as OpenAI CLIP.
     dtype: Any = jnp.float32  # Compute dtype.
+    attention_impl: str = 'auto'  # Attention kernel: 'auto', 'xla', 'cudnn' or 'cpu' (layers.resolve_attention_impl).
 
     @nn.compact
     def __call__(self, images: Array, *, train: bool = False) -> tuple[Array, dict[str, Array]]:
@@ -210,7 +217,7 @@ class CLIPVisionTransformer(nn.Module):
         x = nn.LayerNorm(epsilon=self.norm_eps, dtype=self.dtype, name='ln_pre')(x)
         x, enc_out = layers.Encoder(num_layers=self.num_layers, num_heads=self.num_heads, mlp_dim=self.mlp_dim,
                                     norm_eps=self.norm_eps, activation=self.activation, final_norm=False,
-                                    dtype=self.dtype, name='Transformer')(x, train)
+                                    dtype=self.dtype, attention_impl=self.attention_impl, name='Transformer')(x, train)
         out.update({f'encoder/{k}': v for k, v in enc_out.items()})
         out['encoded'] = x
         y = nn.LayerNorm(epsilon=self.norm_eps, dtype=self.dtype, name='ln_post')(x)

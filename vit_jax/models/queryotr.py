@@ -230,13 +230,14 @@ class CrossAttnBlock(nn.Module):
     activation: str = 'gelu_exact'  # MLP activation (PyTorch nn.GELU).
     dropout_rate: float = 0.0  # Dropout inside the MLP and after attention (0 in the paper).
     dtype: Any = jnp.float32  # Compute dtype.
+    attention_impl: str = 'auto'  # Attention kernel (layers.resolve_attention_impl).
 
     @nn.compact
     def __call__(self, x: Array, memory: Array, train: bool = False) -> Array:
         det = not train
         ln = lambda name: nn.LayerNorm(epsilon=self.norm_eps, dtype=self.dtype, name=name)  # noqa: E731
         attn = lambda name: layers.MultiHeadAttention(num_heads=self.num_heads, dtype=self.dtype,  # noqa: E731
-                                                      name=name)
+                                                      attention_impl=self.attention_impl, name=name)
         y = attn('attn')(ln('norm1')(x), deterministic=det)
         x = x + nn.Dropout(self.dropout_rate)(y, deterministic=det)
         y = attn('cross_attn')(ln('norm2')(x), memory, deterministic=det)
@@ -347,6 +348,7 @@ class QueryOTR(nn.Module):
     noise_seed: int = 0  # Seed of the QEM noise when no 'noise'/'dropout' rng is given (deterministic eval).
     remat_policy: Optional[str] = None  # Rematerialise encoder blocks (jax.checkpoint_policies name).
     dtype: Any = jnp.float32  # Compute dtype.
+    attention_impl: str = 'auto'  # Attention kernel: 'auto', 'xla', 'cudnn' or 'cpu' (layers.resolve_attention_impl).
 
     # ---- Static geometry. -------------------------------------------------------------------------------------
     @property
@@ -423,7 +425,8 @@ class QueryOTR(nn.Module):
         src, enc = layers.Encoder(num_layers=self.num_layers, num_heads=self.num_heads, mlp_dim=self.mlp_dim,
                                   dropout_rate=self.dropout_rate, drop_path_rate=self.drop_path_rate,
                                   norm_eps=self.encoder_norm_eps, activation=self.activation,
-                                  remat_policy=self.remat_policy, dtype=self.dtype, name='Transformer')(tokens, train)
+                                  remat_policy=self.remat_policy, dtype=self.dtype,
+                                  attention_impl=self.attention_impl, name='Transformer')(tokens, train)
         out.update({f'encoder/{k}': v for k, v in enc.items()})
         out['encoder'] = src
 
@@ -442,7 +445,7 @@ class QueryOTR(nn.Module):
         for i in range(self.decoder_layers):
             y = CrossAttnBlock(num_heads=self.decoder_heads, mlp_dim=self.decoder_mlp_dim, norm_eps=self.norm_eps,
                                activation=self.activation, dropout_rate=self.dropout_rate, dtype=self.dtype,
-                               name=f'decoder_{i}')(y, src, train)
+                               attention_impl=self.attention_impl, name=f'decoder_{i}')(y, src, train)
             out[f'decoder/block_{i:02d}'] = y
 
         # ---- Patch Smoothing Module, back to the input's value space, centre copied from the input.

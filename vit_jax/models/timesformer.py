@@ -144,6 +144,7 @@ class FactorisedBlock(nn.Module):
     qkv_bias: bool = True  # Bias on q/k/v.
     zero_init_fc: bool = True  # Zero-initialise the `<stage>_fc` layers (the official code: all blocks but 0).
     dtype: Any = jnp.float32  # Compute dtype.
+    attention_impl: str = 'auto'  # Attention kernel (layers.resolve_attention_impl).
 
     def _attention(self, x: Array, prefix: str, train: bool) -> Array:
         first = prefix == ''
@@ -151,7 +152,8 @@ class FactorisedBlock(nn.Module):
                              name='LayerNorm_0' if first else f'{prefix}_norm')(x)
         y = layers.MultiHeadAttention(
             num_heads=self.num_heads, qkv_bias=self.qkv_bias, attention_dropout_rate=self.attention_dropout_rate,
-            dtype=self.dtype, name='MultiHeadDotProductAttention_1' if first else f'{prefix}_attention')(
+            dtype=self.dtype, attention_impl=self.attention_impl,
+            name='MultiHeadDotProductAttention_1' if first else f'{prefix}_attention')(
                 y, deterministic=not train)
         y = nn.Dropout(self.dropout_rate)(y, deterministic=not train)
         return layers.DropPath(self.drop_path_rate)(y, not train)
@@ -242,6 +244,7 @@ class _Transformer(nn.Module):
     time_embedding_init: float
     remat_policy: str | None
     dtype: Any
+    attention_impl: str = 'auto'  # Attention kernel.
 
     @nn.compact
     def __call__(self, x: Array, batch: int, frames: int, grid: tuple[int, int],
@@ -269,7 +272,8 @@ class _Transformer(nn.Module):
 
         common = {'num_heads': self.num_heads, 'mlp_dim': self.mlp_dim, 'dropout_rate': self.dropout_rate,
                   'attention_dropout_rate': self.attention_dropout_rate, 'norm': self.norm, 'norm_eps': self.norm_eps,
-                  'activation': self.activation, 'qkv_bias': self.qkv_bias, 'dtype': self.dtype}
+                  'activation': self.activation, 'qkv_bias': self.qkv_bias, 'dtype': self.dtype,
+                  'attention_impl': self.attention_impl}
         if self.attention_type in ('space_only', 'joint_space_time'):
             # Plain ViT blocks (over each frame, or over the whole clip): the shared encoder, blocks directly here.
             enc = layers.Encoder(num_layers=self.num_layers, drop_path_rate=self.drop_path_rate, final_norm=False,
@@ -326,6 +330,7 @@ class TimeSformer(nn.Module):
     time_embedding_init: float = 0.0  # Std of the time embedding's normal init; 0: zeros (the official init).
     remat_policy: str | None = None  # Rematerialise each block with this jax.checkpoint_policies name.
     dtype: Any = jnp.float32  # Compute dtype (parameters stay float32).
+    attention_impl: str = 'auto'  # Attention kernel: 'auto', 'xla', 'cudnn' or 'cpu' (layers.resolve_attention_impl).
 
     @property
     def grid_size(self) -> tuple[int, int]:
@@ -361,7 +366,7 @@ class TimeSformer(nn.Module):
             drop_path_rate=self.drop_path_rate, norm=self.norm, norm_eps=self.norm_eps, activation=self.activation,
             qkv_bias=self.qkv_bias, interpolate_embeddings=self.interpolate_embeddings,
             time_embedding_init=self.time_embedding_init, remat_policy=self.remat_policy, dtype=self.dtype,
-            name='Transformer')(x, b, t, (gh, gw), train)
+            attention_impl=self.attention_impl, name='Transformer')(x, b, t, (gh, gw), train)
         out.update({f'encoder/{k}': v for k, v in enc_out.items()})
         out['encoded'] = x
         if self.attention_type == 'space_only':

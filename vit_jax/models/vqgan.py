@@ -60,12 +60,14 @@ class AttnBlock(nn.Module):
 
     groups: int = 32  # GroupNorm groups.
     dtype: Any = jnp.float32  # Compute dtype.
+    attention_impl: str = 'auto'  # Attention kernel (layers.resolve_attention_impl).
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
         b, h, w, c = x.shape
         y = _norm(self.groups, 'norm')(x).reshape(b, h * w, c)
-        y = layers.MultiHeadAttention(num_heads=1, dtype=self.dtype, name='attn')(y)
+        y = layers.MultiHeadAttention(num_heads=1, dtype=self.dtype, attention_impl=self.attention_impl,
+                                      name='attn')(y)
         return x + y.reshape(b, h, w, c)
 
 
@@ -80,6 +82,7 @@ class VQEncoder(nn.Module):
     groups: int = 32  # GroupNorm groups.
     dropout_rate: float = 0.0  # ResNet-block dropout.
     dtype: Any = jnp.float32  # Compute dtype.
+    attention_impl: str = 'auto'  # Attention kernel of the AttnBlocks.
 
     @nn.compact
     def __call__(self, x: Array, train: bool = False) -> Array:
@@ -89,13 +92,13 @@ class VQEncoder(nn.Module):
                 h = ResnetBlock(self.ch * mult, self.groups, self.dropout_rate, self.dtype,
                                 name=f'down_{i}_block_{j}')(h, train)
                 if h.shape[1] in self.attn_resolutions:
-                    h = AttnBlock(self.groups, self.dtype, name=f'down_{i}_attn_{j}')(h)
+                    h = AttnBlock(self.groups, self.dtype, self.attention_impl, name=f'down_{i}_attn_{j}')(h)
             if i != len(self.ch_mult) - 1:  # Strided conv with taming's asymmetric (0, 1) padding.
                 h = jnp.pad(h, ((0, 0), (0, 1), (0, 1), (0, 0)))
                 h = nn.Conv(h.shape[-1], (3, 3), strides=(2, 2), padding='VALID', dtype=self.dtype,
                             name=f'down_{i}_downsample')(h)
         h = ResnetBlock(h.shape[-1], self.groups, self.dropout_rate, self.dtype, name='mid_block_1')(h, train)
-        h = AttnBlock(self.groups, self.dtype, name='mid_attn_1')(h)
+        h = AttnBlock(self.groups, self.dtype, self.attention_impl, name='mid_attn_1')(h)
         h = ResnetBlock(h.shape[-1], self.groups, self.dropout_rate, self.dtype, name='mid_block_2')(h, train)
         h = nn.swish(_norm(self.groups, 'norm_out')(h))
         return nn.Conv(self.z_channels, (3, 3), padding=1, dtype=self.dtype, name='conv_out')(h)
@@ -112,6 +115,7 @@ class VQDecoder(nn.Module):
     groups: int = 32  # GroupNorm groups.
     dropout_rate: float = 0.0  # ResNet-block dropout.
     dtype: Any = jnp.float32  # Compute dtype.
+    attention_impl: str = 'auto'  # Attention kernel of the AttnBlocks.
 
     @nn.compact
     def __call__(self, z: Array, train: bool = False) -> tuple[Array, Array]:
@@ -119,14 +123,14 @@ class VQDecoder(nn.Module):
         block_in = self.ch * self.ch_mult[-1]
         h = nn.Conv(block_in, (3, 3), padding=1, dtype=self.dtype, name='conv_in')(z)
         h = ResnetBlock(block_in, self.groups, self.dropout_rate, self.dtype, name='mid_block_1')(h, train)
-        h = AttnBlock(self.groups, self.dtype, name='mid_attn_1')(h)
+        h = AttnBlock(self.groups, self.dtype, self.attention_impl, name='mid_attn_1')(h)
         h = ResnetBlock(block_in, self.groups, self.dropout_rate, self.dtype, name='mid_block_2')(h, train)
         for i in reversed(range(len(self.ch_mult))):
             for j in range(self.num_res_blocks + 1):
                 h = ResnetBlock(self.ch * self.ch_mult[i], self.groups, self.dropout_rate, self.dtype,
                                 name=f'up_{i}_block_{j}')(h, train)
                 if h.shape[1] in self.attn_resolutions:
-                    h = AttnBlock(self.groups, self.dtype, name=f'up_{i}_attn_{j}')(h)
+                    h = AttnBlock(self.groups, self.dtype, self.attention_impl, name=f'up_{i}_attn_{j}')(h)
             if i != 0:
                 b, hh, ww, c = h.shape
                 h = jax.image.resize(h, (b, 2 * hh, 2 * ww, c), 'nearest')
@@ -207,6 +211,7 @@ class VQGAN(nn.Module):
     groups: int = 32  # GroupNorm groups (must divide every channel count).
     dropout_rate: float = 0.0  # ResNet-block dropout.
     dtype: Any = jnp.float32  # Compute dtype.
+    attention_impl: str = 'auto'  # Attention kernel: 'auto', 'xla', 'cudnn' or 'cpu' (layers.resolve_attention_impl).
 
     @property
     def downsampling(self) -> int:
@@ -216,7 +221,7 @@ class VQGAN(nn.Module):
     def setup(self):
         common = dict(ch=self.ch, ch_mult=tuple(self.ch_mult), num_res_blocks=self.num_res_blocks,
                       attn_resolutions=tuple(self.attn_resolutions), groups=self.groups,
-                      dropout_rate=self.dropout_rate, dtype=self.dtype)
+                      dropout_rate=self.dropout_rate, dtype=self.dtype, attention_impl=self.attention_impl)
         self.encoder = VQEncoder(z_channels=self.z_channels, **common)
         self.quant_conv = nn.Conv(self.code_dim, (1, 1), dtype=self.dtype)
         self.quantize = VectorQuantizer(self.num_codes, self.code_dim, self.l2_normalize_codes)
