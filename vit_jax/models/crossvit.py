@@ -134,13 +134,15 @@ class CrossAttentionBlock(nn.Module):
     qkv_bias: bool = True  # Bias of wq / wk / wv.
     norm_eps: float = 1e-6  # LayerNorm epsilon.
     dtype: Any = jnp.float32  # Compute dtype.
+    attention_impl: str = 'auto'  # Attention kernel (layers.resolve_attention_impl).
 
     @nn.compact
     def __call__(self, x: Array, train: bool = False) -> Array:
         y = nn.LayerNorm(epsilon=self.norm_eps, dtype=self.dtype, name='norm1')(x)
         y = layers.MultiHeadAttention(num_heads=self.num_heads, qkv_bias=self.qkv_bias,
                                       attention_dropout_rate=self.attention_dropout_rate, dtype=self.dtype,
-                                      kernel_init=_trunc_normal, name='attn')(y[:, :1], y, deterministic=not train)
+                                      kernel_init=_trunc_normal, attention_impl=self.attention_impl,
+                                      name='attn')(y[:, :1], y, deterministic=not train)
         y = nn.Dropout(self.dropout_rate)(y, deterministic=not train)
         # The residual is the un-normalised (projected) class token.
         return x[:, :1] + layers.DropPath(self.drop_path_rate)(y, not train)
@@ -161,6 +163,7 @@ class MultiScaleBlock(nn.Module):
     norm_eps: float = 1e-6  # LayerNorm epsilon.
     activation: str = 'gelu_exact'  # MLP and projection activation.
     dtype: Any = jnp.float32  # Compute dtype.
+    attention_impl: str = 'auto'  # Attention kernel of the blocks and the fusion.
 
     @nn.compact
     def __call__(self, xs: Sequence[Array], train: bool = False) -> list[Array]:
@@ -173,7 +176,8 @@ class MultiScaleBlock(nn.Module):
                     dropout_rate=self.dropout_rate, attention_dropout_rate=self.attention_dropout_rate,
                     drop_path_rate=float(self.drop_path_rates[j]), norm_eps=self.norm_eps, activation=self.activation,
                     qkv_bias=self.qkv_bias, dtype=self.dtype, kernel_init=_trunc_normal,
-                    bias_init=nn.initializers.zeros, name=f'branch{b}_block_{j}')(x, train)
+                    bias_init=nn.initializers.zeros, attention_impl=self.attention_impl,
+                    name=f'branch{b}_block_{j}')(x, train)
             outs.append(x)
         proj = functools.partial(ProjLNGeluDense, norm_eps=self.norm_eps, activation=self.activation, dtype=self.dtype)
         fused = []
@@ -188,6 +192,7 @@ class MultiScaleBlock(nn.Module):
                                           dropout_rate=self.dropout_rate,
                                           attention_dropout_rate=self.attention_dropout_rate, qkv_bias=self.qkv_bias,
                                           norm_eps=self.norm_eps, dtype=self.dtype,
+                                          attention_impl=self.attention_impl,
                                           name=f'fusion_{i}' + (f'_{layer}' if self.fusion_depth > 1 else ''))(
                                               seq, train)
             cls = proj(self.dims[i], name=f'revert_proj_{i}')(seq)
@@ -248,6 +253,7 @@ class CrossViT(nn.Module):
     norm_eps: float = 1e-6  # LayerNorm epsilon.
     activation: str = 'gelu_exact'  # MLP and projection activation.
     dtype: Any = jnp.float32  # Compute dtype (parameters stay float32).
+    attention_impl: str = 'auto'  # Attention kernel: 'auto', 'xla', 'cudnn' or 'cpu' (layers.resolve_attention_impl).
 
     @property
     def sizes(self) -> tuple[tuple[int, int], ...]:
@@ -301,7 +307,8 @@ class CrossViT(nn.Module):
                 mlp_ratios=tuple(self.mlp_ratios), drop_path_rates=dpr[k],
                 fusion_depth=self.fusion_depth, qkv_bias=self.qkv_bias, dropout_rate=self.dropout_rate,
                 attention_dropout_rate=self.attention_dropout_rate, norm_eps=self.norm_eps,
-                activation=self.activation, dtype=self.dtype, name=f'blocks_{k}')(xs, train)
+                activation=self.activation, dtype=self.dtype, attention_impl=self.attention_impl,
+                name=f'blocks_{k}')(xs, train)
             for b in range(nb):
                 out[f'encoder/block_{k:02d}/branch_{b}'] = xs[b]
 

@@ -170,6 +170,7 @@ class CvT(nn.Module):
     bn_momentum: float = 0.9  # Flax BatchNorm momentum (PyTorch 0.1).
     bn_eps: float = 1e-5  # BatchNorm epsilon.
     dtype: Any = jnp.float32  # Compute dtype (parameters stay float32).
+    attention_impl: str = 'auto'  # Attention kernel: 'auto', 'xla', 'cudnn' or 'cpu' (layers.resolve_attention_impl).
 
     def input_shape(self, batch: int = 1) -> tuple[int, ...]:
         """Shape of a batch at the nominal resolution."""
@@ -220,7 +221,7 @@ class CvT(nn.Module):
                     norm_eps=self.norm_eps, activation=self.activation, qkv_bias=qkv_bias[i],
                     attention_scale=d**-0.5, dtype=self.dtype, kernel_init=_trunc_normal,
                     bias_init=nn.initializers.zeros, qkv_transform=qkv_transform,
-                    name=f'{stage}_block_{j}')(x, train)
+                    attention_impl=self.attention_impl, name=f'{stage}_block_{j}')(x, train)
                 out[f'{stage}/block_{j:02d}'] = x
             if cls_token[i]:
                 cls, x = x[:, :num_prefix], x[:, num_prefix:]

@@ -53,6 +53,7 @@ class MaskTransformer(nn.Module):
     drop_path_rate: float = 0.0  # Stochastic depth of the decoder blocks.
     norm_eps: float = 1e-5  # PyTorch LayerNorm default.
     dtype: Any = jnp.float32  # Compute dtype.
+    attention_impl: str = 'auto'  # Attention kernel (layers.resolve_attention_impl).
 
     @nn.compact
     def __call__(self, x: Array, grid: tuple[int, int], train: bool = False) -> Array:
@@ -65,7 +66,7 @@ class MaskTransformer(nn.Module):
             num_layers=self.num_layers, num_heads=self.num_heads, mlp_dim=self.mlp_dim, dropout_rate=self.dropout_rate,
             attention_dropout_rate=self.dropout_rate, drop_path_rate=self.drop_path_rate, norm_eps=self.norm_eps,
             final_norm=False, activation='gelu_exact', dtype=self.dtype, kernel_init=trunc_normal,
-            bias_init=nn.initializers.zeros, name='blocks')(x, train=train)
+            bias_init=nn.initializers.zeros, attention_impl=self.attention_impl, name='blocks')(x, train=train)
         x = nn.LayerNorm(epsilon=self.norm_eps, dtype=self.dtype, name='decoder_norm')(x)
         patches, classes = x[:, :n], x[:, n:]
         scale_init = nn.initializers.normal(d**-0.5)  # scale * randn, untouched by the Linear init.
@@ -103,6 +104,7 @@ class Segmenter(nn.Module):
     scan: bool = False  # Scan over encoder layers.
     remat_policy: Optional[str] = None  # Rematerialisation of encoder blocks.
     dtype: Any = jnp.float32  # Compute dtype.
+    attention_impl: str = 'auto'  # Attention kernel of encoder and decoder: 'auto', 'xla', 'cudnn' or 'cpu'.
 
     @nn.compact
     def __call__(self, images: Array, *, train: bool = False) -> tuple[Array, dict[str, Array]]:
@@ -118,7 +120,8 @@ class Segmenter(nn.Module):
             mlp_dim=self.mlp_dim, num_heads=self.num_heads, num_layers=self.num_layers, classifier='token',
             dropout_rate=self.dropout_rate, attention_dropout_rate=self.dropout_rate,
             drop_path_rate=self.drop_path_rate, norm_eps=self.norm_eps, activation=self.activation, scan=self.scan,
-            remat_policy=self.remat_policy, dtype=self.dtype, dynamic_img_size=True, distill_token=self.distilled)
+            remat_policy=self.remat_policy, dtype=self.dtype, dynamic_img_size=True, distill_token=self.distilled,
+            attention_impl=self.attention_impl)
         nn.share_scope(self, encoder)  # ViT release names at the top level (checkpoints load as they are).
         _, out = encoder(x, train=train)
         tokens = out['encoded'][:, 1 + int(self.distilled):]  # After the final LayerNorm, class (+ dist) token removed.
@@ -132,7 +135,7 @@ class Segmenter(nn.Module):
                 num_heads=self.decoder_heads or max(self.hidden_size // 64, 1),
                 mlp_dim=self.decoder_mlp_dim or 4 * self.hidden_size, dropout_rate=self.decoder_dropout,
                 drop_path_rate=self.decoder_drop_path, norm_eps=self.norm_eps, dtype=self.dtype,
-                name='decoder')(tokens, grid, train=train)
+                attention_impl=self.attention_impl, name='decoder')(tokens, grid, train=train)
         else:
             raise ValueError(f"Segmenter decoder must be 'linear' or 'mask_transformer', got {self.decoder!r}.")
         out['decoder/masks'] = masks

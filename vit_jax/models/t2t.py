@@ -102,6 +102,7 @@ class TokenTransformer(nn.Module):
     norm_eps: float = 1e-5  # LayerNorm epsilon.
     activation: str = 'gelu_exact'  # MLP activation.
     dtype: Any = jnp.float32  # Compute dtype.
+    attention_impl: str = 'auto'  # Attention kernel (layers.resolve_attention_impl).
 
     @nn.compact
     def __call__(self, x: Array, train: bool = False) -> Array:
@@ -112,7 +113,8 @@ class TokenTransformer(nn.Module):
         rng = self.make_rng('dropout') if self.attention_dropout_rate > 0 and train else None
         # Scale 1/sqrt(input width): the official code derives head_dim from the input width (147 or 576).
         y, _ = layers.dot_product_attention(q, k, v, scale=dim_in**-0.5, dropout_rate=self.attention_dropout_rate,
-                                            deterministic=not train, dropout_rng=rng)
+                                            deterministic=not train, dropout_rng=rng,
+                                            implementation=self.attention_impl)
         y = nn.Dense(self.dim, dtype=self.dtype, kernel_init=_trunc_normal, name='proj')(y[:, :, 0])
         y = v[:, :, 0] + nn.Dropout(self.dropout_rate)(y, deterministic=not train)
         z = nn.LayerNorm(epsilon=self.norm_eps, dtype=self.dtype, name='norm2')(y)
@@ -135,6 +137,7 @@ class T2TModule(nn.Module):
     performer_seed: Optional[int] = 0  # Seed of layer i's random features is performer_seed + i (None: params rng).
     norm_eps: float = 1e-5  # LayerNorm epsilon.
     dtype: Any = jnp.float32  # Compute dtype.
+    attention_impl: str = 'auto'  # Attention kernel of the 'transformer' T2T layers.
 
     @nn.compact
     def __call__(self, x: Array, train: bool = False) -> tuple[Array, tuple[int, int], dict[str, Array]]:
@@ -153,7 +156,7 @@ class T2TModule(nn.Module):
                                        norm_eps=self.norm_eps, seed=seed, dtype=self.dtype, name=f'attention{i + 1}')
             elif self.tokens_type == 'transformer':
                 layer = TokenTransformer(self.token_dim, norm_eps=self.norm_eps, dtype=self.dtype,
-                                         name=f'attention{i + 1}')
+                                         attention_impl=self.attention_impl, name=f'attention{i + 1}')
             else:
                 raise ValueError(f"tokens_type must be 'performer' or 'transformer', got {self.tokens_type!r}.")
             x = layer(x, train).reshape(b, h, w, self.token_dim)
@@ -191,6 +194,7 @@ class T2TViT(nn.Module):
     scan: bool = False  # Scan over backbone layers.
     remat_policy: Optional[str] = None  # Rematerialisation policy of each backbone block.
     dtype: Any = jnp.float32  # Compute dtype (parameters stay float32).
+    attention_impl: str = 'auto'  # Attention kernel: 'auto', 'xla', 'cudnn' or 'cpu' (layers.resolve_attention_impl).
 
     def input_shape(self, batch: int = 1) -> tuple[int, ...]:
         """Shape of a batch at the nominal resolution."""
@@ -205,7 +209,8 @@ class T2TViT(nn.Module):
         x, (h, w), t2t_out = T2TModule(self.hidden_size, self.tokens_type, self.token_dim,
                                        performer_dropout_rate=self.performer_dropout_rate,
                                        performer_seed=self.performer_seed, norm_eps=self.norm_eps,
-                                       dtype=self.dtype, name='tokens_to_token')(images.astype(self.dtype), train)
+                                       dtype=self.dtype, attention_impl=self.attention_impl,
+                                       name='tokens_to_token')(images.astype(self.dtype), train)
         out = {f't2t/{k}': v for k, v in t2t_out.items()}
         out['stem'] = x
         b, d = x.shape[0], self.hidden_size
@@ -219,7 +224,7 @@ class T2TViT(nn.Module):
             drop_path_rate=self.drop_path_rate, norm_eps=self.norm_eps, activation=self.activation,
             qkv_bias=self.qkv_bias, attention_scale=d**-0.5 if self.attention_scale == 'embed_dim' else None,
             scan=self.scan, remat_policy=self.remat_policy, dtype=self.dtype, kernel_init=_trunc_normal,
-            bias_init=nn.initializers.zeros, name='Transformer')(x, train=train)
+            bias_init=nn.initializers.zeros, attention_impl=self.attention_impl, name='Transformer')(x, train=train)
         out.update({f'encoder/{k}': v for k, v in enc_out.items()})
         out['encoded'] = x
         out['tokens_2d'] = x[:, 1:].reshape(b, h, w, d)
