@@ -269,91 +269,72 @@ def decode_image(data: tf.Tensor, channels: int = 3, min_size: Sequence[int] | N
     return image
 
 
-EXIF_SCAN_BYTES = 1 << 17  # The EXIF block is read from the first 128 KiB (a JPEG's APP1 segment is < 64 KiB).
+EXIF_SCAN_BYTES = 1 << 13  # Where the EXIF header is looked for (right after SOI, or after JFIF's APP0).
 _ORIENTATION_TAG = 0x0112
+_TIFF_BYTES = 1024  # The TIFF header and IFD0 are read from the block's first KiB.
+_IFD_ENTRIES = 64  # Entries of IFD0 looked at for the orientation.
 
 
 def exif_orientation(data: tf.Tensor) -> tf.Tensor:
     """The EXIF orientation (int32 1-8; 1 when absent or unreadable) of encoded image bytes (scalar tf.string).
 
     Read from a JPEG's `Exif` APP1 segment or a PNG's `eXIf` chunk (before the image data), in pure TensorFlow
-    (no Python per image). 1 is "as stored"; 2-8 as in the EXIF standard (6: rotate 90 degrees clockwise to
-    display, the usual phone photo held upright). Damaged or truncated headers give 1, never an error.
+    (no Python per image, no loop: the first APP1 `Exif` header in the first `EXIF_SCAN_BYTES`, where libjpeg's
+    entropy-coded data cannot hold the marker, as PIL finds it). 1 is "as stored"; 2-8 as in the EXIF standard
+    (6: rotate 90 degrees clockwise to display, the usual upright phone photo). Damaged headers give 1, never an
+    error.
     """
-    b = tf.cast(tf.io.decode_raw(tf.strings.substr(data, 0, EXIF_SCAN_BYTES), tf.uint8), tf.int64)
-    n = tf.shape(b, out_type=tf.int64)[0]
-    b = tf.concat([b, tf.zeros([1], tf.int64)], 0)  # Index n reads 0: gathers stay valid for empty data.
-    i64 = lambda v: tf.constant(v, tf.int64)  # noqa: E731
+    head = tf.cast(tf.io.decode_raw(tf.strings.substr(data, 0, EXIF_SCAN_BYTES), tf.uint8), tf.int32)
+    n = tf.size(head)
+    padded = tf.concat([head, tf.zeros([_TIFF_BYTES + 16], tf.int32)], 0)  # Reads past the end give 0.
 
-    def at(i: tf.Tensor) -> tf.Tensor:  # Byte(s) at i (0 outside the data); i may be a vector.
-        i = tf.cast(i, tf.int64)
-        return tf.where((i >= 0) & (i < n), tf.gather(b, tf.clip_by_value(i, 0, n)), i64(0))
+    def find(pattern: Sequence[int | None]) -> tf.Tensor:  # First offset of `pattern` (None: any byte), else n.
+        hit = tf.ones([n], tf.bool)
+        for k, byte in enumerate(pattern):
+            if byte is not None:
+                hit &= tf.equal(padded[k:k + n], byte)
+        return tf.reduce_min(tf.where(hit, tf.range(n), n))
 
-    def u16(i: tf.Tensor, little: tf.Tensor) -> tf.Tensor:
-        lo, hi = at(i), at(i + 1)
-        return tf.where(little, lo + 256 * hi, 256 * lo + hi)
+    # The TIFF block: after FF E1 <length> 'Exif\0\0' in a JPEG, or after the 'eXIf' chunk type in a PNG
+    # (before its first 'IDAT'). A few vector ops on the first bytes: no per-byte loop, few ops per image.
+    app1 = find([0xFF, 0xE1, None, None, 0x45, 0x78, 0x69, 0x66, 0, 0])
+    exif_chunk, idat = find([0x65, 0x58, 0x49, 0x66]), find([0x49, 0x44, 0x41, 0x54])
+    is_jpeg = (padded[0] == 0xFF) & (padded[1] == 0xD8)
+    is_png = (padded[0] == 0x89) & (padded[1] == 0x50) & (padded[2] == 0x4E) & (padded[3] == 0x47)
+    t = tf.where(is_jpeg & (app1 < n), app1 + 10, tf.where(is_png & (exif_chunk < tf.minimum(idat, n)),
+                                                              exif_chunk + 4, -1))
+    tiff = tf.slice(padded, [tf.maximum(t, 0)], [_TIFF_BYTES])
+    little = (tiff[0] == 0x49) & (tiff[1] == 0x49)  # 'II'; 'MM' is big-endian.
 
-    def u32(i: tf.Tensor, little: tf.Tensor) -> tf.Tensor:
-        lo, hi = u16(i, little), u16(i + 2, little)
-        return tf.where(little, lo + 65536 * hi, 65536 * lo + hi)
+    def u16(lo_hi: tf.Tensor) -> tf.Tensor:  # [..., 2] bytes -> their 16-bit value in the block's byte order.
+        return tf.where(little, lo_hi[..., 0] + 256 * lo_hi[..., 1], 256 * lo_hi[..., 0] + lo_hi[..., 1])
 
-    def is_bytes(i: tf.Tensor, text: bytes) -> tf.Tensor:
-        return tf.reduce_all(tf.equal(at(i + tf.range(len(text), dtype=tf.int64)), tf.constant(list(text), tf.int64)))
-
-    big = tf.constant(False)
-    none = i64(-1)
-
-    def jpeg_tiff() -> tf.Tensor:  # Walks the marker segments up to the first Exif APP1 (or the image data).
-        def cond(pos, found):
-            return (found == -1) & (pos + 4 <= n)
-
-        def body(pos, found):
-            marker = at(pos + 1)
-            standalone = (marker == 0x01) | ((marker >= 0xD0) & (marker <= 0xD8)) | (marker == 0xFF)
-            stop = (at(pos) != 0xFF) | (marker == 0xDA) | (marker == 0xD9)
-            exif = (marker == 0xE1) & is_bytes(pos + 4, b'Exif\0\0')
-            found = tf.where(stop, i64(-2), tf.where(exif, pos + 10, found))
-            step = tf.where(marker == 0xFF, i64(1), tf.where(standalone, i64(2), 2 + u16(pos + 2, big)))
-            return pos + step, found
-
-        return tf.while_loop(cond, body, (i64(2), none), maximum_iterations=256)[1]
-
-    def png_tiff() -> tf.Tensor:  # Walks the chunks up to an eXIf chunk (or the image data).
-        def cond(pos, found):
-            return (found == -1) & (pos + 8 <= n)
-
-        def body(pos, found):
-            stop = is_bytes(pos + 4, b'IDAT') | is_bytes(pos + 4, b'IEND')
-            found = tf.where(stop, i64(-2), tf.where(is_bytes(pos + 4, b'eXIf'), pos + 8, found))
-            return pos + 12 + u32(pos, big), found
-
-        return tf.while_loop(cond, body, (i64(8), none), maximum_iterations=256)[1]
-
-    is_jpeg = (at(0) == 0xFF) & (at(1) == 0xD8)
-    is_png = is_bytes(i64(0), b'\x89PNG\r\n\x1a\n')
-    t = tf.case([(is_jpeg, jpeg_tiff), (is_png, png_tiff)], default=lambda: i64(-2))
-    little = is_bytes(t, b'II')
-    valid = (t >= 0) & (little | is_bytes(t, b'MM')) & (u16(t + 2, little) == 42)
-    ifd = t + u32(t + 4, little)
-    k = tf.range(64, dtype=tf.int64)
-    entries = ifd + 2 + 12 * k  # Orientation is an IFD0 entry; at most 64 entries are looked at.
-    hit = (u16(entries, little) == _ORIENTATION_TAG) & (k < u16(ifd, little))
-    value = tf.reduce_max(tf.where(hit, u16(entries + 8, little), i64(0)))
-    return tf.cast(tf.where(valid & (value >= 1) & (value <= 8), value, i64(1)), tf.int32)
+    head16 = u16(tf.reshape(tiff[:8], [4, 2]))  # Byte order, 42, IFD0 offset (two halves).
+    ifd = tf.where(little, head16[2] + 65536 * head16[3], 65536 * head16[2] + head16[3])
+    valid = (t >= 0) & (little | ((tiff[0] == 0x4D) & (tiff[1] == 0x4D))) & (head16[1] == 42)
+    valid &= (ifd >= 8) & (ifd <= _TIFF_BYTES - 2 - 12 * _IFD_ENTRIES)
+    ifd = tf.where(valid, ifd, 8)
+    count = u16(tf.reshape(tf.slice(tiff, [ifd], [2]), [1, 2]))[0]
+    entries = tf.reshape(tf.slice(tiff, [ifd + 2], [12 * _IFD_ENTRIES]), [_IFD_ENTRIES, 6, 2])
+    words = u16(entries)  # [entries, 6]: tag, type, count (2 words), value (2 words).
+    hit = (words[:, 0] == _ORIENTATION_TAG) & (tf.range(_IFD_ENTRIES) < count)
+    value = tf.reduce_max(tf.where(hit, words[:, 4], 0))
+    return tf.where(valid & (value >= 1) & (value <= 8), value, 1)
 
 
 def apply_orientation(image: tf.Tensor, orientation: tf.Tensor) -> tf.Tensor:
     """Turns an [H, W, C] image stored with EXIF `orientation` (1-8) upright, as viewers show it (PIL's
     `ImageOps.exif_transpose`); orientations 5-8 swap height and width."""
-    branches = [
+    t = lambda: tf.transpose(image, [1, 0, 2])  # noqa: E731
+    branches = [  # tf.reverse, not [::-1] slices (a negative-stride slice of uint8 costs ~10x the decode).
         lambda: image,  # 1: as stored.
-        lambda: image[:, ::-1],  # 2: mirrored left-right.
-        lambda: image[::-1, ::-1],  # 3: rotated 180.
-        lambda: image[::-1],  # 4: mirrored top-bottom.
-        lambda: tf.transpose(image, [1, 0, 2]),  # 5: transposed.
-        lambda: tf.transpose(image, [1, 0, 2])[:, ::-1],  # 6: rotate 90 clockwise.
-        lambda: tf.transpose(image, [1, 0, 2])[::-1, ::-1],  # 7: transverse.
-        lambda: tf.transpose(image, [1, 0, 2])[::-1],  # 8: rotate 90 counter-clockwise.
+        lambda: tf.reverse(image, [1]),  # 2: mirrored left-right.
+        lambda: tf.reverse(image, [0, 1]),  # 3: rotated 180.
+        lambda: tf.reverse(image, [0]),  # 4: mirrored top-bottom.
+        t,  # 5: transposed.
+        lambda: tf.reverse(t(), [1]),  # 6: rotate 90 clockwise.
+        lambda: tf.reverse(t(), [0, 1]),  # 7: transverse.
+        lambda: tf.reverse(t(), [0]),  # 8: rotate 90 counter-clockwise.
     ]
     out = tf.switch_case(tf.clip_by_value(tf.cast(orientation, tf.int32), 1, 8) - 1, branches)
     out.set_shape([None, None, image.shape[-1]])
