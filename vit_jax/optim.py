@@ -155,15 +155,19 @@ def make(config: Any, params: Any, total_steps: int) -> tuple[optax.GradientTran
             chain.append(optax.trace(decay=float(momentum), nesterov=bool(opt.get('nesterov', False)),
                                      accumulator_dtype=jnp.dtype(acc_dtype) if acc_dtype else None))
     elif name in ('adam', 'adamw'):
+        mu_dtype = opt.get('mu_dtype', None)  # First-moment dtype (e.g. 'bfloat16' halves its memory).
         chain.append(optax.scale_by_adam(b1=float(opt.get('b1', 0.9)), b2=float(opt.get('b2', 0.999)),
-                                         eps=float(opt.get('eps', 1e-8))))
+                                         eps=float(opt.get('eps', 1e-8)),
+                                         mu_dtype=jnp.dtype(mu_dtype) if mu_dtype else None))
         if wd:
             if name == 'adam':
                 raise ValueError("optimizer.name='adam' with weight_decay: use 'adamw' (decoupled decay).")
             chain.append(optax.add_decayed_weights(wd, mask))
     elif name == 'lamb':
+        mu_dtype = opt.get('mu_dtype', None)
         chain.append(optax.scale_by_adam(b1=float(opt.get('b1', 0.9)), b2=float(opt.get('b2', 0.999)),
-                                         eps=float(opt.get('eps', 1e-6))))
+                                         eps=float(opt.get('eps', 1e-6)),
+                                         mu_dtype=jnp.dtype(mu_dtype) if mu_dtype else None))
         if wd:
             chain.append(optax.add_decayed_weights(wd, mask))
         chain.append(optax.scale_by_trust_ratio())
