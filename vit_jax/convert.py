@@ -5,7 +5,7 @@
     model, variables = convert.from_transformers(hf_model)         # HuggingFace ViT, CvT, DPT, TimeSformer, BEiT, CLIP
     model, variables = convert.vit_from_timm_state_dict(sd)        # a timm ViT state dict
 
-Command line (IN: `.pth`, `.pt`, `.pyth`, `.bin` or `.safetensors`; torch files are read with
+Command line (IN: `.pth`, `.pt`, `.pyth`, `.bin`, `.ckpt`, `.pth.tar` or `.safetensors`; torch files are read with
 `torch.load(weights_only=True)`, which refuses pickled objects; `{'model': ...}` / `{'state_dict': ...}` wrappers and
 `module.` prefixes are removed):
 
@@ -32,7 +32,14 @@ import os
 import sys
 from typing import Any, Callable
 
-import numpy as np
+if __name__ == '__main__':  # The command line: library logging off before TensorFlow loads (--verbose: on).
+    from vit_jax import console
+
+    console.setup(verbose='--verbose' in sys.argv)
+    if '--verbose' in sys.argv:
+        sys.argv.remove('--verbose')
+
+import numpy as np  # noqa: E402
 
 from vit_jax.porting import export, registry
 from vit_jax.porting.common import (  # noqa: F401  (layout helpers, re-exported)
@@ -298,8 +305,8 @@ def _parser() -> argparse.ArgumentParser:
                     'checkpoint.load_pretrained. Model fields for --from=official: --model.<field>=<value>. '
                     'Export: --to=transformers|timm (--to=timm --help).')
     p.add_argument('input', nargs='?', default=None,
-                   help='official / timm: a .pth/.pt/.pyth/.bin/.safetensors file; HuggingFace: a model directory '
-                        '(config.json + model.safetensors or pytorch_model.bin) or the weights file.')
+                   help='official / timm: a .pth/.pt/.pyth/.bin/.ckpt/.pth.tar/.safetensors file; HuggingFace: a '
+                        'model directory (config.json + model.safetensors or pytorch_model.bin) or the weights file.')
     p.add_argument('--from', dest='source', default=None,
                    help=f"'official:<family>' ({', '.join(official_families())}), 'transformers' (a ViT) or "
                         "'timm' (a ViT).")

@@ -368,4 +368,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == '__main__':
+    import sys
+
+    from vit_jax import console
+
+    verbose = '--verbose' in sys.argv  # Library logging back on (TensorFlow, Orbax, absl).
+    if verbose:
+        sys.argv.remove('--verbose')
+    console.setup(verbose=verbose)  # Before TensorFlow is imported.
     raise SystemExit(main())
