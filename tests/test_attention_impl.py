@@ -194,3 +194,18 @@ def test_family_attention_impls_same_outputs(cls_name):
     if jax.default_backend() != 'gpu':
         with pytest.raises(ValueError, match='needs an NVIDIA GPU'):
             logits('cudnn')
+
+
+def test_config_attention_impl_is_checked_up_front():
+    from vit_jax import config_utils
+
+    c = config_utils.load('configs/quickstart.py')
+    c.model.attention_impl = 'flash'
+    with pytest.raises(config_utils.ConfigError, match='attention_impl'):
+        config_utils.validate(c)
+    if jax.default_backend() != 'gpu':
+        c.model.attention_impl = 'cudnn'
+        with pytest.raises(config_utils.ConfigError, match='needs an NVIDIA GPU'):
+            config_utils.validate(c)
+    c.model.attention_impl = 'xla'
+    config_utils.validate(c)

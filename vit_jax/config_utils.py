@@ -154,6 +154,17 @@ def validate(config: ml_collections.ConfigDict) -> None:
         models.get_model(config.model.name, **options)
     except (ValueError, TypeError) as e:
         raise ConfigError(f'config.model: {e}') from None
+    impl = options.get('attention_impl', 'auto')
+    if impl != 'auto':  # Checked here, not when the first step is traced.
+        from vit_jax.models import layers
+
+        if impl not in layers.ATTENTION_IMPLS:
+            raise ConfigError(f'config.model.attention_impl={impl!r} is not one of {layers.ATTENTION_IMPLS}.')
+        import jax
+
+        if impl == 'cudnn' and jax.default_backend() != 'gpu':
+            raise ConfigError(f"config.model.attention_impl='cudnn' needs an NVIDIA GPU; this process runs on "
+                              f"{jax.default_backend()!r}. Use 'auto' (or 'xla').")
     from vit_jax import optim
 
     try:
