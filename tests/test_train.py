@@ -78,7 +78,8 @@ def _run_cli(workdir, *extra, wait=True):
 
 def test_kill_and_resume_reproduces_uninterrupted_run(tmp_path):
     """SIGKILL after the first checkpoint; the same command resumes and ends with identical parameters."""
-    settings = ('--config.total_steps=30', '--config.checkpoint_every=10', '--config.log_every=5',
+    # 150 steps: long enough after the first checkpoint that the kill lands mid-run on a quiet machine too.
+    settings = ('--config.total_steps=150', '--config.checkpoint_every=10', '--config.log_every=5',
                 '--config.model.num_layers=1', '--config.model.hidden_size=32', '--config.model.mlp_dim=64')
     full = _run_cli(tmp_path / 'full', *settings)
     assert full.returncode == 0, full.stdout + full.stderr
@@ -93,7 +94,7 @@ def test_kill_and_resume_reproduces_uninterrupted_run(tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     steps = [int(d) for d in os.listdir(ckpt_dir) if d.isdigit()]
-    assert steps and max(steps) < 30, 'the run must be killed before it finished'
+    assert steps and max(steps) < 150, 'the run must be killed before it finished'
 
     resumed = _run_cli(tmp_path / 'killed', *settings)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr

@@ -423,7 +423,8 @@ def _train_and_evaluate(config: Any, workdir: str, cleanup: list) -> dict[str, A
     stop_at = int(config.get('stop_at_step', 0) or 0)
     train_ds = make_dataset(config.data.get('train_split', 'train'), batch_size=global_bs, train=True,
                             start_step=start_step)
-    train_iter = iter(train_ds)
+    # Batches i+1, i+2 are read and put on the devices while step i runs (order unchanged: resume stays exact).
+    train_iter = sharding.prefetch_to_device(iter(train_ds), mesh, size=int(config.data.get('device_prefetch', 2)))
     max_bad = float(config.data.get('max_bad_fraction', 0.01) or 0.0)
     if getattr(train_ds, 'num_skipped', 0) and _bad_fraction(train_ds, train_ds.num_skipped, 0) > max_bad:
         _bad_input_error(train_ds, train_ds.num_skipped, _bad_fraction(train_ds, train_ds.num_skipped, 0), max_bad,
@@ -475,7 +476,7 @@ def _train_and_evaluate(config: Any, workdir: str, cleanup: list) -> dict[str, A
 
     with _Preemption() as preemption:
         while step < total_steps:
-            batch = sharding.to_global(next(train_iter), mesh)
+            batch = next(train_iter)
             state, metrics = train_step(state, batch)
             step += 1
             steps_window += 1

@@ -51,6 +51,7 @@ DEFAULTS = {  # Data-config defaults (a dataset's own defaults override these; e
     'shuffle_buffer': 10_000,  # Examples in the shuffle buffer (capped at the process's share of the split).
     'cache': None,  # Cache the raw (undecoded) examples in memory; None: auto (share <= 1 GiB or <= 100k examples).
     'prefetch': 2,  # Batches prefetched.
+    'device_prefetch': 2,  # Training batches put on the devices ahead of the step (sharding.prefetch_to_device).
     'image_key': 'image',  # TFDS feature holding the image.
     'label_key': 'label',  # TFDS feature holding the class label.
     'check_images': True,  # Image folders: check every file's header at construction (skip and count bad ones).

@@ -74,6 +74,10 @@ class Evaluator:
                 self.ctx.make_dataset(spec['split'], batch_size=bs, train=False, dataset=spec.get('dataset', None),
                                       data_config=spec.get('data_config', None))
             except Exception as e:
+                from vit_jax.data import DatasetNotPreparedError
+
+                if isinstance(e, DatasetNotPreparedError):
+                    raise  # Its own message already says how to prepare the dataset (or what to use instead).
                 where = f"{spec.get('dataset', None) or self.ctx.config.dataset!r} split {spec['split']!r}"
                 raise ConfigError(f'config.evals.{self.name} ({self.cfg.get("type", "")}): cannot read {where}: '
                                  f'{type(e).__name__}: {e}') from e
