@@ -763,14 +763,13 @@ class Manager:
         self._async = async_save
         self._unsealed: list[int] = []
         self._primary = jax.process_index() == 0
-        if os.path.isdir(self.directory):
-            self._tidy()
+        self._tidy()  # Every process, directory or not: the sync inside must be reached by all of them.
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=async_save)
         self._mngr = ocp.CheckpointManager(self.directory, options=options)
 
     def _tidy(self) -> None:
         """Sets incomplete step directories aside (Orbax would count them as steps and fail on every restore)."""
-        for path, why in scan_steps(self.directory)[1]:
+        for path, why in (scan_steps(self.directory)[1] if os.path.isdir(self.directory) else []):
             if why.startswith('incomplete') and self._primary:
                 log.warning('Ignoring the checkpoint directory %s (%s): renamed to %s.', path, why,
                             _set_aside(path, 'incomplete'))
