@@ -6,6 +6,8 @@ BatchNorm running statistics -> `batch_stats`; and the per-head DenseGeneral ker
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from vit_jax.porting.registry import to_numpy  # noqa: F401  (re-exported)
@@ -88,3 +90,16 @@ def check_fixed_table(sd: dict, key: str) -> None:
         raise ConversionError(f'{key!r} is not the fixed sin-cos table (a learned position embedding?); the model as '
                               'built rebuilds that table and has no parameter for it: build it with a learnable '
                               'position embedding if the checkpoint has one.')
+
+
+def split_qkv(w: Any, b: Any, num_heads: int) -> dict:
+    """A fused torch q/k/v projection (weight rows [q; k; v], (3D', D); bias (3D',) or None) -> the `query`, `key`,
+    `value` DenseGeneral params of `layers.MultiHeadAttention`."""
+    d = w.shape[0] // 3
+    out = {}
+    for i, name in enumerate(('query', 'key', 'value')):
+        part = {'x.weight': w[i * d:(i + 1) * d]}
+        if b is not None:
+            part['x.bias'] = b[i * d:(i + 1) * d]
+        out[name] = attention_in(part, 'x', num_heads)
+    return out

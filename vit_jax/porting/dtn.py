@@ -35,17 +35,8 @@ _DTN_NORMS = ('dtn', 'dtn_var', 'dtn_pool')
 
 def fused_qkv(sd: registry.StateDict, prefix: str, num_heads: int, *, qkv: str = 'qkv', proj: str = 'proj') -> dict:
     """A fused torch `qkv` Linear (3D', D) (bias optional) and `proj` Linear -> MultiHeadAttention params."""
-    w = sd[f'{prefix}.{qkv}.weight']
-    b = sd.get(f'{prefix}.{qkv}.bias')
-    d = w.shape[0] // 3
-    out = {}
-    for i, name in enumerate(('query', 'key', 'value')):
-        part = {'x.weight': w[i * d:(i + 1) * d]}
-        if b is not None:
-            part['x.bias'] = b[i * d:(i + 1) * d]
-        out[name] = common.attention_in(part, 'x', num_heads)
-    out['out'] = common.attention_out(sd, f'{prefix}.{proj}', num_heads)
-    return out
+    out = common.split_qkv(sd[f'{prefix}.{qkv}.weight'], sd.get(f'{prefix}.{qkv}.bias'), num_heads)
+    return {**out, 'out': common.attention_out(sd, f'{prefix}.{proj}', num_heads)}
 
 
 def _norm(sd: registry.StateDict, prefix: str, is_dtn: bool) -> dict:

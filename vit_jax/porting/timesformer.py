@@ -31,17 +31,8 @@ OFFICIAL_ATTENTION_TYPES = ('divided_space_time', 'space_only', 'joint_space_tim
 
 def qkv_attention(sd: registry.StateDict, prefix: str, num_heads: int) -> dict:
     """A fused torch `qkv` Linear (3D, D) and `proj` Linear -> MultiHeadAttention {query, key, value, out}."""
-    w = sd[f'{prefix}.qkv.weight']
-    b = sd.get(f'{prefix}.qkv.bias')
-    d = w.shape[0] // 3
-    out = {}
-    for i, name in enumerate(('query', 'key', 'value')):
-        part = {'x.weight': w[i * d:(i + 1) * d]}
-        if b is not None:
-            part['x.bias'] = b[i * d:(i + 1) * d]
-        out[name] = common.attention_in(part, 'x', num_heads)
-    out['out'] = common.attention_out(sd, f'{prefix}.proj', num_heads)
-    return out
+    out = common.split_qkv(sd[f'{prefix}.qkv.weight'], sd.get(f'{prefix}.qkv.bias'), num_heads)
+    return {**out, 'out': common.attention_out(sd, f'{prefix}.proj', num_heads)}
 
 
 def _strip_model_prefix(sd: registry.StateDict) -> registry.StateDict:

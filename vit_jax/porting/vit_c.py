@@ -32,17 +32,8 @@ from vit_jax.porting import common, registry
 
 def in_proj_attention(sd: registry.StateDict, prefix: str, num_heads: int) -> dict:
     """torch nn.MultiheadAttention (`in_proj_weight` [q; k; v], `in_proj_bias`, `out_proj`) -> MultiHeadAttention."""
-    w = sd[f'{prefix}.in_proj_weight']
-    b = sd.get(f'{prefix}.in_proj_bias')
-    d = w.shape[0] // 3
-    out = {}
-    for i, name in enumerate(('query', 'key', 'value')):
-        part = {'x.weight': w[i * d:(i + 1) * d]}
-        if b is not None:
-            part['x.bias'] = b[i * d:(i + 1) * d]
-        out[name] = common.attention_in(part, 'x', num_heads)
-    out['out'] = common.attention_out(sd, f'{prefix}.out_proj', num_heads)
-    return out
+    out = common.split_qkv(sd[f'{prefix}.in_proj_weight'], sd.get(f'{prefix}.in_proj_bias'), num_heads)
+    return {**out, 'out': common.attention_out(sd, f'{prefix}.out_proj', num_heads)}
 
 
 @registry.official('vit_c', source='facebookresearch/pycls', models=('ViTP-', 'ViTC-'))
