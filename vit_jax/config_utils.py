@@ -253,21 +253,22 @@ def base_config() -> ml_collections.ConfigDict:
     return c
 
 
-def split_overrides(argv) -> tuple[list, list[tuple[str, str]]]:
-    """Splits `--config.a.b=value` (or `--config.a.b value`) out of argv: (the other args, [(key, value), ...])."""
+def split_overrides(argv, prefix: str = '--config.') -> tuple[list, list[tuple[str, str]]]:
+    """Splits `--config.a.b=value` (or `--config.a.b value`; another `prefix` such as '--model.') out of argv:
+    (the other args, [(key, value), ...])."""
     rest, overrides, i = [], [], 0
     argv = list(argv)
     while i < len(argv):
         a = argv[i]
-        if a.startswith('--config.'):
-            body = a[len('--config.'):]
+        if a.startswith(prefix):
+            body = a[len(prefix):]
             if '=' in body:
                 k, v = body.split('=', 1)
             elif i + 1 < len(argv):
                 k, v = body, argv[i + 1]
                 i += 1
             else:
-                raise SystemExit(f'{a} needs a value (--config.key=value).')
+                raise SystemExit(f'{a} needs a value ({prefix}key=value).')
             overrides.append((k, v))
         else:
             rest.append(a)

@@ -194,28 +194,18 @@ def convert_partial(family: str, state_dict: dict, model: Any) -> dict:
     with its shape; variables the checkpoint does not provide are left out (load them with
     `init_from.dont_load=...`, they keep their fresh initialisation).
     """
-    fam = registry.get_family(family)
-    sd = StateDict(unwrap(state_dict))
-    try:
-        variables = fam.convert(sd, model)
-    except KeyError as e:
-        raise ConversionError(f'official:{family}: the checkpoint has no key {e.args[0]!r}, which this layout needs '
-                              f'({fam.source}); is it a {family} checkpoint for this model?') from None
-    unread = sd.unread()
-    if unread:
-        raise ConversionError(f'official:{family}: checkpoint keys left unconverted: {unread[:40]}'
-                              + (' ...' if len(unread) > 40 else ''))
+    variables = registry.convert_consumed(family, state_dict, model)
     from vit_jax import models
 
     expected = registry._flat(dict(models.init_shapes(model)))
-    got = registry._flat({k: v for k, v in variables.items() if v})
+    got = registry._flat(variables)
     extra = sorted(set(got) - set(expected))
     bad = [f'{k}: converted {tuple(np.shape(got[k]))}, model {tuple(expected[k].shape)}'
            for k in sorted(set(got) & set(expected)) if tuple(np.shape(got[k])) != tuple(expected[k].shape)]
     if extra or bad:
         raise ConversionError(f'official:{family}: converted variables the model does not have: {extra}; shape '
                               f'mismatches: {bad}.')
-    return {k: v for k, v in variables.items() if v}
+    return variables
 
 
 def _from_official(args: Any, model_flags: dict) -> tuple[Any, dict, dict, tuple[str, ...]]:
@@ -328,23 +318,10 @@ def _parser() -> argparse.ArgumentParser:
 
 def _split_model_flags(argv: list[str]) -> tuple[list[str], dict]:
     """Takes `--model.<field>=<value>` (or `--model.<field> <value>`) out of argv: (the other args, {field: value})."""
-    rest, flags, i = [], {}, 0
-    while i < len(argv):
-        a = argv[i]
-        if a.startswith('--model.'):
-            body = a[len('--model.'):]
-            if '=' in body:
-                k, v = body.split('=', 1)
-            elif i + 1 < len(argv):
-                k, v = body, argv[i + 1]
-                i += 1
-            else:
-                raise SystemExit(f'{a} needs a value (--model.<field>=<value>).')
-            flags[k] = _parse_value(v)
-        else:
-            rest.append(a)
-        i += 1
-    return rest, flags
+    from vit_jax import config_utils
+
+    rest, pairs = config_utils.split_overrides(argv, prefix='--model.')
+    return rest, {k: _parse_value(v) for k, v in pairs}
 
 
 def main(argv: list[str] | None = None) -> int:

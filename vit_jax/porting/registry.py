@@ -188,9 +188,9 @@ def check_variables(variables: Mapping, model: Any, *, family: str = '') -> None
                               'checkpoint (depth, width, heads, patch size, image size, classes).')
 
 
-def from_official(family: str, state_dict: Mapping, model: Any) -> dict:
-    """Variables for `model` (a vit_jax module built with the checkpoint's hyper-parameters) from an official
-    state dict of `family`. Every official key must be consumed and every model variable provided, shapes equal."""
+def convert_consumed(family: str, state_dict: Mapping, model: Any) -> dict:
+    """Runs the converter of `family` on `state_dict` for `model`; raises ConversionError naming a key the layout
+    needs and the checkpoint lacks, or any checkpoint key left unconverted. Empty collections are dropped."""
     fam = get_family(family)
     sd = StateDict(unwrap(state_dict))
     try:
@@ -202,6 +202,12 @@ def from_official(family: str, state_dict: Mapping, model: Any) -> dict:
     if unread:
         raise ConversionError(f'official:{family}: checkpoint keys left unconverted (a variant the model as built '
                               f'does not have?): {unread[:40]}' + (' ...' if len(unread) > 40 else ''))
-    variables = {k: v for k, v in variables.items() if v}
+    return {k: v for k, v in variables.items() if v}
+
+
+def from_official(family: str, state_dict: Mapping, model: Any) -> dict:
+    """Variables for `model` (a vit_jax module built with the checkpoint's hyper-parameters) from an official
+    state dict of `family`. Every official key must be consumed and every model variable provided, shapes equal."""
+    variables = convert_consumed(family, state_dict, model)
     check_variables(variables, model, family=family)
     return variables
