@@ -33,7 +33,7 @@ SMOKE = os.environ.get('VIT_JAX_COLAB_SMOKE', '0') == '1'
 REPO = next((p for p in ('.', '..', 'vit_jax') if os.path.isdir(os.path.join(p, 'configs'))), '.')
 WORK = os.environ.get('VIT_JAX_COLAB_WORKDIR') or os.path.abspath('colab_workdirs')
 os.makedirs(WORK, exist_ok=True)
-from vit_jax import console
+from vit_jax import console  # noqa: E402
 
 console.setup()  # Library logging (absl/Orbax/TensorFlow INFO lines) off; console.setup(verbose=True) brings it back.
 %matplotlib inline
