@@ -3,11 +3,11 @@ statistics into `batch_stats`), and logits equal to HuggingFace's PyTorch CvtFor
 same weights renamed from the official layout (its MLP activation set to the official QuickGELU), on a small unusual
 three-stage config with per-stage q/k/v bias and MLP ratios."""
 
-import re
 
 import jax
 import numpy as np
 import pytest
+from _porting_common import rename
 
 from vit_jax import convert, models
 from vit_jax.models import cvt
@@ -110,16 +110,7 @@ _TO_HF = (
 
 
 def _to_hf(sd: dict) -> dict:
-    out = {}
-    for k, v in sd.items():
-        for pat, rep in _TO_HF:
-            new = re.sub(pat, rep, k)
-            if new != k:
-                break
-        else:
-            raise AssertionError(f'no HF name for {k}')
-        out[new] = v
-    return out
+    return rename(sd, _TO_HF)
 
 
 def test_official_cvt_matches_hf_with_quick_gelu():

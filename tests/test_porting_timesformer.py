@@ -2,10 +2,10 @@
 HuggingFace's PyTorch TimesformerForVideoClassification loaded with the same weights renamed from the official layout,
 for the three official attention types on a small unusual config."""
 
-import re
 
 import numpy as np
 import pytest
+from _porting_common import rename
 
 from vit_jax import convert
 from vit_jax.models import timesformer
@@ -80,16 +80,7 @@ _TO_HF = (
 
 
 def _to_hf(sd: dict) -> dict:
-    out = {}
-    for k, v in sd.items():
-        for pat, rep in _TO_HF:
-            new = re.sub(pat, rep, k)
-            if new != k:
-                break
-        else:
-            raise AssertionError(f'no HF name for {k}')
-        out[new] = v
-    return out
+    return rename(sd, _TO_HF)
 
 
 def _hf_logits(attention_type: str, sd: dict, video: np.ndarray) -> np.ndarray:
