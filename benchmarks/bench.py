@@ -367,7 +367,14 @@ def _run_mode_in_subprocess(argv: list[str], mode: str, preset: str) -> dict:
         out = os.path.join(tmp, 'r.json')
         cmd = [sys.executable, '-m', 'benchmarks.bench', *argv, '--modes', mode, '--xla-preset', preset, '--out', out,
                '--quiet']
-        subprocess.run(cmd, check=True, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        proc = subprocess.run(cmd, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        if not os.path.exists(out):
+            raise subprocess.CalledProcessError(proc.returncode, cmd)
+        if proc.returncode != 0:
+            # jaxlib 0.10.2's oneDNN runtime sometimes aborts at interpreter exit ("object_pool.h: Check failed:
+            # available_.size() == num_created_"), after the results were written; they are complete.
+            print(f'warning: the {mode} run exited with status {proc.returncode} after writing its results.',
+                  file=sys.stderr)
         with open(out) as f:
             return json.load(f)[-1]
 
