@@ -30,9 +30,9 @@ Not measured here (no such data or accelerators in this environment).
 
 import ml_collections
 
+from configs import common
 from vit_jax import config_utils
 
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 FLOWERS_MEAN, FLOWERS_STD = (0.4353, 0.3773, 0.2872), (0.2966, 0.2455, 0.2698)
 
 
@@ -75,23 +75,21 @@ def timm_recipe(*, model: dict, dataset: str, n_train: int, num_classes: int, ep
     return c
 
 
-def get_config(arg: str = 'imagenet') -> ml_collections.ConfigDict:
-    arg = (arg or 'imagenet').strip()
-    if arg == 'imagenet':
-        return timm_recipe(model=dict(name='CCT-14/7x2', image_size=224), dataset='imagenet2012', n_train=1_281_167,
-                           num_classes=1000, epochs=300, batch=1024, lr=5e-4, min_lr=1e-5, wd=5e-2, warmup_epochs=10,
-                           scale=(0.08, 1.0), crop_pct=0.9, mean=IMAGENET_MEAN, std=IMAGENET_STD, reprob=0.25)
-    if arg == 'imagenet384':
-        c = timm_recipe(model=dict(name='CCT-14/7x2', image_size=384), dataset='imagenet2012', n_train=1_281_167,
-                        num_classes=1000, epochs=30, batch=96, lr=1e-5, min_lr=0.0, wd=0.0, warmup_epochs=0,
-                        scale=(0.08, 1.0), crop_pct=0.9, mean=IMAGENET_MEAN, std=IMAGENET_STD, reprob=0.25)
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    run = common.parse_arg(arg, run=common.OneOf('imagenet', ('imagenet', 'imagenet384', 'flowers384'))).run
+    imagenet = dict(dataset='imagenet2012', n_train=common.IMAGENET_TRAIN_EXAMPLES, num_classes=1000,
+                    scale=(0.08, 1.0), crop_pct=0.9, mean=common.IMAGENET_MEAN, std=common.IMAGENET_STD, reprob=0.25)
+    if run == 'imagenet':
+        return timm_recipe(model=dict(name='CCT-14/7x2', image_size=224), epochs=300, batch=1024, lr=5e-4,
+                           min_lr=1e-5, wd=5e-2, warmup_epochs=10, **imagenet)
+    if run == 'imagenet384':
+        c = timm_recipe(model=dict(name='CCT-14/7x2', image_size=384), epochs=30, batch=96, lr=1e-5, min_lr=0.0,
+                        wd=0.0, warmup_epochs=0, **imagenet)
         c.init_from = dict(path=None, dont_load=(), old_grid=(14, 14))
         return c
-    if arg == 'flowers384':
-        c = timm_recipe(model=dict(name='CCT-14/7x2', image_size=384), dataset='oxford_flowers102', n_train=1020,
-                        num_classes=102, epochs=300, batch=20, lr=5e-5, min_lr=1e-8, wd=5e-2, warmup_epochs=10,
-                        scale=(0.8, 1.0), crop_pct=1.0, mean=FLOWERS_MEAN, std=FLOWERS_STD, reprob=0.25,
-                        eval_splits={'val': 'validation', 'test': 'test'})
-        c.init_from = dict(path=None, dont_load=('head/.*',), old_grid=None)
-        return c
-    raise ValueError(f'Unknown argument {arg!r}; use imagenet, imagenet384 or flowers384.')
+    c = timm_recipe(model=dict(name='CCT-14/7x2', image_size=384), dataset='oxford_flowers102', n_train=1020,
+                    num_classes=102, epochs=300, batch=20, lr=5e-5, min_lr=1e-8, wd=5e-2, warmup_epochs=10,
+                    scale=(0.8, 1.0), crop_pct=1.0, mean=FLOWERS_MEAN, std=FLOWERS_STD, reprob=0.25,
+                    eval_splits={'val': 'validation', 'test': 'test'})
+    c.init_from = dict(path=None, dont_load=('head/.*',), old_grid=None)
+    return c

@@ -32,6 +32,7 @@ and model train on the built-in digits in tests/test_small_data_quickstarts.py.
 
 import ml_collections
 
+from configs import common
 from vit_jax import config_utils
 
 # name: (classes, training images, mean, std)
@@ -89,9 +90,6 @@ def cifar_recipe(model: str, dataset: str, epochs: int, **model_overrides) -> ml
     return c
 
 
-def get_config(arg: str = 'cifar10') -> ml_collections.ConfigDict:
-    parts = [s.strip() for s in (arg or 'cifar10').split(',')]
-    dataset = parts[0]
-    epochs = int(parts[1]) if len(parts) > 1 and parts[1] else 300
-    model = parts[2] if len(parts) > 2 else 'CCT-7/3x1'
-    return cifar_recipe(model, dataset, epochs)
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    arg = common.parse_arg(arg, dataset='cifar10', epochs=300, model='CCT-7/3x1')
+    return cifar_recipe(arg.model, arg.dataset, arg.epochs)

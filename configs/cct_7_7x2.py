@@ -13,20 +13,13 @@ Published (README): 97.19% top-1 (the 'valid' split). Not measured here (no Flow
 environment).
 """
 
-import importlib.util
-import os
-
-_spec = importlib.util.spec_from_file_location('_cct_timm_recipe', os.path.join(os.path.dirname(__file__),
-                                                                              'cct_14_7x2.py'))
-_recipe = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_recipe)
+from configs import cct_14_7x2, common
 
 
 def get_config(arg=None):
-    if arg:
-        raise ValueError(f'configs/cct_7_7x2.py takes no argument, got {arg!r}.')
-    return _recipe.timm_recipe(
+    common.parse_arg(arg)  # No options.
+    return cct_14_7x2.timm_recipe(
         model=dict(name='CCT-7/7x2', image_size=224, posemb='sine'), dataset='oxford_flowers102', n_train=1020,
         num_classes=102, epochs=300, batch=96, lr=5e-4, min_lr=1e-5, wd=6e-2, warmup_epochs=10, scale=(0.8, 1.0),
-        crop_pct=1.0, mean=_recipe.FLOWERS_MEAN, std=_recipe.FLOWERS_STD, reprob=0.0,
+        crop_pct=1.0, mean=cct_14_7x2.FLOWERS_MEAN, std=cct_14_7x2.FLOWERS_STD, reprob=0.0,
         eval_splits={'val': 'validation', 'test': 'test'})

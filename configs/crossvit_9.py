@@ -3,14 +3,8 @@
     python -m vit_jax.main --config=configs/crossvit_9.py[:imagenet384|cifar10|cifar100|digits] --workdir=DIR
 """
 
-import importlib.util
-import os
-
-_spec = importlib.util.spec_from_file_location('_vit_jax_crossvit_s',
-                                               os.path.join(os.path.dirname(__file__), 'crossvit_s.py'))
-_crossvit = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_crossvit)
+from configs import crossvit_s
 
 
 def get_config(arg=None):
-    return _crossvit.get_crossvit_config('CrossViT-9', arg)
+    return crossvit_s.get_crossvit_config('CrossViT-9', arg)

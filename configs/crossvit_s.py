@@ -27,13 +27,7 @@ Figures to expect (paper; not measured here): ImageNet-1k top-1 Ti 73.4, S 81.0,
 CrossViT-15 99.00 / 90.77, CrossViT-18 99.11 / 91.36. Digits: see README and tests/test_multiscale_training.py.
 """
 
-import importlib.util
-import os
-
-_spec = importlib.util.spec_from_file_location('_vit_jax_deit_recipe', os.path.join(os.path.dirname(__file__),
-                                                                                    'deit_recipe.py'))
-recipe = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(recipe)
+from configs import common, deit_recipe
 
 REPEATED_AUG = ('CrossViT-18', 'CrossViT-18\u2020', 'CrossViT-18-dagger')
 # A small CrossViT for 16 px digits, scaled from the paper's 240 / 224 px, patch 12 / 16 layout: the small-patch
@@ -45,25 +39,26 @@ DIGITS_MODEL = dict(patch_sizes=(3, 4), branch_sizes=(18, 16), embed_dims=(32, 6
 
 def get_crossvit_config(model_name: str, arg: str | None = None):
     """The recipe of a registered CrossViT for `arg` (see the module docstring)."""
-    task, *opts = [s.strip() for s in (arg or 'imagenet').split(',')]
-    if task in ('imagenet', 'imagenet2012'):
-        return recipe.imagenet(dict(name=model_name), batch_size=4096, lr=0.004, weight_decay=0.05, epochs=300,
-                               warmup_epochs=30, min_lr=1e-5, crop_pct=0.875,
-                               repeated_aug=3 if model_name in REPEATED_AUG else None)
-    if task == 'imagenet384':
-        return recipe.finetune(dict(name=model_name), 'imagenet2012', image_size=384, optimizer='adamw',
-                               steps=recipe.steps_for(30, 512), warmup_steps=0, batch_size=512, lr=5e-6,
-                               weight_decay=1e-8, decay='constant', crop_pct=0.875, grad_clip_norm=None)
-    if task == 'digits':
-        return recipe.digits(dict(name=model_name, **DIGITS_MODEL), image_size=16, tiny='tiny' in opts,
-                             steps=300 if 'tiny' in opts else 1500)
-    dataset = recipe.ALIASES.get(task, task)
-    if dataset not in recipe.TRANSFER or dataset == 'imagenet2012':
-        raise ValueError(f'Unknown argument {arg!r}; choose imagenet, imagenet384, cifar10, cifar100, pets, flowers '
-                         'or digits[,tiny].')
-    examples = recipe.TRANSFER[dataset][4]
-    return recipe.finetune(dict(name=model_name), dataset, image_size=224, steps=recipe.steps_for(1000, 768, examples),
-                           warmup_steps=500, batch_size=768, lr=0.01, weight_decay=1e-4, crop_pct=0.875)
+    arg = common.parse_arg(arg, task='imagenet', tiny=False)
+    if arg.task in ('imagenet', 'imagenet2012'):
+        return deit_recipe.imagenet(dict(name=model_name), batch_size=4096, lr=0.004, weight_decay=0.05, epochs=300,
+                                    warmup_epochs=30, min_lr=1e-5, crop_pct=0.875,
+                                    repeated_aug=3 if model_name in REPEATED_AUG else None)
+    if arg.task == 'imagenet384':
+        return deit_recipe.finetune(dict(name=model_name), 'imagenet2012', image_size=384, optimizer='adamw',
+                                    steps=common.steps_for(30, 512), warmup_steps=0, batch_size=512, lr=5e-6,
+                                    weight_decay=1e-8, decay='constant', crop_pct=0.875, grad_clip_norm=None)
+    if arg.task == 'digits':
+        return deit_recipe.digits(dict(name=model_name, **DIGITS_MODEL), image_size=16, tiny=arg.tiny,
+                                  steps=300 if arg.tiny else 1500)
+    dataset = deit_recipe.ALIASES.get(arg.task, arg.task)
+    if dataset not in deit_recipe.TRANSFER or dataset == 'imagenet2012':
+        raise ValueError(f'Unknown argument {arg.task!r}; choose imagenet, imagenet384, cifar10, cifar100, pets, '
+                         'flowers or digits[,tiny].')
+    examples = deit_recipe.TRANSFER[dataset][4]
+    return deit_recipe.finetune(dict(name=model_name), dataset, image_size=224, warmup_steps=500, batch_size=768,
+                                steps=common.steps_for(1000, 768, examples), lr=0.01, weight_decay=1e-4,
+                                crop_pct=0.875)
 
 
 def get_config(arg=None):

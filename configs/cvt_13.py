@@ -28,13 +28,7 @@ pre-training: CvT-13 98.83 / 91.11, CvT-21 99.16 / 92.88. Digits (this repositor
 see README; tests/test_multiscale_training.py pins the short run's accuracy.
 """
 
-import importlib.util
-import os
-
-_spec = importlib.util.spec_from_file_location('_vit_jax_deit_recipe', os.path.join(os.path.dirname(__file__),
-                                                                                    'deit_recipe.py'))
-recipe = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(recipe)
+from configs import common, deit_recipe
 
 WEIGHT_DECAY = {'CvT-13': 0.05, 'CvT-21': 0.1, 'CvT-W24': 0.1}
 FINETUNE_STEPS = {'imagenet2012': (20_000, 500), 'cifar10': (10_000, 500), 'cifar100': (10_000, 500),
@@ -46,20 +40,20 @@ DIGITS_MODEL = dict(patch_sizes=(3, 3, 3), patch_strides=(2, 2, 2), patch_paddin
 
 def get_cvt_config(model_name: str, arg: str | None = None):
     """The recipe of `model_name` ('CvT-13', 'CvT-21', 'CvT-W24') for `arg` (see the module docstring)."""
-    task, *opts = [s.strip() for s in (arg or 'imagenet').split(',')]
-    if task in ('imagenet', 'imagenet2012'):
-        return recipe.imagenet(dict(name=model_name), batch_size=2048, lr=2e-3,
-                               weight_decay=WEIGHT_DECAY[model_name], epochs=300, warmup_epochs=5, min_lr=1e-5)
-    if task == 'digits':
-        return recipe.digits(dict(name=model_name, **DIGITS_MODEL), image_size=16, tiny='tiny' in opts,
-                             steps=300 if 'tiny' in opts else 1500)
-    dataset = recipe.ALIASES.get(task, 'imagenet2012' if task == 'imagenet384' else task)
+    arg = common.parse_arg(arg, task='imagenet', tiny=False)
+    if arg.task in ('imagenet', 'imagenet2012'):
+        return deit_recipe.imagenet(dict(name=model_name), batch_size=2048, lr=2e-3,
+                                    weight_decay=WEIGHT_DECAY[model_name], epochs=300, warmup_epochs=5, min_lr=1e-5)
+    if arg.task == 'digits':
+        return deit_recipe.digits(dict(name=model_name, **DIGITS_MODEL), image_size=16, tiny=arg.tiny,
+                                  steps=300 if arg.tiny else 1500)
+    dataset = deit_recipe.ALIASES.get(arg.task, 'imagenet2012' if arg.task == 'imagenet384' else arg.task)
     if dataset not in FINETUNE_STEPS:
-        raise ValueError(f'Unknown argument {arg!r}; choose imagenet, imagenet384, cifar10, cifar100, pets, flowers '
-                         'or digits[,tiny].')
+        raise ValueError(f'Unknown argument {arg.task!r}; choose imagenet, imagenet384, cifar10, cifar100, pets, '
+                         'flowers or digits[,tiny].')
     steps, warmup = FINETUNE_STEPS[dataset]
-    return recipe.finetune(dict(name=model_name), dataset, image_size=384, steps=steps, warmup_steps=warmup,
-                           batch_size=512, lr=0.003, crop_pct=None)
+    return deit_recipe.finetune(dict(name=model_name), dataset, image_size=384, steps=steps, warmup_steps=warmup,
+                                batch_size=512, lr=0.003, crop_pct=None)
 
 
 def get_config(arg=None):

@@ -6,13 +6,8 @@ Figures to expect (paper): 82.5 top-1 at 224, 83.3 after 384 fine-tuning; CIFAR-
 pre-training 99.16 / 92.88. Not measured here.
 """
 
-import importlib.util
-import os
-
-_spec = importlib.util.spec_from_file_location('_vit_jax_cvt_13', os.path.join(os.path.dirname(__file__), 'cvt_13.py'))
-_cvt = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_cvt)
+from configs import cvt_13
 
 
 def get_config(arg=None):
-    return _cvt.get_cvt_config('CvT-21', arg)
+    return cvt_13.get_cvt_config('CvT-21', arg)

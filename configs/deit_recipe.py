@@ -23,14 +23,12 @@ from __future__ import annotations
 
 import ml_collections
 
+from configs import common
 from vit_jax import config_utils
 
-IMAGENET_TRAIN_EXAMPLES = 1_281_167
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 # TFDS name, classes, train split, eval split, train examples.
 TRANSFER = {
-    'imagenet2012': ('imagenet2012', 1000, 'train', 'validation', IMAGENET_TRAIN_EXAMPLES),
+    'imagenet2012': ('imagenet2012', 1000, 'train', 'validation', common.IMAGENET_TRAIN_EXAMPLES),
     'cifar10': ('cifar10', 10, 'train', 'test', 50_000),
     'cifar100': ('cifar100', 100, 'train', 'test', 50_000),
     'oxford_iiit_pet': ('oxford_iiit_pet', 37, 'train', 'test', 3_680),
@@ -39,14 +37,9 @@ TRANSFER = {
 ALIASES = {'imagenet': 'imagenet2012', 'pets': 'oxford_iiit_pet', 'flowers': 'oxford_flowers102'}
 
 
-def steps_for(epochs: float, batch_size: int, examples: int = IMAGENET_TRAIN_EXAMPLES) -> int:
-    """Optimizer steps of `epochs` passes over `examples` at `batch_size` (at least one)."""
-    return max(1, int(round(epochs * examples / batch_size)))
-
-
 def _normalized_pp(c: ml_collections.ConfigDict, train_pp: str, eval_pp: str, crop_pct: float) -> None:
-    c.data.norm_mean = IMAGENET_MEAN
-    c.data.norm_std = IMAGENET_STD
+    c.data.norm_mean = common.IMAGENET_MEAN
+    c.data.norm_std = common.IMAGENET_STD
     c.data.resize_method = 'bicubic'
     c.data.crop_pct = crop_pct
     c.data.train_pp = train_pp
@@ -70,14 +63,14 @@ def imagenet(model: dict, *, batch_size: int, lr: float, weight_decay: float, ep
     c.data.repeated_aug = repeated_aug
     c.data.shuffle_buffer = 250_000
     c.batch_size = batch_size
-    c.total_steps = steps_for(epochs, batch_size)
+    c.total_steps = common.steps_for(epochs, batch_size)
     c.log_every = 100
-    c.eval_every = steps_for(5, batch_size)
-    c.checkpoint_every = steps_for(1, batch_size)
+    c.eval_every = common.steps_for(5, batch_size)
+    c.checkpoint_every = common.steps_for(1, batch_size)
     c.keep_checkpoints = 2
     c.optimizer = dict(c.optimizer, name='adamw', b1=0.9, b2=0.999, eps=1e-8, weight_decay=weight_decay,
                        wd_mask='no_bias_norm', grad_clip_norm=None, ema_decay=ema_decay)
-    c.lr = dict(base=lr, warmup_steps=steps_for(warmup_epochs, batch_size), decay='cosine', end=min_lr)
+    c.lr = dict(base=lr, warmup_steps=common.steps_for(warmup_epochs, batch_size), decay='cosine', end=min_lr)
     c.objective = dict(type='classification', label_smoothing=label_smoothing, loss='softmax')
     c.evals = dict(val=dict(type='classification', split='validation', every=c.eval_every))
     c.init_from = dict(path=None, dont_load=(), old_grid=None)
@@ -126,11 +119,12 @@ def digits(model: dict, *, image_size: int, steps: int = 1500, batch_size: int =
 
     With `tiny=True`: a short run for the tests (no intermediate evaluations or checkpoints).
     """
-    return config_utils.digits_recipe(dict(image_size=image_size, **model), steps=steps,
-                                      warmup_steps=max(steps // 15, 1), lr=lr, weight_decay=weight_decay,
-                                      batch_size=batch_size, tiny=tiny)
+    return common.digits_recipe(dict(image_size=image_size, **model), steps=steps,
+                                warmup_steps=max(steps // 15, 1), lr=lr, weight_decay=weight_decay,
+                                batch_size=batch_size, tiny=tiny)
 
 
-def get_config(arg: str = 'ViT-S/16') -> ml_collections.ConfigDict:
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     """DeiT's ImageNet-1k recipe for any registered model: batch 1024, lr 1e-3 (5e-4 x 1024 / 512), wd 0.05."""
-    return imagenet(dict(name=arg or 'ViT-S/16'), batch_size=1024, lr=1e-3, weight_decay=0.05)
+    arg = common.parse_arg(arg, model='ViT-S/16')
+    return imagenet(dict(name=arg.model), batch_size=1024, lr=1e-3, weight_decay=0.05)

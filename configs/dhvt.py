@@ -30,9 +30,9 @@ the same model family on the built-in digits.
 
 import ml_collections
 
+from configs import common
 from vit_jax import config_utils
 
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 # dataset: (TFDS name, classes, training images, image size, batch, base lr, warm-up epochs)
 DATASETS = {
     'cifar100': ('cifar100', 100, 50_000, 32, 512, 1e-3, 5),
@@ -43,10 +43,9 @@ CIFAR_VARIANTS = ('T-CIFAR/4', 'T-CIFAR/2', 'S-CIFAR/4', 'S-CIFAR/2')
 IMAGENET_VARIANTS = ('T', 'S')
 
 
-def get_config(arg: str = 'S-CIFAR/2,cifar100') -> ml_collections.ConfigDict:
-    variant, dataset = ([s.strip() for s in (arg or 'S-CIFAR/2,cifar100').split(',')] + ['cifar100'])[:2]
-    if dataset not in DATASETS:
-        raise ValueError(f'Unknown dataset {dataset!r}; use one of {sorted(DATASETS)}.')
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    arg = common.parse_arg(arg, variant='S-CIFAR/2', dataset=common.OneOf('cifar100', DATASETS))
+    variant, dataset = arg.variant, arg.dataset
     allowed = IMAGENET_VARIANTS if dataset == 'imagenet' else CIFAR_VARIANTS
     if variant not in allowed:
         raise ValueError(f'DHVT variant {variant!r} is not for {dataset}; use one of {allowed}.')
@@ -56,7 +55,7 @@ def get_config(arg: str = 'S-CIFAR/2,cifar100') -> ml_collections.ConfigDict:
     c.dataset = tfds_name
     c.model = dict(name=f'DHVT-{variant}', num_classes=num_classes, image_size=size, drop_path_rate=0.1,
                    dropout_rate=0.0)
-    norm = f'value_range(0, 1)|normalize({IMAGENET_MEAN}, {IMAGENET_STD})'
+    norm = f'value_range(0, 1)|normalize({common.IMAGENET_MEAN}, {common.IMAGENET_STD})'
     if dataset == 'imagenet':
         crop = 'inception_crop(area_range=(0.08, 1.0))'
         c.data.eval_pp = f'resize_crop(crop_pct=0.875)|{norm}'
@@ -68,7 +67,7 @@ def get_config(arg: str = 'S-CIFAR/2,cifar100') -> ml_collections.ConfigDict:
         eval_split = 'test'
     c.data.train_pp = f'{crop}|flip|randaugment(2, 9, 0.5)|{norm}|random_erasing(0.25)'
     c.data.flip = False  # In the pipe already.
-    c.data.aug_fill_mean = IMAGENET_MEAN
+    c.data.aug_fill_mean = common.IMAGENET_MEAN
     c.data.num_classes = num_classes  # For mixup's label_dist (keep equal to model.num_classes).
     c.data.train_batch_pp = 'mixup(0.8, 1.0, prob=1.0, switch_prob=0.5, mode="batch")'
     c.data.repeated_aug = 3

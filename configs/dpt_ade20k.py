@@ -10,18 +10,17 @@ code builds that head but never uses it). Evaluation at 480 (short side) with 48
 Paper (ADE20K val): DPT-Hybrid 49.02 mIoU / 83.11 pixel accuracy; DPT-Large 47.63 / 82.70. Not reproduced here.
 """
 
+from configs import common
 from vit_jax import config_utils
 
 
 def get_config(arg=None):
-    parts = [p for p in (arg or 'Hybrid').split(',') if p]
-    variant = next((p for p in parts if '=' not in p), 'Hybrid')
-    opts = dict(p.split('=', 1) for p in parts if '=' in p)
+    arg = common.parse_arg(arg, variant='Hybrid', init=None)
     c = config_utils.base_config()
     c.dataset = 'scene_parse150'
-    c.model = dict(name=f'DPT-{variant}', image_size=480, head='segmentation', num_classes=150, aux_head=True,
+    c.model = dict(name=f'DPT-{arg.variant}', image_size=480, head='segmentation', num_classes=150, aux_head=True,
                    backbone_classes=0)
-    if variant == 'Hybrid' and opts.get('init'):
+    if arg.variant == 'Hybrid' and arg.init:
         c.model.resnet_variant = 'release'
     c.data = dict(c.data, train_split='train', flip=False, shuffle_buffer=5_000,
                   train_pp='dense_decode|dense_rescale(scale=(1920, 480))|dense_random_crop(cat_max_ratio=0.75)|'
@@ -38,6 +37,6 @@ def get_config(arg=None):
     c.objective = dict(type='segmentation', ignore_label=255, aux_weight=0.4)
     c.evals = dict(val=dict(type='segmentation', split='test', every=10_000, batch_size=8, eval_size=(960, 960),
                             window=480, stride=320))
-    c.init_from = dict(path=opts.get('init', None), dont_load=('neck/.*', 'seg_head/.*', 'aux_head/.*', 'head/.*',
-                                                               'pre_logits/.*'))
+    c.init_from = dict(path=arg.init, dont_load=('neck/.*', 'seg_head/.*', 'aux_head/.*', 'head/.*',
+                                                'pre_logits/.*'))
     return c

@@ -12,17 +12,14 @@ depth_shift with evals.val.prediction='depth', align='none'). Paper (fine-tuned 
 repository's choice (unverified); not reproduced here.
 """
 
-from vit_jax import config_utils
+from configs import common
 
 
 def get_config(arg=None):
-    parts = [p for p in (arg or '').split(',') if p]
-    opts = dict(p.split('=', 1) for p in parts if '=' in p)
-    plain = [p for p in parts if '=' not in p]
-    root = next((p for p in plain if '/' in p), '/path/to/kitti_eigen')
-    variant = next((p for p in plain if p != root), 'Hybrid')
-    return config_utils.dpt_depth_finetune(
-        variant, init=opts.get('init', None), dataset=f'dense_folder:{root}', image_size=(352, 1216),
+    root = common.OneOf('/path/to/kitti_eigen', lambda word: '/' in word, what='a data root (a path with a /)')
+    arg = common.parse_arg(arg, root=root, variant='Hybrid', init=None)
+    return common.dpt_depth_finetune(
+        arg.variant, init=arg.init, dataset=f'dense_folder:{arg.root}', image_size=(352, 1216),
         data=dict(train_split='train', flip=False, depth_png_scale=1 / 256,
                   train_pp='dense_decode|dense_random_crop(cat_max_ratio=1.0)|dense_flip|photometric',
                   eval_pp='dense_decode|dense_fit', eval_scale=(1216, 352)),

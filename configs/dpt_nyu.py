@@ -16,15 +16,13 @@ init=PATH: an R50+ViT-B/16 (Hybrid) or ViT-B/16 / ViT-L/16 checkpoint of the ViT
 resnet_variant='release' is set when initialising from it).
 """
 
-from vit_jax import config_utils
+from configs import common
 
 
 def get_config(arg=None):
-    parts = [p for p in (arg or 'Hybrid').split(',') if p]
-    variant = next((p for p in parts if '=' not in p), 'Hybrid')
-    opts = dict(p.split('=', 1) for p in parts if '=' in p)
-    return config_utils.dpt_depth_finetune(
-        variant, init=opts.get('init', None), dataset='nyu_depth_v2', image_size=(480, 640),
+    arg = common.parse_arg(arg, variant='Hybrid', init=None)
+    return common.dpt_depth_finetune(
+        arg.variant, init=arg.init, dataset='nyu_depth_v2', image_size=(480, 640),
         data=dict(train_split='train', flip=False, shuffle_buffer=5_000, value_range=(-1.0, 1.0),
                   train_pp='dense_decode|dense_rescale(scale=(853, 480), ratio=(1.0, 1.5))|'
                            'dense_random_crop(cat_max_ratio=1.0)|dense_flip|photometric',

@@ -21,28 +21,26 @@ configs/quickstart_dtn.py trains the same network on the built-in digits.
 
 import ml_collections
 
+from configs import common
 from vit_jax import config_utils
 
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 SIZES = ('T*', 'S', 'S*', 'B', 'B*')
 NORMS = ('dtn', 'dtn_var', 'layernorm')
 
 
-def get_config(arg: str = 'T*') -> ml_collections.ConfigDict:
-    size, norm = ([s.strip() for s in (arg or 'T*').split(',')] + ['dtn'])[:2]
-    if size not in SIZES or norm not in NORMS:
-        raise ValueError(f'Use SIZE[,NORM] with SIZE in {SIZES} and NORM in {NORMS}; got {arg!r}.')
-    batch, n_train, epochs = 1024, 1_281_167, 300
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    arg = common.parse_arg(arg, size=common.OneOf('T*', SIZES), norm=common.OneOf('dtn', NORMS))
+    batch, n_train, epochs = 1024, common.IMAGENET_TRAIN_EXAMPLES, 300
     steps_per_epoch = n_train // batch
     c = config_utils.base_config()
     c.dataset = 'imagenet2012'
-    c.model = dict(name=f'DTN-ViT-{size}', image_size=224, norm=norm, drop_path_rate=0.1)
-    norm_pp = f'value_range(0, 1)|normalize({IMAGENET_MEAN}, {IMAGENET_STD})'
+    c.model = dict(name=f'DTN-ViT-{arg.size}', image_size=224, norm=arg.norm, drop_path_rate=0.1)
+    norm_pp = f'value_range(0, 1)|normalize({common.IMAGENET_MEAN}, {common.IMAGENET_STD})'
     c.data.train_pp = f'inception_crop(area_range=(0.08, 1.0))|flip|randaugment(2, 9, 0.5)|{norm_pp}'
     c.data.eval_pp = f'resize_crop(crop_pct=0.875)|{norm_pp}'
     c.data.flip = False  # In the pipe already.
     c.data.resize_method = 'bicubic'
-    c.data.aug_fill_mean = IMAGENET_MEAN
+    c.data.aug_fill_mean = common.IMAGENET_MEAN
     c.data.num_classes = 1000  # For mixup's label_dist (keep equal to model.num_classes).
     c.data.train_batch_pp = 'mixup(0.8, 1.0, prob=1.0, switch_prob=0.5, mode="batch")'
     c.data.shuffle_buffer = 50_000

@@ -50,13 +50,13 @@ config (`train_pp` / `train_batch_pp` ops where available).
 
 import ml_collections
 
+from configs import common
 from vit_jax import config_utils
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-# The digits fine-tune / scratch comparison: label-scarce (`config_utils.label_scarce_digits`: the labels of 10% of
+# The digits fine-tune / scratch comparison: label-scarce (`common.label_scarce_digits`: the labels of 10% of
 # the training images, 400 steps at batch 128); the pretraining sees all 1437 training images without labels.
 DIGITS_FINETUNE_LR = 8e-3  # The best of the scratch sweep (see the module docstring).
+RUNS = ('pretrain', 'finetune', 'digits', 'digits_tiny', 'digits_vit_teacher', 'digits_finetune', 'digits_scratch')
 
 
 def _digits_encoder():
@@ -65,9 +65,9 @@ def _digits_encoder():
 
 def get_config(arg=None):
     c = config_utils.base_config()
-    arg = arg or 'pretrain'
+    run = common.parse_arg(arg, run=common.OneOf('pretrain', RUNS)).run
     c.init_from = ml_collections.ConfigDict(dict(path=None, dont_load=('head/.*', 'decoder.*', 'mask_token')))
-    if arg == 'pretrain':
+    if run == 'pretrain':
         spe = 1_281_167 // 4096
         c.dataset = 'imagenet2012'
         c.model = ml_collections.ConfigDict(dict(name='MILAN-B/16', mask_ratio=0.75, decoder='prompt',
@@ -85,10 +85,10 @@ def get_config(arg=None):
         c.objective = ml_collections.ConfigDict(dict(
             type='milan', attn_mask=True,
             teacher=dict(model='CLIP-ViT-B/16', overrides=dict(), weights=None, allow_random=True,
-                         input_mean=IMAGENET_MEAN, input_std=IMAGENET_STD, tokens='tokens_proj')))
+                         input_mean=common.IMAGENET_MEAN, input_std=common.IMAGENET_STD, tokens='tokens_proj')))
         c.evals = ml_collections.ConfigDict()
         return c
-    if arg == 'finetune':
+    if run == 'finetune':
         spe = 1_281_167 // 1024
         c.dataset = 'imagenet2012'
         c.model = ml_collections.ConfigDict(dict(name='ViT-B/16', num_classes=1000, posemb='sincos2d_mae',
@@ -106,15 +106,15 @@ def get_config(arg=None):
         c.objective = ml_collections.ConfigDict(dict(type='classification', label_smoothing=0.1, loss='softmax'))
         c.evals = ml_collections.ConfigDict(dict(val=dict(type='classification', split='validation', every=5000)))
         return c
-    if arg in ('digits', 'digits_tiny', 'digits_vit_teacher'):
+    if run in ('digits', 'digits_tiny', 'digits_vit_teacher'):
         c.dataset = 'digits'
         c.model = ml_collections.ConfigDict(dict(name='MILAN-testing', **_digits_encoder(), decoder_dim=64,
                                                  decoder_depth=2, decoder_heads=4, target_dim=32, mask_ratio=0.75))
         c.data.train_pp = 'random_shift'
         c.data.flip = False
         c.batch_size = 128
-        c.total_steps = 1000 if arg == 'digits' else 300
-        c.log_every = 25 if arg == 'digits_tiny' else 50
+        c.total_steps = 1000 if run == 'digits' else 300
+        c.log_every = 25 if run == 'digits_tiny' else 50
         c.checkpoint_every = 0
         c.optimizer = ml_collections.ConfigDict(dict(c.optimizer.to_dict(), name='adamw', b1=0.9, b2=0.95,
                                                      weight_decay=0.05, wd_mask='no_bias_norm', grad_clip_norm=None))
@@ -125,7 +125,7 @@ def get_config(arg=None):
                                                               mlp_dim=128, num_heads=4, num_layers=2,
                                                               projection_dim=32),
                          weights=None, allow_random=True, tokens='tokens_proj')))
-        if arg == 'digits_vit_teacher':
+        if run == 'digits_vit_teacher':
             # A trained vit_jax ViT as the teacher, weights from its workdir (e.g. a `:digits_scratch` run). It was
             # trained with the digits labels, so this shows the teacher path end to end; it is not self-supervised.
             c.model.target_dim = 64
@@ -135,16 +135,14 @@ def get_config(arg=None):
                                        weights='workdirs/milan_teacher_digits', allow_random=False, tokens='encoded')
         c.evals = ml_collections.ConfigDict(dict(fewshot=dict(type='fewshot', every=0, shots=(5, 10), seeds=3)))
         return c
-    if arg in ('digits_finetune', 'digits_scratch'):
-        c.dataset = 'digits'
-        # Global average pooling as MILAN fine-tunes; the pretrained class token is not used (dont_load 'cls').
-        c.model = ml_collections.ConfigDict(dict(name='ViT-testing', num_classes=10, **_digits_encoder(),
-                                                 posemb='sincos2d_mae', classifier='gap', activation='gelu_exact'))
-        # The same recipe for both; the fine-tune only adds layer decay (as MILAN/MAE fine-tune). lr: the best of the
-        # scratch sweep (see the module docstring).
-        return config_utils.label_scarce_digits(
-            c, lr=DIGITS_FINETUNE_LR, layer_decay=0.75 if arg == 'digits_finetune' else None,
-            init_path='workdirs/milan_digits' if arg == 'digits_finetune' else None,
-            dont_load=('head/.*', 'decoder.*', 'mask_token', 'cls'))
-    raise ValueError(f'Unknown argument {arg!r}: use pretrain, finetune, digits, digits_tiny, digits_vit_teacher, '
-                     'digits_finetune or digits_scratch.')
+    # 'digits_finetune' or 'digits_scratch'.
+    c.dataset = 'digits'
+    # Global average pooling as MILAN fine-tunes; the pretrained class token is not used (dont_load 'cls').
+    c.model = ml_collections.ConfigDict(dict(name='ViT-testing', num_classes=10, **_digits_encoder(),
+                                             posemb='sincos2d_mae', classifier='gap', activation='gelu_exact'))
+    # The same recipe for both; the fine-tune only adds layer decay (as MILAN/MAE fine-tune). lr: the best of the
+    # scratch sweep (see the module docstring).
+    return common.label_scarce_digits(
+        c, lr=DIGITS_FINETUNE_LR, layer_decay=0.75 if run == 'digits_finetune' else None,
+        init_path='workdirs/milan_digits' if run == 'digits_finetune' else None,
+        dont_load=('head/.*', 'decoder.*', 'mask_token', 'cls'))

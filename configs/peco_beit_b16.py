@@ -61,12 +61,14 @@ one relative-position table per layer initialised from the shared one; here fine
 
 import ml_collections
 
+from configs import common
 from vit_jax import config_utils
 
 STEPS_PER_EPOCH_2048 = 1_281_167 // 2048
-# The digits fine-tune / scratch comparison: label-scarce (`config_utils.label_scarce_digits`: the labels of 10% of
+# The digits fine-tune / scratch comparison: label-scarce (`common.label_scarce_digits`: the labels of 10% of
 # the training images, 400 steps at batch 128); the pretraining sees all 1437 training images without labels.
 DIGITS_FINETUNE_LR = 8e-3  # Scratch at this setting: 4e-3 76.4%, 8e-3 82.2%, 1.6e-2 83.3% (module docstring).
+RUNS = ('pretrain', 'finetune', 'digits', 'digits_finetune', 'digits_scratch')
 
 
 def _pretrain_common(c):
@@ -81,8 +83,8 @@ def _pretrain_common(c):
 
 def get_config(arg=None):
     c = config_utils.base_config()
-    arg = arg or 'pretrain'
-    if arg == 'pretrain':
+    run = common.parse_arg(arg, run=common.OneOf('pretrain', RUNS)).run
+    if run == 'pretrain':
         c.dataset = 'imagenet2012'
         c.model = ml_collections.ConfigDict(dict(name='BEiT-B/16', num_classes=0, vocab_size=8192, classifier='gap',
                                                  rel_pos_bias='shared', layer_scale=0.1, drop_path_rate=0.1))
@@ -98,7 +100,7 @@ def get_config(arg=None):
         c.lr = ml_collections.ConfigDict(dict(base=1.5e-3, warmup_steps=10 * STEPS_PER_EPOCH_2048, decay='cosine',
                                               end=1e-5))
         return _pretrain_common(c)
-    if arg == 'finetune':
+    if run == 'finetune':
         steps_per_epoch = 1_281_167 // 1024
         c.dataset = 'imagenet2012'
         c.model = ml_collections.ConfigDict(dict(name='BEiT-B/16', num_classes=1000, classifier='gap',
@@ -117,7 +119,7 @@ def get_config(arg=None):
         c.evals = ml_collections.ConfigDict(dict(val=dict(type='classification', split='validation', every=5000)))
         c.init_from = ml_collections.ConfigDict(dict(path=None, dont_load=('head/.*', 'mim_.*', 'fc_norm/.*')))
         return c
-    if arg == 'digits':
+    if run == 'digits':
         c = digits_model(c, num_classes=0, vocab_size=64)
         c.data.train_pp = 'random_shift|beit_mask(grid=4, num_masking_patches=6, min_num_patches=2)'
         c.data.flip = False
@@ -135,19 +137,17 @@ def get_config(arg=None):
                                      weights='workdirs/peco_tok_digits')
         c.evals = ml_collections.ConfigDict(dict(fewshot=dict(type='fewshot', every=0, shots=(5, 10), seeds=3)))
         return c
-    if arg in ('digits_finetune', 'digits_scratch'):
-        c = digits_model(c, num_classes=10)
-        # Exactly the same recipe for both (lr: see the module docstring). No layer decay: 0.75 over this 4-layer
-        # model leaves the embeddings 0.24x and block 0 0.32x the lr, which alone costs the scratch run 26 points
-        # (76.4% -> 50.3%) and the fine-tune 8 (74.2% -> 65.8%) at lr 4e-3, 400 steps.
-        return config_utils.label_scarce_digits(
-            c, lr=DIGITS_FINETUNE_LR, layer_decay=None,
-            init_path='workdirs/peco_digits' if arg == 'digits_finetune' else None,
-            # The layer-scale gammas start again at 0.1: the short MIM shrinks them (gamma_2 means 0.02-0.04), which
-            # damps the residual branches of the fine-tune (loading them: 74.2%, re-initialised: 76.7%, lr 4e-3).
-            dont_load=('head/.*', 'mim_.*', 'fc_norm/.*', r'Transformer/encoderblock_\d+/gamma_.*'))
-    raise ValueError(f'Unknown argument {arg!r}: use pretrain, finetune, digits, digits_finetune or '
-                     'digits_scratch.')
+    # 'digits_finetune' or 'digits_scratch'.
+    c = digits_model(c, num_classes=10)
+    # Exactly the same recipe for both (lr: see the module docstring). No layer decay: 0.75 over this 4-layer
+    # model leaves the embeddings 0.24x and block 0 0.32x the lr, which alone costs the scratch run 26 points
+    # (76.4% -> 50.3%) and the fine-tune 8 (74.2% -> 65.8%) at lr 4e-3, 400 steps.
+    return common.label_scarce_digits(
+        c, lr=DIGITS_FINETUNE_LR, layer_decay=None,
+        init_path='workdirs/peco_digits' if run == 'digits_finetune' else None,
+        # The layer-scale gammas start again at 0.1: the short MIM shrinks them (gamma_2 means 0.02-0.04), which
+        # damps the residual branches of the fine-tune (loading them: 74.2%, re-initialised: 76.7%, lr 4e-3).
+        dont_load=('head/.*', 'mim_.*', 'fc_norm/.*', r'Transformer/encoderblock_\d+/gamma_.*'))
 
 
 def digits_model(c, num_classes, vocab_size=None):

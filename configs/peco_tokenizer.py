@@ -20,13 +20,12 @@ the built-in digits in about 3 minutes on one CPU core; `configs/peco_beit_b16.p
 
 import ml_collections
 
+from configs import common
 from vit_jax import config_utils
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def get_config(arg=None):
+    run = common.parse_arg(arg, run=common.OneOf('imagenet', ('imagenet', 'digits', 'digits_tiny'))).run
     c = config_utils.base_config()
     c.dataset = 'imagenet2012'
     c.model = ml_collections.ConfigDict(dict(name='PeCo-VQGAN-f16', image_size=224, num_codes=8192, code_dim=256))
@@ -48,14 +47,15 @@ def get_config(arg=None):
         beta=0.25,
         codebook_weight=1.0,
         perceptual=dict(model='ViT-B/16', overrides=dict(num_classes=0), weights=None, layers=(2, 5, 8, 11),
-                        weight=1.0, input_mean=IMAGENET_MEAN, input_std=IMAGENET_STD, allow_random=True),
+                        weight=1.0, input_mean=common.IMAGENET_MEAN, input_std=common.IMAGENET_STD,
+                        allow_random=True),
         disc=dict(enabled=True, start_step=30_000, weight=0.8, adaptive=True, lr=4.5e-6 * 256, b1=0.5, b2=0.9,
                   ndf=64, n_layers=3, norm='group'),
         dead_codes=dict(every=200, decay=0.99, threshold=0.03),
     ))
     c.evals = ml_collections.ConfigDict()
     c.init_from = ml_collections.ConfigDict(dict(path=None, dont_load=()))
-    if arg in ('digits', 'digits_tiny'):
+    if run in ('digits', 'digits_tiny'):
         c.dataset = 'digits'
         c.model = ml_collections.ConfigDict(dict(name='VQGAN-testing', image_size=16, num_codes=64, code_dim=16))
         c.data.train_pp = 'random_shift'
@@ -74,7 +74,7 @@ def get_config(arg=None):
         c.objective.disc = dict(enabled=True, start_step=150, weight=0.1, adaptive=True, lr=2e-4, b1=0.5, b2=0.9,
                                 ndf=16, n_layers=2, norm='none')
         c.objective.dead_codes = dict(every=25, decay=0.9, threshold=0.1)
-        if arg == 'digits_tiny':  # For tests/test_vqgan.py (rec_loss 0.578 -> 0.230).
+        if run == 'digits_tiny':  # For tests/test_vqgan.py (rec_loss 0.578 -> 0.230).
             c.total_steps = 150
             c.lr.base = 2e-3
             c.objective.disc.start_step = 100

@@ -27,14 +27,12 @@ subsets that need a class mapping not implemented here; V2, Sketch and C are eva
 
 import ml_collections
 
+from configs import common
 from vit_jax import config_utils
 
-IMAGENET_TRAIN_EXAMPLES = 1_281_167
 
-
-def get_config(arg: str = 'pyramid') -> ml_collections.ConfigDict:
-    if arg not in ('pyramid', 'pixel', 'baseline'):
-        raise ValueError(f"Argument must be 'pyramid', 'pixel' or 'baseline', got {arg!r}.")
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    arg = common.parse_arg(arg, attack=common.OneOf('pyramid', ('pyramid', 'pixel', 'baseline')))
     c = config_utils.base_config()
     c.dataset = 'imagenet2012'
     c.model = dict(name='ViT-B/16', num_classes=1000, image_size=224, classifier='token', dropout_rate=0.1,
@@ -46,7 +44,7 @@ def get_config(arg: str = 'pyramid') -> ml_collections.ConfigDict:
     c.data.eval_pp = 'resize_crop'
     c.data.shuffle_buffer = 250_000
     c.batch_size = 4096
-    c.total_steps = int(round(300 * IMAGENET_TRAIN_EXAMPLES / c.batch_size))
+    c.total_steps = common.steps_for(300, c.batch_size)
     c.log_every = 100
     c.eval_every = 2000
     c.checkpoint_every = 1000
@@ -54,10 +52,10 @@ def get_config(arg: str = 'pyramid') -> ml_collections.ConfigDict:
     c.optimizer = dict(c.optimizer, name='adamw', b1=0.9, b2=0.999, weight_decay=0.1, wd_mask='all',
                        grad_clip_norm=1.0)
     c.lr = dict(base=1e-3, warmup_steps=10_000, decay='cosine', end=0.0)
-    if arg == 'baseline':
+    if arg.attack == 'baseline':
         c.objective = dict(type='classification', loss='sigmoid', label_smoothing=0.0)
     else:
-        sizes, scalars = ((7, 14, 224), (20, 10, 1)) if arg == 'pyramid' else ((224,), (1,))
+        sizes, scalars = ((7, 14, 224), (20, 10, 1)) if arg.attack == 'pyramid' else ((224,), (1,))
         c.objective = dict(type='pyramid_adversarial', pyramid_sizes=sizes, pyramid_scalars=scalars,
                            pyramid_reference_size=224, eps=3 / 255, step_size=0.5 / 255, attack_steps=5,
                            adv_weight=1.0, attack_train_mode=True, loss='sigmoid', label_smoothing=0.0)

@@ -19,19 +19,18 @@ import math
 
 import ml_collections
 
-from vit_jax import config_utils
+from configs import common
 
 
-def get_config(arg: str = 'pyramid') -> ml_collections.ConfigDict:
-    if arg not in ('pyramid', 'pixel', 'baseline'):
-        raise ValueError(f"Argument must be 'pyramid', 'pixel' or 'baseline', got {arg!r}.")
-    c = config_utils.robust_digits_recipe(dict(name='ViT-testing', num_classes=10, image_size=16, patch_size=4,
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    arg = common.parse_arg(arg, attack=common.OneOf('pyramid', ('pyramid', 'pixel', 'baseline')))
+    c = common.robust_digits_recipe(dict(name='ViT-testing', num_classes=10, image_size=16, patch_size=4,
                                                dropout_rate=0.1, drop_path_rate=0.1,
                                                head_bias_init=-math.log(10.0)))
-    if arg == 'baseline':
+    if arg.attack == 'baseline':
         c.objective = dict(type='classification', loss='sigmoid')
     else:
-        blocks, scalars = ((8, 4, 1), (20, 10, 1)) if arg == 'pyramid' else ((1,), (1,))
+        blocks, scalars = ((8, 4, 1), (20, 10, 1)) if arg.attack == 'pyramid' else ((1,), (1,))
         c.objective = dict(type='pyramid_adversarial', pyramid_blocks=blocks, pyramid_scalars=scalars, eps=3 / 255,
                            step_size=0.5 / 255, attack_steps=5, adv_weight=1.0, attack_train_mode=True,
                            loss='sigmoid')

@@ -38,6 +38,7 @@ no data, no external weights in this environment).
 
 import math
 
+from configs import common
 from vit_jax import config_utils
 from vit_jax.data.outpainting import OUTPAINT_EVAL_PP, OUTPAINT_TRAIN_PP
 from vit_jax.models.queryotr import SCENERY_MEAN, SCENERY_STD
@@ -53,12 +54,10 @@ BATCH = 64
 
 
 def get_config(arg=None):
-    arg = arg or 'scenery'
-    if arg not in DATASETS:
-        raise ValueError(f'configs/queryotr.py takes one of {sorted(DATASETS)}, got {arg!r}.')
-    steps_per_epoch = math.ceil(DATASETS[arg] / BATCH)
+    dataset = common.parse_arg(arg, dataset=common.OneOf('scenery', DATASETS)).dataset
+    steps_per_epoch = math.ceil(DATASETS[dataset] / BATCH)
     c = config_utils.base_config()
-    c.dataset = f'flat_folder:data/{arg}'  # Override with --config.dataset=flat_folder:/path (or a TFDS name).
+    c.dataset = f'flat_folder:data/{dataset}'  # Override with --config.dataset=flat_folder:/path (or a TFDS name).
     c.model = dict(name='QueryOTR', output_mean=SCENERY_MEAN, output_std=SCENERY_STD)
     c.data.train_pp = OUTPAINT_TRAIN_PP  # RandomResizedCrop(192) + flip, then the central 128 as input.
     c.data.eval_pp = OUTPAINT_EVAL_PP  # Resize(192, 192), central 128.

@@ -11,11 +11,13 @@ PatchGAN with DiffAugment. The perceptual VGG19 and the FID Inception are frozen
 so the logged figures are named *_random_features. With `:tiny` (tests) it runs 300 steps.
 """
 
+from configs import common
 from vit_jax import config_utils
 from vit_jax.data.outpainting import OUTPAINT_EVAL_PP, OUTPAINT_TRAIN_PP
 
 
 def get_config(arg=None):
+    arg = common.parse_arg(arg, tiny=False)
     c = config_utils.base_config()
     c.dataset = 'outpaint_samples'
     c.model = dict(name='QueryOTR-testing', output_mean=0.5, output_std=0.25)
@@ -38,7 +40,7 @@ def get_config(arg=None):
         perceptual=dict(model='VGG19', overrides=dict(num_classes=0, width_divisor=16), weights=None),
     )
     c.evals = dict(val=dict(type='outpainting', split='test', every=1000, inception=dict(kind='tiny_random')))
-    if arg == 'tiny':  # For tests: a few hundred steps.
+    if arg.tiny:  # For tests: a few hundred steps.
         c.total_steps = 300
         c.log_every = 50
         c.eval_every = 0

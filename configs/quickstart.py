@@ -8,10 +8,12 @@ reaches >= 97% test accuracy (see README for the measured figure and time on 2 C
 left out on purpose: on 8x8 images a 1-pixel shift is a 12% translation and slowed learning several-fold here.
 """
 
+from configs import common
 from vit_jax import config_utils
 
 
 def get_config(arg=None):
+    arg = common.parse_arg(arg, tiny=False)
     c = config_utils.base_config()
     c.dataset = 'digits'
     # A ViT-Ti-like model shrunk for 8x8 inputs: 4x4 patches, width 128, 4 layers.
@@ -28,7 +30,7 @@ def get_config(arg=None):
     c.lr = dict(base=2e-3, warmup_steps=50, decay='cosine', end=1e-5)
     c.objective.label_smoothing = 0.1
     c.evals.val = dict(type='classification', split='test', every=250)
-    if arg == 'tiny':  # For tests: a few steps.
+    if arg.tiny:  # For tests: a few steps.
         c.total_steps = 20
         c.log_every = 10
         c.eval_every = 0

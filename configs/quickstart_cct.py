@@ -13,7 +13,7 @@ and the recipe's optimiser family (AdamW, cosine with warm-up, label smoothing 0
 here are in the README (CCT section).
 """
 
-from vit_jax import config_utils
+from configs import common
 
 MODELS = {  # registered name and the overrides that shrink it for 8 px digits
     'CCT': ('CCT-7/3x1', dict(hidden_size=64, num_layers=2, num_heads=2, mlp_ratio=2.0)),
@@ -23,15 +23,11 @@ MODELS = {  # registered name and the overrides that shrink it for 8 px digits
 
 
 def get_config(arg=None):
-    family, *opts = [s.strip() for s in (arg or 'CCT').split(',')]
-    if family == 'tiny':  # `quickstart_cct.py:tiny`
-        family, opts = 'CCT', ['tiny']
-    if family not in MODELS:
-        raise ValueError(f'Unknown family {family!r}; choose one of {sorted(MODELS)} (optionally with ",tiny").')
-    name, over = MODELS[family]
-    tiny = 'tiny' in opts  # For tests: a narrower model, a short run.
-    c = config_utils.digits_recipe(dict(name=name, image_size=8, **over), steps=200 if tiny else 1500,
-                                   warmup_steps=20 if tiny else 100, tiny=tiny)
+    arg = common.parse_arg(arg, family=common.OneOf('CCT', MODELS), tiny=False)
+    name, over = MODELS[arg.family]
+    tiny = arg.tiny  # For tests: a narrower model, a short run.
+    c = common.digits_recipe(dict(name=name, image_size=8, **over), steps=200 if tiny else 1500,
+                             warmup_steps=20 if tiny else 100, tiny=tiny)
     if tiny:
         c.model.hidden_size = 32
     return c

@@ -9,16 +9,14 @@ is the paper's family (AdamW, cosine with warm-up, label smoothing 0.1), scaled 
 version the tests run. Figures measured here are in the README (DHVT section).
 """
 
-from vit_jax import config_utils
+from configs import common
 
 
 def get_config(arg=None):
-    if arg and arg != 'tiny':
-        raise ValueError(f'Unknown argument {arg!r}; the only one is "tiny".')
-    tiny = arg == 'tiny'  # For tests: a narrower model, a short run.
-    c = config_utils.digits_recipe(dict(name='DHVT-T-CIFAR/2', image_size=8, hidden_size=64, num_heads=4,
-                                        num_layers=2, drop_path_rate=0.0),
-                                   steps=200 if tiny else 1500, warmup_steps=20 if tiny else 100, tiny=tiny)
+    tiny = common.parse_arg(arg, tiny=False).tiny  # For tests: a narrower model, a short run.
+    c = common.digits_recipe(dict(name='DHVT-T-CIFAR/2', image_size=8, hidden_size=64, num_heads=4, num_layers=2,
+                                  drop_path_rate=0.0),
+                             steps=200 if tiny else 1500, warmup_steps=20 if tiny else 100, tiny=tiny)
     if tiny:
         c.model.hidden_size = 32
     return c

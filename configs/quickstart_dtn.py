@@ -12,21 +12,17 @@ version the tests run. Recipe: AdamW, cosine with warm-up, label smoothing 0.1 (
 Figures measured here are in the README (DTN section).
 """
 
-from vit_jax import config_utils
+from configs import common
 
 
 def get_config(arg=None):
-    opts = [s.strip() for s in (arg or '').split(',') if s.strip()]
-    unknown = [o for o in opts if o not in ('dtn', 'layernorm', 'tiny')]
-    if unknown:
-        raise ValueError(f'Unknown argument(s) {unknown}; use "dtn" (default), "layernorm" and/or "tiny".')
-    norm = 'layernorm' if 'layernorm' in opts else 'dtn'
-    tiny = 'tiny' in opts  # For tests: a narrower model, a short run.
+    arg = common.parse_arg(arg, norm=common.OneOf('dtn', ('dtn', 'layernorm')), tiny=False)
+    tiny = arg.tiny  # For tests: a narrower model, a short run.
     # Tiny: 600 steps, as the DeiT-style N(0, 0.02) init learns slower than the release's in short runs.
-    c = config_utils.digits_recipe(dict(name='DTN-ViT-T*', image_size=8, patch_size=2, hidden_size=64, num_heads=4,
-                                        num_layers=4, local_up_to_layer=3, norm=norm, drop_path_rate=0.0),
-                                   train_pp='resize', steps=600 if tiny else 1500, warmup_steps=20 if tiny else 100,
-                                   tiny=tiny)
+    c = common.digits_recipe(dict(name='DTN-ViT-T*', image_size=8, patch_size=2, hidden_size=64, num_heads=4,
+                                  num_layers=4, local_up_to_layer=3, norm=arg.norm, drop_path_rate=0.0),
+                             train_pp='resize', steps=600 if tiny else 1500, warmup_steps=20 if tiny else 100,
+                             tiny=tiny)
     if tiny:
         c.model.hidden_size = 32
         c.model.num_layers = 3

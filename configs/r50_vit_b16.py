@@ -9,14 +9,8 @@ dropout 0.1 (`dropout_rate=0.1`). Figures to expect: the release README's replic
 CIFAR-10 98.94, CIFAR-100 92.30, ImageNet 85.08. Not measured here.
 """
 
-import importlib.util
-import os
-
-_spec = importlib.util.spec_from_file_location('_vit_transfer_recipe', os.path.join(os.path.dirname(__file__),
-                                                                                    'vit_b16.py'))
-_recipe = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_recipe)
+from configs import vit_b16
 
 
 def get_config(arg: str = 'cifar10'):
-    return _recipe.get_transfer_config('R50+ViT-B/16', arg, dropout_rate=0.1)
+    return vit_b16.get_transfer_config('R50+ViT-B/16', arg, dropout_rate=0.1)

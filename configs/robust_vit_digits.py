@@ -17,15 +17,14 @@ Measured here (tests/test_adversarial.py::test_adversarial_training_on_digits_is
 
 import ml_collections
 
-from vit_jax import config_utils
+from configs import common
 
 
-def get_config(arg: str = 'adversarial') -> ml_collections.ConfigDict:
-    if arg not in ('adversarial', 'clean'):
-        raise ValueError(f"Argument must be 'adversarial' or 'clean', got {arg!r}.")
-    c = config_utils.robust_digits_recipe(dict(name='ViT-testing', num_classes=10, image_size=16, patch_size=4))
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    arg = common.parse_arg(arg, objective=common.OneOf('adversarial', ('adversarial', 'clean')))
+    c = common.robust_digits_recipe(dict(name='ViT-testing', num_classes=10, image_size=16, patch_size=4))
     c.data.value_range = (-1.0, 1.0)
-    if arg == 'adversarial':
+    if arg.objective == 'adversarial':
         c.objective = dict(type='adversarial', eps=8 / 255, attack_steps=1, eps_warmup_epochs=2,
                            attack_train_mode=True, label_smoothing=0.1)
     else:

@@ -25,23 +25,15 @@ CPU-sized version of the same recipe is configs/robust_vit_digits.py.
 
 import ml_collections
 
+from configs import common
 from vit_jax import config_utils
 
-IMAGENET_TRAIN_EXAMPLES = 1_281_167
 
-
-def steps_for(epochs: float, batch_size: int) -> int:
-    return max(1, int(round(epochs * IMAGENET_TRAIN_EXAMPLES / batch_size)))
-
-
-def get_config(arg: str = 's16') -> ml_collections.ConfigDict:
-    args = {a.strip() for a in (arg or 's16').split(',') if a.strip()}
-    unknown = args - {'s16', 'b16', 'eps8', 'gpu_mode'}
-    if unknown:
-        raise ValueError(f'Unknown arguments {sorted(unknown)}; use s16 | b16, eps8, gpu_mode.')
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    arg = common.parse_arg(arg, model=common.OneOf('s16', ('s16', 'b16')), eps8=False, gpu_mode=False)
     c = config_utils.base_config()
     c.dataset = 'imagenet2012'
-    name = 'ViT-B/16' if 'b16' in args else 'ViT-S/16'
+    name = 'ViT-B/16' if arg.model == 'b16' else 'ViT-S/16'
     c.model = dict(name=name, num_classes=1000, image_size=224, drop_path_rate=0.05, dropout_rate=0.0,
                    activation='gelu_exact', norm_eps=1e-6)
     c.data.train_split = 'train'
@@ -53,18 +45,19 @@ def get_config(arg: str = 's16') -> ml_collections.ConfigDict:
     c.data.crop_pct = 0.875
     c.data.shuffle_buffer = 250_000
     c.batch_size = 512  # 64 per core x 8 TPU v3 cores; lr scales linearly with the batch (DeiT rule).
-    c.total_steps = steps_for(110, c.batch_size)  # 100 epochs + timm's 10 cool-down epochs.
+    c.total_steps = common.steps_for(110, c.batch_size)  # 100 epochs + timm's 10 cool-down epochs.
     c.log_every = 100
-    c.eval_every = steps_for(5, c.batch_size)
-    c.checkpoint_every = steps_for(1, c.batch_size)
+    c.eval_every = common.steps_for(5, c.batch_size)
+    c.checkpoint_every = common.steps_for(1, c.batch_size)
     c.keep_checkpoints = 2
     c.optimizer = dict(c.optimizer, name='adamw', b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.5,
                        wd_mask='no_bias_norm', grad_clip_norm=None, ema_decay=None)
-    c.lr = dict(base=5e-4 * c.batch_size / 512, warmup_steps=steps_for(10, c.batch_size), decay='cosine', end=1e-5)
-    eps, steps = (8 / 255, 2) if 'eps8' in args else (4 / 255, 1)
+    c.lr = dict(base=5e-4 * c.batch_size / 512, warmup_steps=common.steps_for(10, c.batch_size), decay='cosine',
+                end=1e-5)
+    eps, steps = (8 / 255, 2) if arg.eps8 else (4 / 255, 1)
     c.objective = dict(type='adversarial', eps=eps, attack_steps=steps, step_size=None, norm='linf',
                        random_start=True, eps_schedule='linear', eps_warmup_epochs=10, zero_eps_epochs=0,
-                       steps_per_epoch=steps_for(1, c.batch_size), attack_train_mode='gpu_mode' not in args,
+                       steps_per_epoch=common.steps_for(1, c.batch_size), attack_train_mode=not arg.gpu_mode,
                        clean_weight=0.0, label_smoothing=0.1, loss='softmax')
     c.evals = dict(
         val=dict(type='classification', split='validation', every=c.eval_every),

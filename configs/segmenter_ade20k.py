@@ -15,14 +15,13 @@ Paper (ADE20K val mIoU, single / multi-scale): T-Mask/16 38.1 / 38.8, S-Mask/16 
 B/8 49.5 / 50.5, L-Mask/16 51.8 / 53.6. Not reproduced here (no data or accelerators in this environment).
 """
 
+from configs import common
 from vit_jax import config_utils
 
 
 def get_config(arg=None):
-    parts = [p for p in (arg or 'B-Mask/16').split(',') if p]
-    variant = next((p for p in parts if '=' not in p), 'B-Mask/16')
-    opts = dict(p.split('=', 1) for p in parts if '=' in p)
-    name = variant if variant.startswith('Seg-') else f'Seg-{variant}'
+    arg = common.parse_arg(arg, variant='B-Mask/16', init=None)
+    name = arg.variant if arg.variant.startswith('Seg-') else f'Seg-{arg.variant}'
     crop = 640 if name.startswith('Seg-L') else 512
     c = config_utils.base_config()
     c.dataset = 'scene_parse150'
@@ -43,5 +42,5 @@ def get_config(arg=None):
     # Eval canvases of 1024 x 1024 hold the short-side-512 images up to 2:1 (wider ones are shrunk to fit).
     c.evals = dict(val=dict(type='segmentation', split='test', every=16_000, batch_size=8, eval_size=(1024, 1024),
                             window=crop, stride=crop, scales=(1.0,), flip=False))
-    c.init_from = dict(path=opts.get('init', None), dont_load=('decoder/.*', 'head/.*', 'pre_logits/.*'))
+    c.init_from = dict(path=arg.init, dont_load=('decoder/.*', 'head/.*', 'pre_logits/.*'))
     return c

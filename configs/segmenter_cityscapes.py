@@ -9,14 +9,13 @@ photometric distortion; encoder drop path 0.1; evaluation at full resolution (sh
 stride 512. Paper: Seg-L-Mask/16 79.1 / 81.3 mIoU (single / multi-scale). Not reproduced here.
 """
 
+from configs import common
 from vit_jax import config_utils
 
 
 def get_config(arg=None):
-    parts = [p for p in (arg or 'L-Mask/16').split(',') if p]
-    variant = next((p for p in parts if '=' not in p), 'L-Mask/16')
-    opts = dict(p.split('=', 1) for p in parts if '=' in p)
-    name = variant if variant.startswith('Seg-') else f'Seg-{variant}'
+    arg = common.parse_arg(arg, variant='L-Mask/16', init=None)
+    name = arg.variant if arg.variant.startswith('Seg-') else f'Seg-{arg.variant}'
     c = config_utils.base_config()
     c.dataset = 'cityscapes_seg'
     c.model = dict(name=name, num_classes=19, image_size=768, dropout_rate=0.0, drop_path_rate=0.1,
@@ -35,5 +34,5 @@ def get_config(arg=None):
     c.objective = dict(type='segmentation', ignore_label=255)
     c.evals = dict(val=dict(type='segmentation', split='validation', every=8_000, batch_size=2,
                             eval_size=(1024, 2048), window=768, stride=512))
-    c.init_from = dict(path=opts.get('init', None), dont_load=('decoder/.*', 'head/.*', 'pre_logits/.*'))
+    c.init_from = dict(path=arg.init, dont_load=('decoder/.*', 'head/.*', 'pre_logits/.*'))
     return c

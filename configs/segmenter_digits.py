@@ -5,7 +5,7 @@
 
 Digits pasted on 32x32 canvases (11 classes: background + 10 digits; glyph borders ignored). A 2-layer Segmenter
 (width 64, 4x4 patches) with the linear decoder ('linear') or the mask-transformer decoder ('mask', default), on
-20000 canvases with AdamW (`config_utils.dense_digits_recipe`).
+20000 canvases with AdamW (`common.dense_digits_recipe`).
 
 - 'linear' trains from scratch for 4000 steps. Separating strokes from the background takes ~200 steps; which digit
   a stroke belongs to is learnt only after ~1500 steps (before that the loss sits at ~0.42: fg/bg right, the digit
@@ -20,19 +20,19 @@ tests/test_dense.py runs exactly these configs (evaluating on the first 200 test
 README and the test. Arg 'tiny' (e.g. 'linear,tiny'): a few steps, random init.
 """
 
-from vit_jax import config_utils
+from configs import common
 
 
 def get_config(arg=None):
-    args = set((arg or 'mask').split(','))
-    linear = 'linear' in args
+    arg = common.parse_arg(arg, decoder=common.OneOf('mask', ('mask', 'linear')), scratch=False, tiny=False)
+    linear = arg.decoder == 'linear'
     model = dict(name='Seg-T/16' if linear else 'Seg-T-Mask/16', num_classes=11, image_size=32, patch_size=4,
                  hidden_size=64, mlp_dim=128, num_heads=2, num_layers=2, decoder_heads=2, decoder_dropout=0.0,
                  drop_path_rate=0.0, backbone_classes=0)
-    from_backbone = not linear and 'scratch' not in args and 'tiny' not in args
-    c = config_utils.dense_digits_recipe(
+    from_backbone = not linear and not arg.scratch and not arg.tiny
+    c = common.dense_digits_recipe(
         model, steps=600 if from_backbone else 4000, lr=3e-3, objective=dict(type='segmentation', ignore_label=255),
-        evals=dict(type='segmentation'), dont_load=('decoder/.*', 'head/.*'), tiny='tiny' in args)
+        evals=dict(type='segmentation'), dont_load=('decoder/.*', 'head/.*'), tiny=arg.tiny)
     if from_backbone:
         c.init_from.path = 'workdirs/seg_digits_linear'
     return c

@@ -9,18 +9,20 @@ crops from random rescaling 0.5-2.0 of (520, 520), flip, photometric distortion;
 480 windows at stride 320. Paper: Seg-L-Mask/16 58.1 / 59.0 mIoU (single / multi-scale). Not reproduced here.
 """
 
+from configs import common
 from vit_jax import config_utils
 
 
+def _is_root(word: str) -> bool:
+    return '/' in word and not word.endswith(('/16', '/8'))  # Not a variant such as L-Mask/16.
+
+
 def get_config(arg=None):
-    parts = [p for p in (arg or '').split(',') if p]
-    opts = dict(p.split('=', 1) for p in parts if '=' in p)
-    plain = [p for p in parts if '=' not in p]
-    root = next((p for p in plain if '/' in p and not p.endswith('/16') and not p.endswith('/8')), '/path/to/pcontext')
-    variant = next((p for p in plain if p != root), 'L-Mask/16')
-    name = variant if variant.startswith('Seg-') else f'Seg-{variant}'
+    root = common.OneOf('/path/to/pcontext', _is_root, what='a data root (a path with a /)')
+    arg = common.parse_arg(arg, root=root, variant='L-Mask/16', init=None)
+    name = arg.variant if arg.variant.startswith('Seg-') else f'Seg-{arg.variant}'
     c = config_utils.base_config()
-    c.dataset = f'dense_folder:{root}'
+    c.dataset = f'dense_folder:{arg.root}'
     c.model = dict(name=name, num_classes=60, image_size=480, dropout_rate=0.0, drop_path_rate=0.1,
                    decoder_dropout=0.1)
     c.data = dict(c.data, train_split='train', flip=False, num_classes=60,
@@ -37,5 +39,5 @@ def get_config(arg=None):
     c.objective = dict(type='segmentation', ignore_label=255)
     c.evals = dict(val=dict(type='segmentation', split='val', every=8_000, batch_size=8, eval_size=(1040, 1040),
                             window=480, stride=320))
-    c.init_from = dict(path=opts.get('init', None), dont_load=('decoder/.*', 'head/.*', 'pre_logits/.*'))
+    c.init_from = dict(path=arg.init, dont_load=('decoder/.*', 'head/.*', 'pre_logits/.*'))
     return c

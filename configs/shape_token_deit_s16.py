@@ -21,22 +21,17 @@ human-like shape bias. Not measured here (no ImageNet / Stylized ImageNet on thi
 on digits in tests/test_robustness.py::test_shape_token_follows_its_teacher.
 """
 
-import importlib.util
-import os
-
 import ml_collections
 
-_spec = importlib.util.spec_from_file_location('_deit_recipe', os.path.join(os.path.dirname(__file__),
-                                                                            'deit_recipe.py'))
-_recipe = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_recipe)
+from configs import common, deit_recipe
 
 
-def get_config(arg: str = 'ViT-S/16') -> ml_collections.ConfigDict:
-    c = _recipe.imagenet(dict(name='DeiT-S/16-distilled', drop_path_rate=0.1), batch_size=1024, lr=1e-3,
-                         weight_decay=0.05)
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    arg = common.parse_arg(arg, teacher='ViT-S/16')  # The teacher's registered model name.
+    c = deit_recipe.imagenet(dict(name='DeiT-S/16-distilled', drop_path_rate=0.1), batch_size=1024, lr=1e-3,
+                             weight_decay=0.05)
     c.objective = dict(type='distillation', distillation='hard', alpha=0.5, tau=1.0, label_smoothing=0.1,
-                       teacher=dict(model=dict(name=arg or 'ViT-S/16', num_classes=1000, activation='gelu_exact'),
+                       teacher=dict(model=dict(name=arg.teacher, num_classes=1000, activation='gelu_exact'),
                                     checkpoint=None))  # Set objective.teacher.checkpoint to the SIN teacher's run.
     c.evals = dict(
         val=dict(type='classification', split='validation', every=c.eval_every),

@@ -31,13 +31,7 @@ Figures to expect (README / paper; not measured here): T2T-ViT-14 81.5 top-1 (_t
 CIFAR-10 / CIFAR-100 98.3 (paper table 5: 97.5) / 88.4. Digits: see README and tests/test_multiscale_training.py.
 """
 
-import importlib.util
-import os
-
-_spec = importlib.util.spec_from_file_location('_vit_jax_deit_recipe', os.path.join(os.path.dirname(__file__),
-                                                                                    'deit_recipe.py'))
-recipe = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(recipe)
+from configs import common, deit_recipe
 
 # name -> (lr at batch 512, weight decay).
 RECIPE = {
@@ -52,24 +46,26 @@ DIGITS_MODEL = dict(token_dim=32, hidden_size=64, num_layers=2, num_heads=2, mlp
 
 def get_t2t_config(model_name: str, arg: str | None = None):
     """The recipe of a registered T2T-ViT for `arg` (see the module docstring)."""
-    task, *opts = [s.strip() for s in (arg or 'imagenet').split(',')]
+    arg = common.parse_arg(arg, task='imagenet', tiny=False)
     lr, wd = RECIPE[model_name]
-    if task in ('imagenet', 'imagenet2012'):
-        return recipe.imagenet(dict(name=model_name), batch_size=512, lr=lr, weight_decay=wd, epochs=310,
-                               warmup_epochs=10, min_lr=1e-5, crop_pct=0.9, ema_decay=0.99996)
-    if task == 'imagenet384':
-        return recipe.finetune(dict(name=model_name), 'imagenet2012', image_size=384, optimizer='adamw',
-                               steps=recipe.steps_for(30, 512), warmup_steps=0, batch_size=512, lr=5e-6,
-                               weight_decay=1e-8, decay='constant', crop_pct=0.9, grad_clip_norm=None)
-    if task in ('cifar10', 'cifar100'):
-        return recipe.finetune(dict(name=model_name), task, image_size=224, steps=recipe.steps_for(60, 64, 50_000),
-                               warmup_steps=500, batch_size=64, lr=0.05, weight_decay=1e-4, crop_pct=None)
-    if task == 'digits':
-        c = recipe.digits(dict(name=model_name, **DIGITS_MODEL), image_size=64, tiny='tiny' in opts,
-                          steps=300 if 'tiny' in opts else 1500)
+    if arg.task in ('imagenet', 'imagenet2012'):
+        return deit_recipe.imagenet(dict(name=model_name), batch_size=512, lr=lr, weight_decay=wd, epochs=310,
+                                    warmup_epochs=10, min_lr=1e-5, crop_pct=0.9, ema_decay=0.99996)
+    if arg.task == 'imagenet384':
+        return deit_recipe.finetune(dict(name=model_name), 'imagenet2012', image_size=384, optimizer='adamw',
+                                    steps=common.steps_for(30, 512), warmup_steps=0, batch_size=512, lr=5e-6,
+                                    weight_decay=1e-8, decay='constant', crop_pct=0.9, grad_clip_norm=None)
+    if arg.task in ('cifar10', 'cifar100'):
+        return deit_recipe.finetune(dict(name=model_name), arg.task, image_size=224, warmup_steps=500,
+                                    steps=common.steps_for(60, 64, 50_000), batch_size=64, lr=0.05,
+                                    weight_decay=1e-4, crop_pct=None)
+    if arg.task == 'digits':
+        c = deit_recipe.digits(dict(name=model_name, **DIGITS_MODEL), image_size=64, tiny=arg.tiny,
+                               steps=300 if arg.tiny else 1500)
         c.data.shift_pad = 4  # Random shifts of up to 4 px (half the default of 1/8 of the image size).
         return c
-    raise ValueError(f'Unknown argument {arg!r}; choose imagenet, imagenet384, cifar10, cifar100 or digits[,tiny].')
+    raise ValueError(f'Unknown argument {arg.task!r}; choose imagenet, imagenet384, cifar10, cifar100 or '
+                     'digits[,tiny].')
 
 
 def get_config(arg=None):

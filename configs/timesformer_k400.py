@@ -32,6 +32,7 @@ end on the built-in moving digits in tests/test_timesformer_train.py.
 
 import ml_collections
 
+from configs import common
 from vit_jax import config_utils
 
 KINETICS_TRAIN_VIDEOS = 240_000  # Nominal K400 training set (the original 246k videos; current copies ~230-241k).
@@ -50,17 +51,12 @@ def get_timesformer_config(arg: str | None, *, dataset: str, num_classes: int, t
                            eval_split: str = 'validation', sampling: str = 'stride',
                            flip: bool = True) -> ml_collections.ConfigDict:
     """The TimeSformer fine-tuning recipe for one dataset; `arg` = 'base'|'hr'|'l'[,<attention_type>]."""
-    parts = [p for p in (arg or 'base').split(',') if p]
-    variant = next((p for p in parts if p in VARIANTS), 'base')
-    attention = next((p for p in parts if p in ATTENTION_TYPES), 'divided_space_time')
-    unknown = [p for p in parts if p not in VARIANTS and p not in ATTENTION_TYPES]
-    if unknown:
-        raise ValueError(f'Unknown argument(s) {unknown}: use one of {sorted(VARIANTS)} and optionally one of '
-                         f'{ATTENTION_TYPES}, e.g. base,joint_space_time.')
-    name, frames, stride, crop, jitter = VARIANTS[variant]
+    arg = common.parse_arg(arg, variant=common.OneOf('base', VARIANTS),
+                           attention=common.OneOf('divided_space_time', ATTENTION_TYPES))
+    name, frames, stride, crop, jitter = VARIANTS[arg.variant]
     c = config_utils.base_config()
     c.dataset = dataset
-    c.model = dict(name=name, num_classes=num_classes, attention_type=attention, drop_path_rate=0.1)
+    c.model = dict(name=name, num_classes=num_classes, attention_type=arg.attention, drop_path_rate=0.1)
     sample = 'video_sample' if sampling == 'stride' else 'video_sample_segments'
     c.data = dict(
         c.data,

@@ -8,17 +8,11 @@ Figures to expect (paper / official README, K600 top-1 / top-5, 1x3 views): Time
 TimeSformer-HR 81.8 / 95.8, TimeSformer-L 82.2 / 95.6. Not measured here.
 """
 
-import importlib.util
-import os
-
-_spec = importlib.util.spec_from_file_location('_timesformer_recipe', os.path.join(os.path.dirname(__file__),
-                                                                                   'timesformer_k400.py'))
-_recipe = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_recipe)
+from configs import timesformer_k400
 
 KINETICS600_TRAIN_VIDEOS = 390_000  # Nominal K600 training set (~392k videos originally; copies differ).
 
 
 def get_config(arg=None):
-    return _recipe.get_timesformer_config(arg, dataset='video:kinetics600', num_classes=600,
-                                          train_videos=KINETICS600_TRAIN_VIDEOS)
+    return timesformer_k400.get_timesformer_config(arg, dataset='video:kinetics600', num_classes=600,
+                                                   train_videos=KINETICS600_TRAIN_VIDEOS)

@@ -10,22 +10,21 @@ up; the label is the direction, so a single frame says nothing: the model must r
 averages frames and so cannot order them, stays at chance (measured 25.0%). See the README.
 """
 
+from configs import common
 from vit_jax import config_utils
 
 ATTENTION_TYPES = ('divided_space_time', 'joint_space_time', 'space_only', 'sparse_local_global', 'axial')
 
 
 def get_config(arg=None):
-    attention = arg if arg in ATTENTION_TYPES else 'divided_space_time'
-    if arg not in (None, 'tiny') and arg not in ATTENTION_TYPES:
-        raise ValueError(f'Argument must be one of {ATTENTION_TYPES} or tiny, got {arg!r}.')
+    arg = common.parse_arg(arg, attention=common.OneOf('divided_space_time', ATTENTION_TYPES), tiny=False)
     c = config_utils.base_config()
     num_frames = 8
     c.dataset = 'moving_digits'
     # time_embedding_init: the official zero init leaves these tiny from-scratch models time-symmetric for
     # hundreds of steps (they learn the axis of motion, 50%, but not its sign); a unit-variance init does not.
     c.model = dict(name='TimeSformer-testing', num_classes=4, num_frames=num_frames, image_size=32,
-                   attention_type=attention, time_embedding_init=1.0)
+                   attention_type=arg.attention, time_embedding_init=1.0)
     c.data.num_frames = num_frames  # Clip length of the pipeline (= the model's num_frames).
     c.data.frame_stride = 1
     c.data.moving_digits_label = 'direction'
@@ -41,7 +40,7 @@ def get_config(arg=None):
     c.lr = dict(base=2e-3, warmup_steps=20, decay='cosine', end=1e-5)
     # Multi-view protocol with 1 clip x 1 crop (the canvas is the model size: 3 crops would be identical).
     c.evals.val = dict(type='video', split='test', temporal_views=1, spatial_crops=1, every=0, batch_size=128)
-    if arg == 'tiny':  # For tests: a few steps.
+    if arg.tiny:  # For tests: a few steps.
         c.total_steps = 10
         c.log_every = 5
         c.checkpoint_every = 0

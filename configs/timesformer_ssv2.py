@@ -17,17 +17,11 @@ Figures to expect (paper, SSv2 top-1): TimeSformer 59.5, TimeSformer-HR 62.2, Ti
 table 1 (SSv2): space-only 36.6, joint 58.5, divided 59.5, sparse local-global 56.3, axial 56.2. Not measured here.
 """
 
-import importlib.util
-import os
-
-_spec = importlib.util.spec_from_file_location('_timesformer_recipe', os.path.join(os.path.dirname(__file__),
-                                                                                   'timesformer_k400.py'))
-_recipe = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_recipe)
+from configs import timesformer_k400
 
 SSV2_TRAIN_VIDEOS = 168_913  # SSv2 training videos.
 
 
 def get_config(arg=None):
-    return _recipe.get_timesformer_config(arg, dataset='video:something_something_v2', num_classes=174,
-                                          train_videos=SSV2_TRAIN_VIDEOS, sampling='segments', flip=False)
+    return timesformer_k400.get_timesformer_config(arg, dataset='video:something_something_v2', num_classes=174,
+                                                   train_videos=SSV2_TRAIN_VIDEOS, sampling='segments', flip=False)

@@ -46,6 +46,7 @@ import os
 
 import ml_collections
 
+from configs import common
 from vit_jax import config_utils
 
 # name: (TFDS name, classes, steps, warm-up, final train split, final eval split, hp train split, hp eval split)
@@ -80,16 +81,12 @@ def _folder_setup(root: str):
 def get_transfer_config(model_name: str, arg: str = 'cifar10', **model_overrides) -> ml_collections.ConfigDict:
     """The paper's fine-tuning recipe for `model_name` on the dataset named by `arg` (see the module docstring)."""
     arg = (arg or 'cifar10').strip()
-    if arg.startswith('folder:'):  # The path may contain commas only if it is the whole argument.
-        name, opts = arg, []
-        if arg.endswith(',hp'):
-            name, opts = arg[:-3], ['hp']
+    if arg.startswith('folder:'):  # The path may contain commas (and '='): only a final ',hp' is an option.
+        hp = arg.endswith(',hp')
+        name = arg[:-3] if hp else arg
     else:
-        name, *opts = [s.strip() for s in arg.split(',')]
-    unknown = [o for o in opts if o != 'hp']
-    if unknown:
-        raise ValueError(f'Unknown option(s) {unknown} in {arg!r}; the only option is ",hp".')
-    hp = 'hp' in opts
+        parsed = common.parse_arg(arg, dataset='cifar10', hp=False)
+        name, hp = parsed.dataset, parsed.hp
     c = config_utils.base_config()
     if name.startswith('folder:'):
         num_classes, train_split, eval_split = _folder_setup(name[len('folder:'):])

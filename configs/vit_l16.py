@@ -9,14 +9,8 @@ dropout 0.1 (`dropout_rate=0.1`). Figures to expect: paper Table 5 (ImageNet-21k
 99.16, CIFAR-100 93.44, ImageNet 85.15, Flowers 99.61, Pets 94.73. Not measured here.
 """
 
-import importlib.util
-import os
-
-_spec = importlib.util.spec_from_file_location('_vit_transfer_recipe', os.path.join(os.path.dirname(__file__),
-                                                                                    'vit_b16.py'))
-_recipe = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_recipe)
+from configs import vit_b16
 
 
 def get_config(arg: str = 'cifar10'):
-    return _recipe.get_transfer_config('ViT-L/16', arg, dropout_rate=0.1)
+    return vit_b16.get_transfer_config('ViT-L/16', arg, dropout_rate=0.1)

@@ -8,14 +8,8 @@ with ,hp), steps, learning-rate grid and schedule as configs/vit_b16.py. Figures
 (ImageNet-21k, fine-tuned on ImageNet at 384; release README): 83.73 top-1. Not measured here.
 """
 
-import importlib.util
-import os
-
-_spec = importlib.util.spec_from_file_location('_vit_transfer_recipe', os.path.join(os.path.dirname(__file__),
-                                                                                    'vit_b16.py'))
-_recipe = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_recipe)
+from configs import vit_b16
 
 
 def get_config(arg: str = 'cifar10'):
-    return _recipe.get_transfer_config('ViT-S/16', arg)
+    return vit_b16.get_transfer_config('ViT-S/16', arg)

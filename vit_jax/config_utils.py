@@ -3,38 +3,95 @@
     config = config_utils.load('configs/vit_b16.py:cifar10')
     config_utils.override(config, 'optimizer.momentum', '0.8')   # strings are parsed as Python literals
     config_utils.validate(config)
+
+`base_config()` is the schema every training config starts from (the keys `validate` and `--config.X` rely on);
+what configs share beyond it (the `:arg` parser, recipes) is in the `configs` package (configs/common.py).
 """
 
 from __future__ import annotations
 
 import ast
 import difflib
+import importlib
 import importlib.util
 import os
+import sys
 from typing import Any, Sequence
 
 import ml_collections
 
 REQUIRED_KEYS = ('seed', 'model', 'dataset', 'batch_size', 'total_steps', 'log_every', 'eval_every',
                  'checkpoint_every', 'keep_checkpoints', 'optimizer', 'lr', 'evals', 'objective')
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # Holds configs/ in a checkout.
 
 
 class ConfigError(ValueError):
     """A configuration problem, found before any compilation."""
 
 
+def _package_module(path: str) -> tuple[str | None, str]:
+    """('configs.vit_b16', root) for a file inside packages (folders with __init__.py) under `root`, else (None, '')."""
+    folder, parts = os.path.dirname(path), [os.path.splitext(os.path.basename(path))[0]]
+    while os.path.isfile(os.path.join(folder, '__init__.py')):
+        parts.insert(0, os.path.basename(folder))
+        folder = os.path.dirname(folder)
+    return ('.'.join(parts), folder) if len(parts) > 1 else (None, '')
+
+
+def _register_package(name: str, root: str) -> None:
+    """Makes the package folder `root/name` importable as `name` from any working directory (sys.path untouched)."""
+    folder = os.path.join(root, name)
+    existing = sys.modules.get(name)
+    if existing is not None:
+        paths = [os.path.realpath(p) for p in getattr(existing, '__path__', [])]
+        if os.path.realpath(folder) not in paths:
+            raise ConfigError(f'Cannot import {folder} as the package {name!r}: another {name!r} is already '
+                              f'imported from {paths or existing.__file__}.')
+        return
+    spec = importlib.util.spec_from_file_location(name, os.path.join(folder, '__init__.py'),
+                                                  submodule_search_locations=[folder])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
+
+
 def load(spec: str) -> ml_collections.ConfigDict:
-    """Loads `path.py[:arg]` by calling its `get_config(arg)` (or `get_config()` without an argument)."""
+    """Loads `path.py[:arg]` by calling its `get_config(arg)` (or `get_config()` without an argument).
+
+    A file inside a package (configs/, experiments/vtab1k/) is imported as that package's module, so configs import
+    each other and configs/common.py as `from configs import common`, whatever the working directory. Any other file
+    (e.g. a copy of a config elsewhere) is run from its path, with this checkout's `configs` package importable.
+    """
     path, arg = (spec.split(':', 1) + [None])[:2] if ':' in spec else (spec, None)
     if not os.path.exists(path):
-        here = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), path)
+        here = os.path.join(REPO_ROOT, path)
         if os.path.exists(here):
             path = here
         else:
             raise ConfigError(f'Config file {path!r} not found (run from the repository root, or pass a full path).')
-    module_spec = importlib.util.spec_from_file_location(f'_vit_jax_config_{abs(hash(path))}', path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
+    path = os.path.abspath(path)
+    module_name, root = _package_module(path)
+    try:
+        if module_name:
+            _register_package(module_name.split('.')[0], root)
+            module = importlib.import_module(module_name)
+        else:
+            if importlib.util.find_spec('configs') is None and os.path.isfile(
+                    os.path.join(REPO_ROOT, 'configs', '__init__.py')):
+                _register_package('configs', REPO_ROOT)
+            module_spec = importlib.util.spec_from_file_location(f'_vit_jax_config_{abs(hash(path))}', path)
+            module = importlib.util.module_from_spec(module_spec)
+            module_spec.loader.exec_module(module)
+    except ModuleNotFoundError as e:
+        if (e.name or '').split('.')[0] not in ('configs', 'experiments'):
+            raise
+        raise ConfigError(f'{path} imports {e.name!r}, which is not importable here: the configs package is the '
+                          f"repository's configs/ folder (an installed vit_jax does not include it). Run from a "
+                          f'checkout, or put the folder holding configs/ on PYTHONPATH.') from None
     if not hasattr(module, 'get_config'):
         raise ConfigError(f'{path} has no get_config() function.')
     config = module.get_config(arg) if arg is not None else module.get_config()
@@ -234,7 +291,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.optimizer = ml_collections.ConfigDict(dict(
         name='sgd',  # 'sgd', 'adam', 'adamw', 'lamb'.
         momentum=0.9, nesterov=False, b1=0.9, b2=0.999, eps=1e-8,
-        weight_decay=0.0,  # Decoupled for adamw/lamb, L2 for sgd.
+        weight_decay=0.0,  # Decoupled for adamw/lamb, coupled L2 for sgd and adam (torch.optim.SGD / Adam).
         wd_mask='all',  # 'all', 'no_bias_norm', 'kernels' or a regex of parameter names.
         grad_clip_norm=1.0,  # Global-norm clipping (0/None: off).
         accum_steps=1,  # Micro-batches per update (memory), same result as one big batch.
@@ -274,162 +331,3 @@ def split_overrides(argv, prefix: str = '--config.') -> tuple[list, list[tuple[s
             rest.append(a)
         i += 1
     return rest, overrides
-
-
-def digits_recipe(model: dict, *, train_pp: str = 'random_shift', steps: int = 1500, warmup_steps: int = 100,
-                  lr: float = 2e-3, weight_decay: float = 0.05, batch_size: int = 128, tiny: bool = False):
-    """The CPU-sized classification recipe on the built-in digits that the family quickstarts share: AdamW with
-    weight decay off biases and norms, cosine with warm-up, label smoothing 0.1, random 1-pixel shifts, no flips.
-
-    `model` is `config.model` (name, image_size and overrides; num_classes is set to 10). `tiny=True` is the
-    short form the tests run: batch 64, no intermediate evaluations or checkpoints, no TensorBoard.
-    """
-    c = base_config()
-    c.dataset = 'digits'
-    c.model = dict(num_classes=10, **model)
-    c.data.train_pp = train_pp
-    c.data.flip = False  # Mirrored digits are other digits.
-    c.batch_size = batch_size
-    c.total_steps = steps
-    c.log_every = 100
-    c.eval_every = 500
-    c.checkpoint_every = 500
-    c.optimizer = dict(c.optimizer, name='adamw', weight_decay=weight_decay, wd_mask='no_bias_norm',
-                       grad_clip_norm=1.0)
-    c.lr = dict(base=lr, warmup_steps=warmup_steps, decay='cosine', end=1e-5)
-    c.objective.label_smoothing = 0.1
-    c.evals.val = dict(type='classification', split='test', every=500)
-    if tiny:
-        c.batch_size = 64
-        c.log_every = 50
-        c.eval_every = 0
-        c.checkpoint_every = 0
-        c.tensorboard = False
-        c.evals.val.every = 0
-    return c
-
-
-def robust_digits_recipe(model: dict) -> ml_collections.ConfigDict:
-    """The CPU-sized training recipe of the adversarial-training configs on the built-in digits (robust_vit_digits,
-    pyramid_at_digits): `model` (a dict for `config.model`) on 16 px digits resized, not shifted (the attacks are the
-    perturbation), batch 64, 400 steps, AdamW (weight decay 0.05 off biases and norms, clipping at 1), lr 3e-3,
-    cosine with 20 warm-up steps; evaluation only at the end, on all 360 test digits in one batch. The configs add
-    the objective and the evaluators.
-    """
-    c = base_config()
-    c.dataset = 'digits'
-    c.model = dict(model)
-    c.data.train_pp = 'resize'
-    c.data.flip = False
-    c.batch_size = 64
-    c.eval_batch_size = 360
-    c.total_steps = 400
-    c.log_every = 100
-    c.eval_every = 0
-    c.checkpoint_every = 0
-    c.optimizer = dict(c.optimizer, name='adamw', weight_decay=0.05, wd_mask='no_bias_norm', grad_clip_norm=1.0)
-    c.lr = dict(base=3e-3, warmup_steps=20, decay='cosine', end=1e-5)
-    return c
-
-
-LABEL_SCARCE_SPLIT = 'train[:10%]'  # 143 of the 1437 training digits: a fixed random subset.
-LABEL_SCARCE_STEPS = 400
-
-
-def label_scarce_digits(c: ml_collections.ConfigDict, *, lr: float, dont_load: Sequence[str],
-                        init_path: str | None = None, layer_decay: float | None = None) -> ml_collections.ConfigDict:
-    """The fine-tune / scratch comparison after self-supervised pretraining on the digits (PeCo, MILAN configs).
-
-    Label-scarce, as self-supervised pretraining is meant to be used: the pretraining sees all 1437 training images
-    without labels; the classifier sees the labels of LABEL_SCARCE_SPLIT for LABEL_SCARCE_STEPS steps at batch 128
-    (AdamW, weight decay 0.05 off biases and norms, no clipping, cosine with 30 warm-up steps, label smoothing 0.1,
-    random shifts) and is evaluated once, on the 360 test digits. Sets everything but `c.model` / `c.dataset`;
-    `init_path` (the pretraining's workdir, None for scratch) and `dont_load` go to `init_from`.
-    """
-    c.data.train_pp = 'random_shift'
-    c.data.flip = False
-    c.batch_size = 128
-    c.data.train_split = LABEL_SCARCE_SPLIT
-    c.total_steps = LABEL_SCARCE_STEPS
-    c.log_every = 50
-    c.eval_every = 0
-    c.checkpoint_every = 0
-    c.tensorboard = False
-    c.optimizer = ml_collections.ConfigDict(dict(c.optimizer.to_dict(), name='adamw', weight_decay=0.05,
-                                                 wd_mask='no_bias_norm', grad_clip_norm=None,
-                                                 layer_decay=layer_decay))
-    c.lr = ml_collections.ConfigDict(dict(base=lr, warmup_steps=30, decay='cosine', end=1e-5))
-    c.objective = ml_collections.ConfigDict(dict(type='classification', label_smoothing=0.1, loss='softmax'))
-    c.evals = ml_collections.ConfigDict(dict(val=dict(type='classification', split='test', every=0)))
-    c.init_from = ml_collections.ConfigDict(dict(path=init_path, dont_load=tuple(dont_load)))
-    return c
-
-
-DPT_DECODER = ('neck/.*', 'depth_head/.*', 'seg_head/.*', 'aux_head/.*')
-
-
-def dpt_depth_finetune(variant: str, *, init: str | None, dataset: str, image_size: tuple[int, int], data: dict,
-                       batch_size: int, steps: int, max_depth: float, evals: dict) -> ml_collections.ConfigDict:
-    """The monocular-depth fine-tuning recipe of the DPT configs (NYU v2, KITTI): DPT-`variant` with a depth head,
-    Adam (no weight decay, no clipping) with the backbone at 1/10 of the decoder's learning rate (1e-5 / 1e-4, the
-    paper's monodepth setting), cosine to 1e-6, the MiDaS scale- and shift-invariant loss with gradient matching
-    (alpha 0.5, 4 scales) in disparity, evaluation every 5000 steps in inverse depth with per-image scale and shift.
-
-    `data` updates `config.data`; `evals` updates the depth evaluator (split, batch_size, crop); `init` is a ViT
-    release checkpoint (its BiT epsilons for the Hybrid: resnet_variant='release') whose decoder is not loaded.
-    """
-    c = base_config()
-    c.dataset = dataset
-    c.model = dict(name=f'DPT-{variant}', image_size=tuple(image_size), head='depth', backbone_classes=0)
-    if variant == 'Hybrid' and init:
-        c.model.resnet_variant = 'release'
-    c.data = dict(c.data, **data)
-    c.batch_size = batch_size
-    c.total_steps = steps
-    c.log_every = 100
-    c.eval_every = 5_000
-    c.checkpoint_every = 5_000
-    c.optimizer = dict(c.optimizer, name='adam', weight_decay=0.0, grad_clip_norm=0.0,
-                       lr_mults=((r'^(?!(neck|depth_head|seg_head|aux_head)/)', 0.1),))
-    c.lr = dict(base=1e-4, warmup_steps=0, decay='cosine', end=1e-6)
-    c.objective = dict(type='depth', loss='ssi_mse', alpha=0.5, scales=4, target_space='disparity', min_depth=1e-3,
-                       max_depth=max_depth)
-    c.evals = dict(val=dict(dict(type='depth', every=5_000, prediction='inverse_depth', align='scale_shift',
-                                 min_depth=1e-3, max_depth=max_depth), **evals))
-    c.init_from = dict(path=init, dont_load=DPT_DECODER + ('head/.*', 'pre_logits/.*'))
-    return c
-
-
-def dense_digits_recipe(model: dict, *, steps: int, lr: float, objective: dict, evals: dict,
-                        dont_load: Sequence[str], tiny: bool = False):
-    """The CPU-sized dense-prediction recipe on the built-in 'dense_digits' that the Segmenter and DPT configs
-    share: 20000 freshly drawn training canvases (2000 are memorised long before a tiny ViT learns which digit a
-    stroke belongs to), batch 32, AdamW (weight decay 0.01 off biases and norms, clipping at 1), cosine with 50
-    warm-up steps, evaluation on the 500 test canvases (glyphs training never sees) every quarter of the run.
-
-    `model` is `config.model`; `objective` / `evals` the dense objective and the evaluator entry ('every' is set
-    here); `dont_load` the decoder's parameters for `init_from` (a ViT checkpoint initialises the backbone).
-    `tiny=True` is the short form the smoke tests run: 10 steps on 2000 canvases, no evaluation, no checkpoints.
-    """
-    c = base_config()
-    c.dataset = 'dense_digits'
-    c.model = dict(model)
-    c.data = dict(c.data, train_pp='dense_decode|dense_random_crop', eval_pp='dense_decode|dense_resize',
-                  flip=False, dense_num_train=20000)
-    c.batch_size = 32
-    c.total_steps = steps
-    c.log_every = 100
-    c.eval_every = max(steps // 4, 1)
-    c.checkpoint_every = c.eval_every
-    c.optimizer = dict(c.optimizer, name='adamw', weight_decay=0.01, wd_mask='no_bias_norm', grad_clip_norm=1.0)
-    c.lr = dict(base=lr, warmup_steps=50, decay='cosine', end=1e-5)
-    c.objective = dict(objective)
-    c.evals = dict(val=dict(evals, split='test', every=c.eval_every))
-    c.init_from = dict(path=None, dont_load=tuple(dont_load))
-    if tiny:
-        c.data.dense_num_train = 2000
-        c.total_steps = 10
-        c.log_every = 5
-        c.eval_every = 0
-        c.checkpoint_every = 0
-    return c

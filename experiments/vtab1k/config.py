@@ -19,22 +19,14 @@ Table 9 / 2): ViT-L/16 ImageNet-21k 72.72 mean over the 19 tasks (natural 83.3, 
 57.5); ViT-H/14 JFT 77.63. Not measured here (no TFDS data, no accelerators in this environment).
 """
 
-import importlib.util
-import os
-import sys
-
+from configs import common
+from experiments.vtab1k import tasks
 from vit_jax import config_utils
 
 
 def load_tasks():
-    """The sibling `tasks.py` module (registers the `vtab1k:<task>` dataset)."""
-    name = '_vit_jax_vtab1k_tasks'
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, os.path.join(os.path.dirname(__file__), 'tasks.py'))
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
+    """The `tasks` module (importing it registers the `vtab1k:<task>` dataset)."""
+    return tasks
 
 
 STEPS = 2500
@@ -70,19 +62,8 @@ def task_config(task, *, hp: bool = False, lr: float = LR, steps: int = STEPS, m
     return c
 
 
-def get_config(arg: str = 'caltech101'):
-    tasks = load_tasks()
-    name, *opts = [s.strip() for s in (arg or 'caltech101').split(',')]
-    if name not in tasks.TASKS_BY_NAME:
-        raise ValueError(f'Unknown VTAB-1k task {name!r}; tasks: {", ".join(tasks.TASKS_BY_NAME)}.')
-    kw = {}
-    for o in opts:
-        if o == 'hp':
-            kw['hp'] = True
-        elif o.startswith('lr='):
-            kw['lr'] = float(o[3:])
-        elif o.startswith('steps='):
-            kw['steps'] = int(o[6:])
-        else:
-            raise ValueError(f'Unknown option {o!r} in {arg!r}; use hp, lr=LR, steps=N.')
-    return task_config(tasks.TASKS_BY_NAME[name], **kw)
+def get_config(arg: str | None = None):
+    arg = common.parse_arg(arg, task='caltech101', hp=False, lr=LR, steps=STEPS)
+    if arg.task not in tasks.TASKS_BY_NAME:
+        raise ValueError(f'Unknown VTAB-1k task {arg.task!r}; tasks: {", ".join(tasks.TASKS_BY_NAME)}.')
+    return task_config(tasks.TASKS_BY_NAME[arg.task], hp=arg.hp, lr=arg.lr, steps=arg.steps)

@@ -29,8 +29,7 @@ if __package__ in (None, ''):  # Run as a script: make the repository root impor
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 from experiments.vtab1k import config as vtab_config  # noqa: E402
-
-tasks_lib = vtab_config.load_tasks()
+from experiments.vtab1k import tasks as tasks_lib  # noqa: E402
 
 
 def _lr_tag(lr: float) -> str:
@@ -148,23 +147,13 @@ def write_tables(workdir: str, results: dict) -> str:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    overrides, rest, i = [], [], 0
-    while i < len(argv):
-        a = argv[i]
-        if a.startswith('--config.'):
-            body = a[len('--config.'):]
-            if '=' in body:
-                overrides.append(tuple(body.split('=', 1)))
-            elif i + 1 < len(argv):
-                overrides.append((body, argv[i + 1]))
-                i += 1
-            else:
-                print(f'error: {a} needs a value', file=sys.stderr)
-                return 2
-        else:
-            rest.append(a)
-        i += 1
+    from vit_jax import config_utils
+
+    try:
+        rest, overrides = config_utils.split_overrides(sys.argv[1:] if argv is None else argv)
+    except SystemExit as e:  # A --config.X without a value.
+        print(f'error: {e}', file=sys.stderr)
+        return 2
     p = argparse.ArgumentParser(prog='python -m experiments.vtab1k.run', description=__doc__.split('\n\n')[0])
     p.add_argument('--workdir', required=True)
     p.add_argument('--tasks', default='all', help='Comma-separated task names (default: all 19).')
