@@ -24,7 +24,7 @@ tf = pytest.importorskip('tensorflow')
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, 'tests'))
-from test_train import tiny_config  # noqa: E402
+from _helpers import tiny_config  # noqa: E402
 
 S = 16  # Side of the ordinary test images (and of the pipeline's output, so 'resize' keeps pixel values).
 HUGE = 10_000

@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _helpers import torch_dtn as _torch_dtn
 
 from vit_jax import models
 from vit_jax.models import dtn
@@ -109,42 +110,6 @@ def test_unknown_grid_errors_clearly():
 # Parity with a PyTorch restatement of the official `models/normkit/norms/dtn.py`.
 # ----------------------------------------------------------------------------------------------------------------
 torch = pytest.importorskip('torch')
-
-
-def _torch_dtn(x, weight, bias, mean_w, var_w, pos_w, pos_b, heads, side, pool, eps=1e-5, only_var=False):
-    b, t, c = x.shape
-    g = x.reshape(b, t, heads, -1)
-    x = (g / torch.sqrt((g * g).mean(3, keepdim=True) + eps)).reshape(b, t, c)
-    ps = side // pool
-    ind = torch.arange(ps).view(1, -1) - torch.arange(ps).view(-1, 1)
-    rel = torch.stack([ind.repeat(ps, ps),
-                       ind.repeat_interleave(ps, 0).repeat_interleave(ps, 1)], -1).float()
-    rel = torch.cat([rel, (rel ** 2).sum(-1, keepdim=True)], -1)[None]
-    score = torch.nn.functional.linear(rel, pos_w, pos_b).permute(0, 3, 1, 2).softmax(dim=-2)
-    mean_ln, var_ln = x.mean(2), x.var(2)
-    xi = x.view(b, side, side, c).permute(0, 3, 1, 2)
-    if pool > 1:
-        xi = torch.nn.functional.avg_pool2d(xi, pool)
-    xi = xi.reshape(b, heads, c // heads, -1)
-    m = xi @ score
-    v = (xi * xi) @ score - m * m
-
-    def up(s):
-        if pool == 1:
-            return s
-        s = s.view(b, heads, c // heads, ps, ps).unsqueeze(-1).repeat(1, 1, 1, 1, 1, pool * pool)
-        s = s.view(b, heads, c // heads, ps, ps, pool, pool).permute(0, 1, 2, 3, 5, 4, 6)
-        return s.reshape(b, heads, c // heads, -1)
-
-    m, v = up(m), up(v)
-    mw, vw = torch.sigmoid(mean_w).view(1, heads, 1, 1), torch.sigmoid(var_w).view(1, heads, 1, 1)
-    v = ((1 - vw) * v + vw * var_ln.view(b, 1, 1, -1)).view(b, c, -1).permute(0, 2, 1)
-    if only_var:
-        y = (x - mean_ln.view(b, t, 1)) / torch.sqrt(v + eps)
-    else:
-        m = ((1 - mw) * m + mw * mean_ln.view(b, 1, 1, -1)).view(b, c, t).permute(0, 2, 1)
-        y = (x - m) / torch.sqrt(v + eps)
-    return y * weight + bias
 
 
 @pytest.mark.parametrize('side,pool,only_var', [(7, 1, False), (8, 2, False), (6, 1, True)])

@@ -26,7 +26,7 @@ from vit_jax.objectives.base import TrainState
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, 'tests'))
-from test_train import tiny_config  # noqa: E402
+from _helpers import tiny_config  # noqa: E402
 
 
 # ----------------------------------------------------------------------------------------------------------------

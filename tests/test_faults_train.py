@@ -24,7 +24,7 @@ from vit_jax.objectives.base import TrainState, guard_nonfinite
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, 'tests'))
-from test_train import tiny_config  # noqa: E402
+from _helpers import tiny_config  # noqa: E402
 
 
 def _steps(workdir):
@@ -289,7 +289,7 @@ def _free_port():
 
 
 def _start_pair(tmp_path, config):
-    from test_scale import run_worker
+    from _helpers import run_worker
 
     port = _free_port()
     workdir = tmp_path / 'wd'

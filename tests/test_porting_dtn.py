@@ -53,7 +53,7 @@ def _model(norm='dtn', **kw):
 
 def _torch_forward(sd, x, norm='dtn'):
     """The official vit_norm_mix forward (eval), restated with torch.nn.functional."""
-    from test_dtn import _torch_dtn
+    from _helpers import torch_dtn as _torch_dtn
 
     t = {k: torch.from_numpy(v) for k, v in sd.items()}
     x = F.conv2d(x, t['patch_embed.proj.weight'], t['patch_embed.proj.bias'], stride=P).flatten(2).transpose(1, 2)

@@ -14,7 +14,7 @@ from vit_jax import checkpoint, config_utils, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, 'tests'))
-from test_train import tiny_config  # noqa: E402
+from _helpers import tiny_config  # noqa: E402
 
 
 def test_sigterm_saves_and_exits_cleanly_then_resumes(tmp_path):

@@ -14,25 +14,11 @@ import sys
 
 import numpy as np
 import pytest
+from _helpers import run_worker
 
 from vit_jax import checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-WORKER = os.path.join(ROOT, 'tests', 'scale_worker.py')
-
-
-def run_worker(out, jobs, devices=1, distributed=None, wait=True):
-    env = dict(os.environ)
-    env['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={devices}'
-    env.pop('VIT_JAX_DISTRIBUTED', None)
-    cmd = [sys.executable, WORKER, str(out), json.dumps(jobs)]
-    if distributed:
-        cmd += ['--distributed', *map(str, distributed)]
-    if not wait:
-        return subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    r = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=900)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-5000:]
-    return r
 
 
 def load(out, tag, process=0):

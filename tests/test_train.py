@@ -10,28 +10,11 @@ import time
 import jax
 import numpy as np
 import pytest
+from _helpers import tiny_config
 
 from vit_jax import checkpoint, config_utils, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def tiny_config(steps=120):
-    """A very small ViT on 8x8 digits that trains in well under a minute on 2 CPU cores."""
-    c = config_utils.load(os.path.join(ROOT, 'configs/quickstart.py'))
-    c.model.hidden_size = 32
-    c.model.mlp_dim = 64
-    c.model.num_layers = 2
-    c.model.num_heads = 2
-    c.batch_size = 64
-    c.total_steps = steps
-    c.log_every = 20
-    c.eval_every = 0
-    c.checkpoint_every = 0
-    c.tensorboard = False
-    c.lr.warmup_steps = 10
-    c.lr.base = 3e-3
-    return c
 
 
 def read_metrics(workdir):

@@ -1,0 +1,87 @@
+"""Helpers several test modules share (so that no test module imports another); tests/conftest.py also offers them
+as fixtures. Not a test module itself (no test_ prefix).
+
+    from _helpers import tiny_config   # or take the `tiny_config` fixture
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+WORKER = os.path.join(ROOT, 'tests', 'scale_worker.py')
+
+
+def tiny_config(steps=120):
+    """A very small ViT on 8x8 digits that trains in well under a minute on 2 CPU cores."""
+    from vit_jax import config_utils
+
+    c = config_utils.load(os.path.join(ROOT, 'configs/quickstart.py'))
+    c.model.hidden_size = 32
+    c.model.mlp_dim = 64
+    c.model.num_layers = 2
+    c.model.num_heads = 2
+    c.batch_size = 64
+    c.total_steps = steps
+    c.log_every = 20
+    c.eval_every = 0
+    c.checkpoint_every = 0
+    c.tensorboard = False
+    c.lr.warmup_steps = 10
+    c.lr.base = 3e-3
+    return c
+
+
+def run_worker(out, jobs, devices=1, distributed=None, wait=True):
+    """Runs tests/scale_worker.py on `jobs` with `devices` simulated CPU devices (a Popen when not `wait`)."""
+    env = dict(os.environ)
+    env['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={devices}'
+    env.pop('VIT_JAX_DISTRIBUTED', None)
+    cmd = [sys.executable, WORKER, str(out), json.dumps(jobs)]
+    if distributed:
+        cmd += ['--distributed', *map(str, distributed)]
+    if not wait:
+        return subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    r = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-5000:]
+    return r
+
+
+def torch_dtn(x, weight, bias, mean_w, var_w, pos_w, pos_b, heads, side, pool, eps=1e-5, only_var=False):
+    """DTN restated in PyTorch after the official `models/normkit/norms/dtn.py` (torch tensors in and out)."""
+    import torch
+
+    b, t, c = x.shape
+    g = x.reshape(b, t, heads, -1)
+    x = (g / torch.sqrt((g * g).mean(3, keepdim=True) + eps)).reshape(b, t, c)
+    ps = side // pool
+    ind = torch.arange(ps).view(1, -1) - torch.arange(ps).view(-1, 1)
+    rel = torch.stack([ind.repeat(ps, ps),
+                       ind.repeat_interleave(ps, 0).repeat_interleave(ps, 1)], -1).float()
+    rel = torch.cat([rel, (rel ** 2).sum(-1, keepdim=True)], -1)[None]
+    score = torch.nn.functional.linear(rel, pos_w, pos_b).permute(0, 3, 1, 2).softmax(dim=-2)
+    mean_ln, var_ln = x.mean(2), x.var(2)
+    xi = x.view(b, side, side, c).permute(0, 3, 1, 2)
+    if pool > 1:
+        xi = torch.nn.functional.avg_pool2d(xi, pool)
+    xi = xi.reshape(b, heads, c // heads, -1)
+    m = xi @ score
+    v = (xi * xi) @ score - m * m
+
+    def up(s):
+        if pool == 1:
+            return s
+        s = s.view(b, heads, c // heads, ps, ps).unsqueeze(-1).repeat(1, 1, 1, 1, 1, pool * pool)
+        s = s.view(b, heads, c // heads, ps, ps, pool, pool).permute(0, 1, 2, 3, 5, 4, 6)
+        return s.reshape(b, heads, c // heads, -1)
+
+    m, v = up(m), up(v)
+    mw, vw = torch.sigmoid(mean_w).view(1, heads, 1, 1), torch.sigmoid(var_w).view(1, heads, 1, 1)
+    v = ((1 - vw) * v + vw * var_ln.view(b, 1, 1, -1)).view(b, c, -1).permute(0, 2, 1)
+    if only_var:
+        y = (x - mean_ln.view(b, t, 1)) / torch.sqrt(v + eps)
+    else:
+        m = ((1 - mw) * m + mw * mean_ln.view(b, 1, 1, -1)).view(b, c, t).permute(0, 2, 1)
+        y = (x - m) / torch.sqrt(v + eps)
+    return y * weight + bias
