@@ -227,34 +227,19 @@ class Predictor:
         import jax
         import jax.numpy as jnp
 
-        from vit_jax import checkpoint, models, train
+        from vit_jax import models, train
         from vit_jax.data import pipeline, preprocess
+        from vit_jax.evaluators.base import eval_data_config
 
         self.config = config
-        self.model = train.build_model(config)
+        spec = models.as_spec(dict(model=config.model, weights=checkpoint_path))
+        self.model = models.get_model(spec.name, **spec.overrides)
         self.num_classes = int(getattr(self.model, 'num_classes', 0) or 0)
         if not self.num_classes:
             raise ValueError('The model has no classification head (num_classes is 0/None): nothing to predict.')
+        self.variables = models.load_variables(self.model, checkpoint_path)  # As models.load(spec).
         self.image_size = train.model_image_size(self.model)
-        shapes = models.init_shapes(self.model)
-        params, model_state = checkpoint.load_for_inference(checkpoint_path)
-        zeros = jax.tree_util.tree_map(lambda s: np.zeros(s.shape, s.dtype), shapes['params'])
-        params = checkpoint.load_pretrained(zeros, params, dont_load=(), new_grid=checkpoint.model_grid(self.model))
-        other = {k: v for k, v in shapes.items() if k not in ('params', 'intermediates')}
-        missing = sorted(set(other) - set(model_state))
-        if missing:
-            raise ValueError(f'The model needs the collections {missing} (e.g. BatchNorm statistics), which '
-                             f'{checkpoint_path} does not hold: use the run\'s Orbax checkpoint (its workdir).')
-        self.variables = {'params': params, **{k: model_state[k] for k in other}}
-        cfg = dict(pipeline.DEFAULTS)
-        try:  # A built-in dataset's own data defaults (as the training pipeline applies them).
-            from vit_jax.data import datasets
-
-            found = datasets.find_builtin(str(config.get('dataset', '')))
-            cfg.update(found[0].defaults if found else {})
-        except ValueError:
-            pass
-        cfg.update({k: v for k, v in (config.get('data', None) or {}).items() if v is not None})
+        cfg = eval_data_config(config.get('dataset', ''), config.get('data', None))
         pp = preprocess.build(pipeline._pipe(cfg, train=False), image_size=self.image_size, train=False, config=cfg)
         self.exif_orientation = bool(cfg.get('exif_orientation', True))  # As the training pipeline's 'decode'.
         import tensorflow as tf

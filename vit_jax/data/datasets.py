@@ -89,7 +89,9 @@ class DatasetEntry:
     defaults: dict
 
 
-_DATASETS: dict[str, DatasetEntry] = {}
+# Built-in datasets; modules that register more are imported on first lookup.
+_DATASETS: registry.Registry[DatasetEntry] = registry.Registry(
+    'dataset', modules=('vit_jax.data.video', 'vit_jax.data.outpainting', 'vit_jax.data.dense'))
 
 
 def register_dataset(name: str, *, prefix: bool = False, **defaults: Any) -> Callable[[Callable], Callable]:
@@ -105,41 +107,25 @@ def register_dataset(name: str, *, prefix: bool = False, **defaults: Any) -> Cal
     """
 
     def deco(fn: Callable) -> Callable:
-        if name in _DATASETS:
-            raise ValueError(f'Dataset {name!r} is registered twice.')
-        _DATASETS[name] = DatasetEntry(name, fn, prefix, dict(defaults))
+        _DATASETS.add(name, DatasetEntry(name, fn, prefix, dict(defaults)))
         return fn
 
     return deco
 
 
-# Modules that register more datasets, if present.
-_EXTENSIONS = ('vit_jax.data.video', 'vit_jax.data.outpainting', 'vit_jax.data.dense')
-_extensions_loaded = False
-
-
-def _load_extensions() -> None:
-    global _extensions_loaded
-    if not _extensions_loaded:
-        _extensions_loaded = True
-        registry.import_optional(_EXTENSIONS)
-
-
 def list_datasets() -> list[str]:
     """Names of the built-in datasets ('folder:' style prefixes end with ':')."""
-    _load_extensions()
     return sorted(n + (':' if e.prefix else '') for n, e in _DATASETS.items())
 
 
 def find_builtin(name: str) -> tuple[DatasetEntry, str | None] | None:
     """(entry, arg) when `name` is a built-in ('digits') or a prefixed one ('folder:/x'); None otherwise."""
-    _load_extensions()
-    if name in _DATASETS and not _DATASETS[name].prefix:
-        return _DATASETS[name], None
+    if name in _DATASETS and not _DATASETS.get(name).prefix:
+        return _DATASETS.get(name), None
     if ':' in name:
         head, arg = name.split(':', 1)
-        if head in _DATASETS and _DATASETS[head].prefix:
-            return _DATASETS[head], arg
+        if head in _DATASETS and _DATASETS.get(head).prefix:
+            return _DATASETS.get(head), arg
     if name in _DATASETS:  # A prefix dataset named without its argument.
         raise ValueError(f'Dataset {name!r} needs an argument: {name}:ARG (e.g. folder:/path/to/images).')
     return None
@@ -557,7 +543,7 @@ def tfds_builder(name: str, data_dir: str | None):
 
     def unknown() -> ValueError:
         builtins = ', '.join(repr(n) for n in list_datasets())
-        close = difflib.get_close_matches(name, tfds.list_builders() + list(_DATASETS), n=3, cutoff=0.6)
+        close = difflib.get_close_matches(name, tfds.list_builders() + _DATASETS.names(), n=3, cutoff=0.6)
         hint = f' Did you mean: {", ".join(close)}?' if close else ''
         return ValueError(f'Unknown dataset {name!r}: not a built-in dataset ({builtins}) nor a TFDS dataset.'
                           f'{hint} Use a TFDS name (e.g. cifar10, imagenet2012, oxford_iiit_pet), the built-in '

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import ast
 import dataclasses
-import difflib
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -69,7 +68,10 @@ class OpEntry:
     batch: bool = False  # Works on whole batches (leading batch axis), e.g. mixup; used in train_batch_pp.
 
 
-_OPS: dict[str, OpEntry] = {}
+# The ops; modules that register more are imported on first lookup.
+_OPS: registry.Registry[OpEntry] = registry.Registry('preprocessing op', plural='ops', modules=(
+    'vit_jax.data.augment', 'vit_jax.data.video', 'vit_jax.data.outpainting', 'vit_jax.data.dense',
+    'vit_jax.data.color'))
 
 
 def register(name: str, *, random: bool = False, eval_ok: bool | None = None,
@@ -85,9 +87,7 @@ def register(name: str, *, random: bool = False, eval_ok: bool | None = None,
     """
 
     def deco(fn: Callable[..., Example]) -> Callable[..., Example]:
-        if name in _OPS:
-            raise ValueError(f'Preprocessing op {name!r} is registered twice.')
-        _OPS[name] = OpEntry(name, fn, random, (not random) if eval_ok is None else eval_ok, batch)
+        _OPS.add(name, OpEntry(name, fn, random, (not random) if eval_ok is None else eval_ok, batch))
         return fn
 
     return deco
@@ -95,31 +95,12 @@ def register(name: str, *, random: bool = False, eval_ok: bool | None = None,
 
 def list_ops() -> list[str]:
     """Names of the registered ops."""
-    _load_extensions()
-    return sorted(_OPS)
+    return sorted(_OPS.names())
 
 
 def get_op(name: str) -> OpEntry:
     """The registered op `name`; a ValueError listing close matches otherwise."""
-    _load_extensions()
-    if name not in _OPS:
-        close = difflib.get_close_matches(name, list(_OPS), n=3, cutoff=0.5)
-        hint = f' Did you mean: {", ".join(close)}?' if close else ''
-        raise ValueError(f'Unknown preprocessing op {name!r}.{hint} Registered ops: {", ".join(sorted(_OPS))}.')
-    return _OPS[name]
-
-
-# Modules that register more ops, if present.
-_EXTENSIONS = ('vit_jax.data.augment', 'vit_jax.data.video', 'vit_jax.data.outpainting', 'vit_jax.data.dense',
-               'vit_jax.data.color')
-_extensions_loaded = False
-
-
-def _load_extensions() -> None:
-    global _extensions_loaded
-    if not _extensions_loaded:
-        _extensions_loaded = True
-        registry.import_optional(_EXTENSIONS)
+    return _OPS.get(name)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -12,28 +12,20 @@ from typing import Any
 
 from vit_jax import registry
 
-_REGISTRY: dict[str, type] = {}
 # Modules imported on first lookup; add new evaluator modules here.
 _MODULES = ('classification', 'fewshot', 'segmentation', 'depth', 'video', 'robustness', 'outpainting')
+EVALUATORS: registry.Registry[type] = registry.Registry('evaluator type',
+                                                      modules=(f'vit_jax.evaluators.{m}' for m in _MODULES))
 
 
 def register(name: str):
     """Class decorator registering an evaluator type."""
-
-    def wrap(cls):
-        _REGISTRY[name] = cls
-        return cls
-
-    return wrap
+    return EVALUATORS.register(name)
 
 
 def get(name: str) -> type:
     """The evaluator class registered as `name`."""
-    if name not in _REGISTRY:
-        registry.import_optional(f'vit_jax.evaluators.{m}' for m in _MODULES)
-    if name not in _REGISTRY:
-        raise registry.unknown_name('evaluator type', name, _REGISTRY)
-    return _REGISTRY[name]
+    return EVALUATORS.get(name)
 
 
 def build_all(evals_config: Any, ctx: Any) -> dict:

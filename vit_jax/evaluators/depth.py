@@ -172,7 +172,7 @@ class Depth(Evaluator):
 
         d = self.cfg.png_dir
         os.makedirs(d, exist_ok=True)
-        vr = tuple(self.ctx.config.get('data', {}).get('value_range', (-1.0, 1.0)) or (-1.0, 1.0))
+        vr = self.data.value_range
         for i, (image, depth, gt) in enumerate(items):
             valid = gt > self.min_depth
             lo = float(gt[valid].min()) if valid.any() else None

@@ -106,7 +106,7 @@ class FewShot(Evaluator):
         self.representation = cfg.get('representation', 'pre_logits')
         datasets = cfg.get('datasets', None)
         if not datasets:
-            datasets = {str(ctx.config.dataset).split(':')[0].split('/')[0]: dict(dataset=ctx.config.dataset)}
+            datasets = {self.data.dataset.split(':')[0].split('/')[0]: dict(dataset=self.data.dataset)}
         self.datasets = {}
         for ds_name, spec in dict(datasets).items():
             if isinstance(spec, str):
@@ -118,7 +118,7 @@ class FewShot(Evaluator):
             if unknown:
                 raise ValueError(f'config.evals.{name}.datasets.{ds_name} has unknown keys {sorted(unknown)}; use '
                                  'dataset, train_split, test_split, data.')
-            spec.setdefault('dataset', ctx.config.dataset)
+            spec.setdefault('dataset', self.data.dataset)
             spec.setdefault('train_split', 'train')
             spec.setdefault('test_split', 'test')
             self.datasets[str(ds_name)] = spec
@@ -143,9 +143,7 @@ class FewShot(Evaluator):
                 for spec in self.datasets.values() for k in ('train_split', 'test_split')]
 
     def _extract(self, state: Any, spec: dict, split: str) -> tuple[np.ndarray, np.ndarray, int]:
-        bs = int(self.cfg.get('batch_size', self.ctx.config.get('eval_batch_size', None) or self.ctx.config.batch_size))
-        ds = self.ctx.make_dataset(split, batch_size=bs, train=False, dataset=spec['dataset'],
-                                   data_config=spec.get('data', None))
+        ds = self.dataset(split, dataset=spec['dataset'], data_config=spec.get('data', None) or {})
         params = self.ctx.objective.eval_params(state)
         feats, labels = [], []
         for batch in ds:

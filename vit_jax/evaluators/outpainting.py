@@ -207,10 +207,7 @@ class OutpaintingEvaluator(Evaluator):
 
     def __init__(self, name: str, cfg: Any, ctx: Any):
         super().__init__(name, cfg, ctx)
-        data = ctx.config.get('data', {}) or {}
-        lo, hi = (float(v) for v in (cfg.get('data', None) or {}).get('value_range', data.get('value_range',
-                                                                                              (0.0, 1.0))))
-        self.lo, self.hi = lo, hi
+        self.lo, self.hi = self.data.value_range  # The pipeline's (outpaint_samples: (0, 1)).
         self.max_examples = cfg.get('max_examples', None)
         icfg = cfg.get('inception', dict(kind='inception'))
         self.icfg = icfg

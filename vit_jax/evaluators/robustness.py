@@ -40,7 +40,7 @@ import numpy as np
 import optax
 from flax import traverse_util
 
-from vit_jax import attacks, evaluators, sharding
+from vit_jax import attacks, evaluators
 from vit_jax.evaluators.base import Evaluator, to_host
 
 # The 15 ImageNet-C / CIFAR-10-C corruptions of the mCE (Hendrycks & Dietterich, 2019) and the 4 held-out extras.
@@ -209,26 +209,17 @@ def write_image_grid(out_dir: Optional[str], stem: str, images: np.ndarray, valu
 
 
 def load_aux_model(spec: Any) -> tuple[Any, dict]:
-    """(model, variables) of another model: spec = dict(model=dict(name=..., **overrides), checkpoint=PATH).
+    """(model, variables) of another model (a judge, a saliency model, a teacher): `models.load(spec)`, with the
+    weights required: spec = dict(model=dict(name=..., **options), weights=PATH) (`checkpoint=PATH` too).
 
-    PATH is what `checkpoint.load_params` reads (a run's workdir, a checkpoint step, an `.npz`). Only 'params' are
-    loaded: models with BatchNorm statistics are not supported here.
+    Variables are numpy arrays: safe to close over inside a trace.
     """
-    from vit_jax import checkpoint, models
+    from vit_jax import models
 
-    spec = dict(spec)
-    if 'model' not in spec or not spec.get('checkpoint'):
-        raise ValueError("Another model is given as dict(model=dict(name=..., ...), checkpoint='path'); got "
+    if spec is None or models.as_spec(spec).weights is None:
+        raise ValueError("Another model is given as dict(model=dict(name=..., ...), weights=PATH); got "
                          f'{spec!r}. Without weights its judgements would be meaningless.')
-    kw = dict(spec['model'])
-    model = models.get_model(kw.pop('name'), **kw)
-    shapes = models.init_shapes(model)
-    if set(shapes) - {'params'}:
-        raise ValueError(f'{spec["model"]} has non-parameter collections {sorted(set(shapes) - {"params"})}; '
-                         'only parameter-only models can be loaded here.')
-    placeholders = jax.tree_util.tree_map(lambda s: np.zeros(s.shape, s.dtype), shapes['params'])
-    params = checkpoint.load_pretrained(placeholders, spec['checkpoint'])  # Every key must be in the checkpoint.
-    return model, {'params': jax.tree_util.tree_map(np.asarray, params)}  # numpy: safe to load inside a trace.
+    return models.load(spec)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -243,7 +234,7 @@ class RobustnessEvaluator(Evaluator):
         pipeline, else the data config's `value_range`."""
         from vit_jax.data import preprocess
 
-        data_cfg = {**dict(self.ctx.config.get('data', None) or {}), **dict(self.cfg.get('data', None) or {})}
+        data_cfg = self.data.config
         pipe = data_cfg.get('eval_pp', None)
         if isinstance(pipe, str) and '(' in pipe:
             for call in preprocess.parse(pipe):
@@ -252,14 +243,13 @@ class RobustnessEvaluator(Evaluator):
                     vals = [a for a in args if a is not None]
                     if len(vals) >= 2:
                         return float(vals[0]), float(vals[1])
-        vr = data_cfg.get('value_range', None) or (-1.0, 1.0)
-        return float(vr[0]), float(vr[1])
+        return self.data.value_range
 
     @property
     def black(self) -> float | tuple[float, ...]:
         """A black pixel in model inputs: the range's low end, normalised when the pipeline applies `normalize`
         (PatchDrop zeroes pixels before normalisation, as the paper)."""
-        data_cfg = {**dict(self.ctx.config.get('data', None) or {}), **dict(self.cfg.get('data', None) or {})}
+        data_cfg = self.data.config
         lo = self.value_range[0]
         pipe = str(data_cfg.get('eval_pp', ''))
         if 'normalize' in pipe:
@@ -288,15 +278,7 @@ class RobustnessEvaluator(Evaluator):
         """The evaluator's batches; `num_examples` (config) caps the number of real examples seen."""
         limit = self.cfg.get('num_examples', None)
         seen = 0
-        if dataset is None:
-            it = self.batches(split)
-        else:
-            bs = int(self.cfg.get('batch_size', self.ctx.config.get('eval_batch_size', None)
-                                  or self.ctx.config.batch_size))
-            ds = self.ctx.make_dataset(split or self.cfg.get('split', 'test'), batch_size=bs, train=False,
-                                       dataset=dataset, data_config=self.cfg.get('data', None))
-            it = (sharding.to_global(b, self.ctx.mesh) for b in ds)
-        for batch in it:
+        for batch in self.batches(split, dataset=dataset):
             if limit is not None:
                 if seen >= int(limit):
                     break

@@ -130,13 +130,10 @@ class Segmentation(Evaluator):
         """The eval pipeline at `eval_size` (which may differ from the model's image size)."""
         from vit_jax import data, sharding
 
-        c = self.ctx.config
-        bs = int(self.cfg.get('batch_size', c.get('eval_batch_size', None) or c.batch_size))
-        dcfg = dict(c.get('data', {}) or {})
-        dcfg.update(dict(self.cfg.get('data', None) or {}))
-        ds = data.get_dataset(self.cfg.get('dataset', None) or c.dataset, split, data_config=dcfg,
-                              batch_size=bs // jax.process_count(), image_size=self.eval_size, train=False,
-                              seed=int(c.seed), process_index=jax.process_index(),
+        d = self.data
+        dcfg = {**d.run_data, **(d.data_config or {})}
+        ds = data.get_dataset(d.dataset, split, data_config=dcfg, batch_size=d.batch_size // jax.process_count(),
+                              image_size=self.eval_size, train=False, seed=d.seed, process_index=jax.process_index(),
                               process_count=jax.process_count())
         for b in ds:
             yield b, sharding.to_global(b, self.ctx.mesh)
@@ -146,7 +143,7 @@ class Segmentation(Evaluator):
         cm = np.zeros((k, k), np.int64)
         png_left = int(self.cfg.get('png_count', 4)) if self.cfg.get('png_dir', None) else 0
         pngs = []
-        for host_batch, batch in self._dataset(self.cfg.get('split', 'test')):
+        for host_batch, batch in self._dataset(self.data.split):
             if 'valid_hw' in host_batch:
                 preds = self._per_image(state, host_batch, cm, k)
             else:
@@ -193,7 +190,7 @@ class Segmentation(Evaluator):
 
         d = self.cfg.png_dir
         os.makedirs(d, exist_ok=True)
-        vr = tuple(self.ctx.config.get('data', {}).get('value_range', (-1.0, 1.0)) or (-1.0, 1.0))
+        vr = self.data.value_range
         for i, (image, pred, label) in enumerate(items):
             panel = dense_vis.side_by_side([
                 dense_vis.image_to_uint8(image, vr),

@@ -15,7 +15,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from vit_jax import evaluators, sharding
+from vit_jax import evaluators
 from vit_jax.data import video as video_data
 from vit_jax.evaluators.base import Evaluator
 
@@ -35,16 +35,14 @@ class VideoAccuracy(Evaluator):
         return int(self.cfg.get('temporal_views', 1)), int(self.cfg.get('spatial_crops', 3))
 
     def data_specs(self) -> list[dict]:
-        return [dict(split=self.cfg.get('split', 'test'), dataset=self.cfg.get('dataset', None),
-                     data_config=self.data_config())]
+        return [dict(split=self.data.split, dataset=self.cfg.get('dataset', None), data_config=self.data_config())]
 
     def data_config(self) -> dict:
         """The data config of the evaluation pipeline: multi-view test op and the model's clip length."""
         tv, sc = self.views
-        d = dict(self.cfg.get('data', None) or {})
+        d = dict(self.data.data_config or {})
         d.setdefault('eval_pp', f'video_multi_view({tv}, {sc})')
-        run_data = dict(self.ctx.config.get('data', None) or {})
-        if 'num_frames' not in d and 'num_frames' not in run_data and hasattr(self.ctx.model, 'num_frames'):
+        if 'num_frames' not in d and 'num_frames' not in self.data.run_data and hasattr(self.ctx.model, 'num_frames'):
             d['num_frames'] = int(self.ctx.model.num_frames)
         return d
 
@@ -77,13 +75,9 @@ class VideoAccuracy(Evaluator):
         return step
 
     def run(self, state: Any) -> dict[str, float]:
-        cfg = self.cfg
-        bs = int(cfg.get('batch_size', self.ctx.config.get('eval_batch_size', None) or self.ctx.config.batch_size))
-        ds = self.ctx.make_dataset(cfg.get('split', 'test'), batch_size=bs, train=False,
-                                   dataset=cfg.get('dataset', None), data_config=self.data_config())
         totals = None
-        for batch in ds:
-            m = self._step(state, sharding.to_global(batch, self.ctx.mesh))
+        for batch in self.batches(data_config=self.data_config()):
+            m = self._step(state, batch)
             totals = m if totals is None else jax.tree_util.tree_map(jnp.add, totals, m)
         totals = jax.device_get(totals)
         n = max(float(totals['count']), 1.0)

@@ -1,4 +1,4 @@
-"""Model registry: every variant under its paper's name.
+"""Model registry: every variant under its paper's name, and `load` for another model named in a config.
 
     from vit_jax import models
     models.list_models()
@@ -6,6 +6,7 @@
     variables = model.init(rng, images, train=False)
     logits, out = model.apply(variables, images, train=False)
     models.count_params('CvT-13')   # via jax.eval_shape: no weights are materialised
+    model, variables = models.load(dict(model=dict(name='ViT-B/16', num_classes=10), weights='workdirs/run1'))
 
 A family module registers its variants at import time with `register(name, ModuleClass, **defaults)`; the
 module class must accept `num_classes` and `image_size` (video models also `num_frames`) and may define
@@ -16,13 +17,14 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import importlib
 import math
 from typing import Any, Optional
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from vit_jax import registry
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,60 +37,33 @@ class ModelEntry:
     paper: str = ''
 
 
-_REGISTRY: dict[str, ModelEntry] = {}
-_ALIASES: dict[str, str] = {}
-
 # Family modules imported on first use of the registry. Add a new family here.
 _FAMILIES = (
     'vit', 'cct', 'dhvt', 'dtn', 'cvt', 't2t', 'crossvit', 'timesformer', 'segmenter', 'dpt', 'beit', 'milan',
     'vqgan', 'queryotr',
 )
-_loaded = False
+MODELS: registry.Registry[ModelEntry] = registry.Registry('model', modules=(f'vit_jax.models.{f}' for f in _FAMILIES))
 
 
 def register(name: str, cls: type, *, aliases: tuple[str, ...] = (), paper: str = '', **defaults: Any) -> None:
     """Registers `cls(**defaults)` under `name` (and `aliases`)."""
-    if name in _REGISTRY:
-        raise ValueError(f'Model {name!r} is registered twice.')
-    _REGISTRY[name] = ModelEntry(name, cls, dict(defaults), paper)
-    for a in aliases:
-        _ALIASES[a] = name
-
-
-def _load_families() -> None:
-    global _loaded
-    if _loaded:
-        return
-    _loaded = True
-    for fam in _FAMILIES:
-        try:
-            importlib.import_module(f'vit_jax.models.{fam}')
-        except ModuleNotFoundError as e:
-            if e.name != f'vit_jax.models.{fam}':
-                raise
+    MODELS.add(name, ModelEntry(name, cls, dict(defaults), paper), aliases=aliases)
 
 
 def list_models(paper: Optional[str] = None) -> list[str]:
     """Names of every registered variant (optionally only those of one paper tag, e.g. 'vit')."""
-    _load_families()
-    return [n for n, e in _REGISTRY.items() if paper is None or e.paper == paper]
+    return [n for n, e in MODELS.items() if paper is None or e.paper == paper]
 
 
 def get_entry(name: str) -> ModelEntry:
     """The registry entry of `name` (or one of its aliases); raises a ValueError listing close matches."""
-    _load_families()
-    name = _ALIASES.get(name, name)
-    if name not in _REGISTRY:
-        close = difflib.get_close_matches(name, list(_REGISTRY) + list(_ALIASES), n=5, cutoff=0.5)
-        hint = f' Did you mean: {", ".join(close)}?' if close else ''
-        raise ValueError(f'Unknown model {name!r}.{hint} Registered models: {", ".join(sorted(_REGISTRY))}.')
-    return _REGISTRY[name]
+    return MODELS.get(name)
 
 
 def get_model(name: str, **overrides: Any) -> nn.Module:
     """Builds the flax module of a registered variant; `overrides` replace any of its fields."""
     entry = get_entry(name)
-    fields = {f.name for f in dataclasses.fields(entry.cls)} - {'parent', 'name'}
+    fields = model_fields(entry.cls)
     unknown = sorted(set(overrides) - fields)
     if unknown:
         msgs = []
@@ -101,6 +76,11 @@ def get_model(name: str, **overrides: Any) -> nn.Module:
     if 'dtype' in kw and isinstance(kw['dtype'], str):
         kw['dtype'] = compute_dtype(kw['dtype'])
     return entry.cls(**kw)
+
+
+def model_fields(cls: type) -> set[str]:
+    """The options (dataclass fields) of a model class."""
+    return {f.name for f in dataclasses.fields(cls)} - {'parent', 'name'}
 
 
 def compute_dtype(name: str) -> Any:
@@ -134,11 +114,35 @@ def init_shapes(model: nn.Module, batch: int = 1) -> Any:
 
 def count_params(name_or_model: str | nn.Module, **overrides: Any) -> int:
     """Number of trainable parameters (the `params` collection) of a variant, computed with jax.eval_shape."""
-    if isinstance(name_or_model, str):
-        if 'num_classes' not in overrides and 'num_classes' in get_entry(name_or_model).defaults:
-            pass
-        model = get_model(name_or_model, **overrides)
-    else:
-        model = name_or_model
+    model = get_model(name_or_model, **overrides) if isinstance(name_or_model, str) else name_or_model
     shapes = init_shapes(model)
     return sum(math.prod(x.shape) for x in jax.tree_util.tree_leaves(shapes.get('params', {})))
+
+
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Another model named in a config, with its weights: `vit_jax.model_loader` (models/ holds no checkpoint code).
+# ---------------------------------------------------------------------------------------------------------------
+def load(spec: Any, *, defaults: Optional[dict] = None, seed: int = 0) -> tuple[nn.Module, dict]:
+    """(model, variables) of another model named in a config: a teacher, a judge, a frozen tokenizer, a trained run.
+
+        models.load(dict(model=dict(name='ViT-B/16', num_classes=10), weights='workdirs/run1'))   # the one format
+        models.load(dict(model=dict(name='ViT-testing')))     # no weights: a fixed-seed random init (a stand-in)
+
+    `weights`: a `.npz`, a run's workdir (its latest good checkpoint, EMA weights when kept), a step, optionally
+    `:subtree`. `defaults`: model options used when the spec does not set them (e.g. the run's image_size). The full
+    description, the older spec forms still accepted and the errors: `vit_jax.model_loader.load`.
+    """
+    from vit_jax import model_loader
+
+    return model_loader.load(spec, defaults=defaults, seed=seed)
+
+
+def __getattr__(name: str) -> Any:
+    """`models.as_spec`, `models.ModelSpec`, `models.load_variables`: from `vit_jax.model_loader`, imported lazily."""
+    if name in ('as_spec', 'ModelSpec', 'load_variables'):
+        from vit_jax import model_loader
+
+        return getattr(model_loader, name)
+    raise AttributeError(f'module {__name__!r} has no attribute {name!r}')

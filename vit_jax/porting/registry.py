@@ -16,18 +16,18 @@ shape mismatch is an error naming the key.
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import re
 from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
+
+from vit_jax import registry as _registry
 
 # Porting modules imported on first use of the registry (each registers its families). Add new modules here.
 _MODULES = (
     'hf', 'timm', 'cct', 'dhvt', 't2t', 'crossvit', 'cvt', 'segmenter', 'dpt', 'timesformer', 'dtn', 'milan',
     'vit_c', 'beit', 'queryotr', 'inception', 'vgg', 'export',
 )
-_loaded = False
 
 
 class ConversionError(ValueError):
@@ -74,46 +74,28 @@ class Family:
     doc: str = ''
 
 
-_OFFICIAL: dict[str, Family] = {}
+OFFICIAL: _registry.Registry[Family] = _registry.Registry('official family', plural='official families',
+                                                       modules=(f'vit_jax.porting.{m}' for m in _MODULES))
 
 
 def official(name: str, *, source: str, models: Iterable[str] = ()) -> Callable:
     """Decorator registering `fn(sd: StateDict, model) -> variables` as the converter of official layout `name`."""
 
     def wrap(fn: Callable) -> Callable:
-        if name in _OFFICIAL:
-            raise ValueError(f'Official family {name!r} is registered twice.')
-        _OFFICIAL[name] = Family(name, fn, source, tuple(models), (fn.__doc__ or '').strip().split('\n')[0])
+        OFFICIAL.add(name, Family(name, fn, source, tuple(models), (fn.__doc__ or '').strip().split('\n')[0]))
         return fn
 
     return wrap
 
 
-def load_all() -> None:
-    """Imports every porting module (they register their families)."""
-    global _loaded
-    if _loaded:
-        return
-    _loaded = True
-    for mod in _MODULES:
-        try:
-            importlib.import_module(f'vit_jax.porting.{mod}')
-        except ModuleNotFoundError as e:
-            if e.name != f'vit_jax.porting.{mod}':
-                raise
-
-
 def official_families() -> list[str]:
     """Names of the official checkpoint layouts `from_official` converts."""
-    load_all()
-    return sorted(_OFFICIAL)
+    return sorted(OFFICIAL.names())
 
 
 def get_family(name: str) -> Family:
-    load_all()
-    if name not in _OFFICIAL:
-        raise ValueError(f'Unknown official family {name!r}; known: {", ".join(sorted(_OFFICIAL))}.')
-    return _OFFICIAL[name]
+    """The official layout `name`; a ValueError naming the known ones otherwise."""
+    return OFFICIAL.get(name)
 
 
 # Wrappers the training scripts of the papers save around the state dict.

@@ -83,11 +83,10 @@ def outpaint_examples(config, checkpoint_path: str, *, split: str = 'test', num:
     """(inputs, outputs, targets) in [0, 1] for the first `num` examples of `split` with the checkpoint's weights."""
     import jax
 
-    from vit_jax import checkpoint, data, models
+    from vit_jax import data, models
+    from vit_jax.evaluators.base import eval_data_config
 
-    kw = dict(config.model)
-    model = models.get_model(kw.pop('name'), **kw)
-    params, model_state = checkpoint.load_for_inference(checkpoint_path)
+    model, variables = models.load(dict(model=config.model, weights=checkpoint_path))
     size = models.input_shape(model, 1)[1:3]
     ds = data.get_dataset(config.dataset, split, data_config=config.get('data', None), batch_size=num,
                           image_size=size, train=False, seed=seed, process_index=0, process_count=1)
@@ -95,8 +94,8 @@ def outpaint_examples(config, checkpoint_path: str, *, split: str = 'test', num:
     if 'target' not in batch:
         raise ValueError('The eval pipeline gives no "target": set data.eval_pp to the outpainting pipe '
                          "('outpaint_crop|value_range|outpaint_split').")
-    out, _ = jax.jit(lambda v, x: model.apply(v, x, train=False))({'params': params, **model_state}, batch['image'])
-    lo, hi = (float(v) for v in config.data.get('value_range', (0.0, 1.0)))
+    out, _ = jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, batch['image'])
+    lo, hi = (float(v) for v in eval_data_config(config.dataset, config.get('data', None))['value_range'])
     keep = batch['mask'].astype(bool)
     to01 = lambda a: np.clip((np.asarray(a)[keep] - lo) / (hi - lo), 0.0, 1.0)  # noqa: E731
     return to01(batch['image']), to01(out), to01(batch['target'])
