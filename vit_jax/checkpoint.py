@@ -200,7 +200,7 @@ def load_pretrained_model_state(init_state: Any, path: str, dont_load: Sequence[
     patterns = [re.compile(p) for p in dont_load]
     skip = lambda k: any(p.match(k) for p in patterns)  # noqa: E731
     init_flat = {k: v for c, t in init_state.items() for k, v in flatten({c: t}).items()}
-    file_flat = flatten(loaded)
+    file_flat = _scan_to_loop(flatten(loaded), init_flat)  # Looped or scanned layers, as the model has them.
     given = {k.split('/', 1)[0] for k in file_flat}
     missing = [k for k in init_flat if k.split('/', 1)[0] in given and k not in file_flat and not skip(k)]
     unexpected = [k for k in file_flat if k not in init_flat and not skip(k)]
@@ -509,33 +509,14 @@ def load_for_inference(path: str) -> tuple[dict, dict]:
 # Loading pretrained weights into a freshly initialised tree.
 # ----------------------------------------------------------------------------------------------------------------
 def _scan_to_loop(flat: dict[str, np.ndarray], init_flat: dict[str, Any]) -> dict[str, np.ndarray]:
-    """Converts between `encoderblock/block/...` (stacked, scan=True) and `encoderblock_{i}/...` as `init` needs."""
-    init_scanned = any('encoderblock/block/' in k for k in init_flat)
-    src_scanned = any('encoderblock/block/' in k for k in flat)
-    if init_scanned == src_scanned:
-        return flat
-    out = {}
-    if src_scanned:  # Stacked -> per layer.
-        for k, v in flat.items():
-            if 'encoderblock/block/' in k:
-                for i in range(v.shape[0]):
-                    out[k.replace('encoderblock/block/', f'encoderblock_{i}/', 1)] = v[i]
-            else:
-                out[k] = v
-        return out
-    groups: dict[str, dict[int, np.ndarray]] = {}
-    for k, v in flat.items():
-        m = re.search(r'(^|/)encoderblock_(\d+)/', k)
-        if m:
-            key = k[:m.start()] + m.group(1) + 'encoderblock/block/' + k[m.end():]
-            groups.setdefault(key, {})[int(m.group(2))] = v
-        else:
-            out[k] = v
-    for k, d in groups.items():
-        if sorted(d) != list(range(len(d))):
-            raise ValueError(f'Cannot stack {k}: the checkpoint has blocks {sorted(d)}, not 0..{len(d) - 1}.')
-        out[k] = np.stack([d[i] for i in sorted(d)])
-    return out
+    """`flat` in the encoder layout of `init_flat`: scanned segments (`encoderblock/block/...`,
+    `encoderblock_{a}-{b}/...` stacked on a layer axis) or per-layer `encoderblock_{i}/...`, for every family
+    built on `layers.Encoder` (empty `init_flat`: the per-layer layout)."""
+    from vit_jax.models import layers
+
+    if any(layers.is_scanned_key(k) for k in init_flat):
+        return layers.scan_params_like(flat, init_flat)
+    return layers.unscan_params(flat)
 
 
 def _is_posemb(k: str) -> bool:

@@ -11,9 +11,10 @@ Differences from the plain ViT (`vit.py`), each an option:
   vocabulary, `out['mim_logits']` of shape [B, N, vocab_size]);
 - mean-pooling classifier with `fc_norm` (`classifier='gap'`, the BEiT fine-tuning head).
 
-The blocks are the shared `layers.Encoder1DBlock` (the relative bias enters through its `attn_bias` argument), so
-parameter names follow the ViT release: `embedding`, `cls`, `mask_token`, `Transformer/encoderblock_{i}/...`,
-`Transformer/rel_pos_bias` (shared) or `Transformer/encoderblock_{i}_rel_pos_bias` (per layer).
+The encoder is the shared `layers.Encoder` (its `attn_bias` hook builds the relative bias), so parameter names
+follow the ViT release: `embedding`, `cls`, `mask_token`, `Transformer/encoderblock_{i}/...`,
+`Transformer/rel_pos_bias` (shared) or `Transformer/encoderblock_{i}_rel_pos_bias` (per layer); with `scan=True`
+`Transformer/encoderblock/block/...` and `Transformer/encoderblock_rel_pos_bias` stacked on a layer axis.
 BEiT has no key bias; this block has one, which the converter sets to zero. A bias on the keys adds the same
 value to every logit of a query row, so it changes neither the output nor any gradient (its own gradient is
 exactly zero), and it stays at zero in training: the model is BEiT's exactly, with 768 inert parameters per layer.
@@ -21,6 +22,7 @@ exactly zero), and it stays at zero in training: the model is BEiT's exactly, wi
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Optional, Sequence
 
 import flax.linen as nn
@@ -32,10 +34,6 @@ from vit_jax.models import layers, register
 from vit_jax.models.vit import to_2tuple
 
 Array = jax.Array
-
-# BEiT initialises Linear layers, the cls/mask tokens and the LM head with a truncated normal clipped at +-1 std
-# (specs: not timm's +-2 std).
-beit_trunc_normal = nn.initializers.truncated_normal(stddev=0.02, lower=-1.0, upper=1.0)
 
 
 def relative_position_index(grid: Sequence[int]) -> np.ndarray:
@@ -114,15 +112,12 @@ class BEiT(nn.Module):
     drop_path_rate: float = 0.1  # Stochastic depth at the last block (linear ramp from 0).
     norm_eps: float = 1e-6  # LayerNorm epsilon (BEiT 1e-6; HuggingFace configs 1e-12).
     activation: str = 'gelu_exact'  # MLP activation (PyTorch nn.GELU).
+    scan: bool = False  # Scan over encoder layers (layers.Encoder).
     remat_policy: Optional[str] = None  # Rematerialise each block with this jax.checkpoint_policies name.
     dtype: Any = jnp.float32  # Compute dtype.
     attention_impl: str = 'auto'  # Attention kernel: 'auto', 'xla', 'cudnn' or 'cpu' (layers.resolve_attention_impl).
 
-    @property
-    def grid_size(self) -> tuple[int, int]:
-        """The patch grid (h, w)."""
-        (h, w), (ph, pw) = to_2tuple(self.image_size), to_2tuple(self.patch_size)
-        return h // ph, w // pw
+    grid_size = property(lambda self: layers.patch_grid(self.image_size, self.patch_size))  # The patch grid (h, w).
 
     @property
     def num_patches(self) -> int:
@@ -139,7 +134,6 @@ class BEiT(nn.Module):
                              f'{tuple(images.shape[1:3])}; build it with image_size={tuple(images.shape[1:3])} '
                              '(beit.resample_rel_pos_table resamples relative-position tables).')
         out = {}
-        dense_init = dict(kernel_init=beit_trunc_normal)
         x = layers.patch_embed(images.astype(self.dtype), self.hidden_size, to_2tuple(self.patch_size),
                                dtype=self.dtype)
         b, h, w, d = x.shape
@@ -151,112 +145,70 @@ class BEiT(nn.Module):
             if mask.shape != (b, h * w):
                 raise ValueError(f'mask must be a boolean [B, N] = {(b, h * w)} array, got shape {mask.shape}.')
         if self.use_mask_token:
-            mask_token = self.param('mask_token', beit_trunc_normal, (1, 1, d))
+            mask_token = self.param('mask_token', layers.trunc_normal_1std, (1, 1, d))
             if mask is not None:  # Before any position information (absolute or relative).
                 w_m = mask[..., None].astype(x.dtype)
                 x = x * (1.0 - w_m) + mask_token.astype(x.dtype) * w_m
-        cls = self.param('cls', beit_trunc_normal, (1, 1, d))
+        cls = self.param('cls', layers.trunc_normal_1std, (1, 1, d))
         x = jnp.concatenate([jnp.tile(cls.astype(x.dtype), [b, 1, 1]), x], axis=1)
-        x, enc_out = _BEiTTransformer(
-            num_layers=self.num_layers, num_heads=self.num_heads, mlp_dim=self.mlp_dim, grid=(h, w),
-            rel_pos_bias=self.rel_pos_bias, abs_posemb=self.abs_posemb, layer_scale=self.layer_scale,
-            final_norm=(self.classifier != 'gap') if self.final_norm is None else self.final_norm,
+        if self.rel_pos_bias not in ('shared', 'per_layer', 'none'):
+            raise ValueError(f"rel_pos_bias must be 'shared', 'per_layer' or 'none', got {self.rel_pos_bias!r}.")
+        embed = layers.position_embedding('learn' if self.abs_posemb else 'none', init=layers.trunc_normal_1std,
+                                          dropout_rate=self.dropout_rate, train=train)
+        x, enc_out = layers.Encoder(
+            num_layers=self.num_layers, num_heads=self.num_heads, mlp_dim=self.mlp_dim,
             dropout_rate=self.dropout_rate, attention_dropout_rate=self.attention_dropout_rate,
             drop_path_rate=self.drop_path_rate, norm_eps=self.norm_eps, activation=self.activation,
+            layer_scale=self.layer_scale, kernel_init=layers.trunc_normal_1std, bias_init=nn.initializers.zeros,
+            final_norm=(self.classifier != 'gap') if self.final_norm is None else self.final_norm,
+            attn_bias=(None if self.rel_pos_bias == 'none'
+                       else functools.partial(RelativePositionBias, (h, w), self.num_heads)),
+            attn_bias_name='rel_pos_bias', attn_bias_per_layer=self.rel_pos_bias == 'per_layer', scan=self.scan,
             remat_policy=self.remat_policy, dtype=self.dtype, attention_impl=self.attention_impl,
-            name='Transformer')(x, train)
+            name='Transformer')(x, train, hooks={0: embed})
         out.update({f'encoder/{k}': v for k, v in enc_out.items()})
         out['encoded'] = x
         out['tokens_2d'] = x[:, 1:].reshape(b, h, w, d)
         if self.vocab_size:
             y = nn.LayerNorm(epsilon=self.norm_eps, dtype=self.dtype, name='mim_norm')(x[:, 1:])
-            out['mim_logits'] = nn.Dense(self.vocab_size, dtype=self.dtype, name='mim_head', **dense_init)(
-                y).astype(jnp.float32)
+            out['mim_logits'] = nn.Dense(self.vocab_size, dtype=self.dtype, kernel_init=layers.trunc_normal_1std,
+                                         name='mim_head')(y).astype(jnp.float32)
         if self.classifier == 'token':
             pooled = x[:, 0]
         elif self.classifier == 'gap':
             pooled = nn.LayerNorm(epsilon=self.norm_eps, dtype=self.dtype, name='fc_norm')(jnp.mean(x[:, 1:], 1))
         else:
             raise ValueError(f"classifier must be 'token' or 'gap', got {self.classifier!r}.")
-        out['pre_logits'] = pooled
-        logits = pooled
-        if self.num_classes:
-            logits = nn.Dense(self.num_classes, dtype=self.dtype, kernel_init=nn.initializers.zeros, name='head')(
-                pooled)
-        out['logits'] = logits
-        return logits.astype(jnp.float32), out
+        return layers.classifier_head(pooled, self.num_classes, out, dtype=self.dtype)
 
 
-class _BEiTTransformer(nn.Module):
-    """Optional absolute position embedding, dropout, blocks with relative bias, final norm (`Transformer` scope)."""
-
-    num_layers: int
-    num_heads: int
-    mlp_dim: int
-    grid: tuple[int, int]
-    rel_pos_bias: str
-    abs_posemb: bool
-    layer_scale: Optional[float]
-    final_norm: bool
-    dropout_rate: float
-    attention_dropout_rate: float
-    drop_path_rate: float
-    norm_eps: float
-    activation: str
-    remat_policy: Optional[str]
-    dtype: Any
-    attention_impl: str = 'auto'  # Attention kernel (the relative position bias enters as its `bias`).
-
-    @nn.compact
-    def __call__(self, x: Array, train: bool) -> tuple[Array, dict[str, Array]]:
-        if self.rel_pos_bias not in ('shared', 'per_layer', 'none'):
-            raise ValueError(f"rel_pos_bias must be 'shared', 'per_layer' or 'none', got {self.rel_pos_bias!r}.")
-        if self.abs_posemb:
-            x = layers.AddPositionEmbs(posemb_init=beit_trunc_normal, name='posembed_input')(x)
-        x = nn.Dropout(self.dropout_rate)(x, deterministic=not train)
-        shared = None
-        if self.rel_pos_bias == 'shared':
-            shared = RelativePositionBias(self.grid, self.num_heads, name='rel_pos_bias')()
-        rates = np.linspace(0.0, self.drop_path_rate, self.num_layers) if self.num_layers > 1 else np.array(
-            [self.drop_path_rate])
-        block_cls = layers.Encoder1DBlock
-        if self.remat_policy is not None:
-            block_cls = nn.remat(layers.Encoder1DBlock, prevent_cse=True, static_argnums=(2,),
-                                 policy=layers._remat_policy(self.remat_policy))
-        out = {}
-        for i in range(self.num_layers):
-            bias = shared
-            if self.rel_pos_bias == 'per_layer':
-                bias = RelativePositionBias(self.grid, self.num_heads, name=f'encoderblock_{i}_rel_pos_bias')()
-            x = block_cls(num_heads=self.num_heads, mlp_dim=self.mlp_dim, dropout_rate=self.dropout_rate,
-                          attention_dropout_rate=self.attention_dropout_rate, drop_path_rate=float(rates[i]),
-                          norm_eps=self.norm_eps, activation=self.activation, layer_scale=self.layer_scale,
-                          dtype=self.dtype, kernel_init=beit_trunc_normal, bias_init=nn.initializers.zeros,
-                          attention_impl=self.attention_impl, name=f'encoderblock_{i}')(
-                              x, train, None if bias is None else bias.astype(x.dtype))
-            out[f'block_{i:02d}'] = x
-        if self.final_norm:
-            x = nn.LayerNorm(epsilon=self.norm_eps, dtype=self.dtype, name='encoder_norm')(x)
-        return x, out
+def _rescale_block(blk: Any, s: Any) -> dict:
+    blk = dict(blk)
+    att, mlp = dict(blk['MultiHeadDotProductAttention_1']), dict(blk['MlpBlock_3'])
+    s = np.asarray(s, np.float32)
+    scale = lambda k: k * s.reshape(s.shape + (1,) * (k.ndim - s.ndim))  # noqa: E731
+    att['out'] = dict(att['out'], kernel=scale(att['out']['kernel']))
+    mlp['Dense_1'] = dict(mlp['Dense_1'], kernel=scale(mlp['Dense_1']['kernel']))
+    blk['MultiHeadDotProductAttention_1'], blk['MlpBlock_3'] = att, mlp
+    return blk
 
 
 def rescale_init(params: Any, num_layers: Optional[int] = None) -> Any:
     """BEiT's init "fix": divides each block's attention-output and MLP-output kernels by sqrt(2 * layer_id).
 
-    Apply once to freshly initialised parameters (the MIM objective does, `objective.rescale_init=True`).
+    Apply once to freshly initialised parameters (the MIM objective does, `objective.rescale_init=True`); looped or
+    scanned (`scan=True`) layers alike.
     """
     params = jax.tree_util.tree_map(lambda v: v, params)  # Shallow copy of the containers.
     tr = dict(params['Transformer'])
+    if 'encoderblock' in tr:  # Scanned: every kernel has the layer axis first.
+        n = jax.tree_util.tree_leaves(tr['encoderblock'])[0].shape[0]
+        ids = np.arange(n)
+        s = np.where(ids < (n if num_layers is None else num_layers), 1.0 / np.sqrt(2.0 * (ids + 1)), 1.0)
+        tr['encoderblock'] = dict(tr['encoderblock'], block=_rescale_block(tr['encoderblock']['block'], s))
     i = 0
     while f'encoderblock_{i}' in tr and (num_layers is None or i < num_layers):
-        blk = dict(tr[f'encoderblock_{i}'])
-        s = 1.0 / np.sqrt(2.0 * (i + 1))
-        att = dict(blk['MultiHeadDotProductAttention_1'])
-        att['out'] = dict(att['out'], kernel=att['out']['kernel'] * s)
-        mlp = dict(blk['MlpBlock_3'])
-        mlp['Dense_1'] = dict(mlp['Dense_1'], kernel=mlp['Dense_1']['kernel'] * s)
-        blk['MultiHeadDotProductAttention_1'], blk['MlpBlock_3'] = att, mlp
-        tr[f'encoderblock_{i}'] = blk
+        tr[f'encoderblock_{i}'] = _rescale_block(tr[f'encoderblock_{i}'], 1.0 / np.sqrt(2.0 * (i + 1)))
         i += 1
     return {**params, 'Transformer': tr}
 
@@ -267,6 +219,9 @@ def shared_to_per_layer(params: Any) -> Any:
     if 'rel_pos_bias' not in tr:
         raise ValueError('These parameters have no shared relative-position table (Transformer/rel_pos_bias).')
     shared = tr.pop('rel_pos_bias')
+    if 'encoderblock' in tr:  # Scanned layers: the tables stacked on a layer axis.
+        n = jax.tree_util.tree_leaves(tr['encoderblock'])[0].shape[0]
+        tr['encoderblock_rel_pos_bias'] = jax.tree_util.tree_map(lambda a: jnp.stack([a] * n), shared)
     i = 0
     while f'encoderblock_{i}' in tr:
         tr[f'encoderblock_{i}_rel_pos_bias'] = jax.tree_util.tree_map(lambda a: a, shared)

@@ -33,21 +33,11 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from vit_jax.models import layers, register
 from vit_jax.models.vit import to_2tuple
 
 Array = jax.Array
-
-_DENSE_INIT = nn.initializers.normal(stddev=0.02)  # timm trunc_normal_(std=.02) truncates at +-2 (100 sigma).
-_CONV_INIT = nn.initializers.variance_scaling(2.0, 'fan_in', 'normal')  # torch kaiming_normal_ (gain sqrt 2).
-
-
-def torch_bias_init(fan_in: int) -> layers.Initializer:
-    """PyTorch's default Conv/Linear bias init, U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
-    bound = 1.0 / np.sqrt(fan_in)
-    return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound)
 
 
 class ConvTokenizer(nn.Module):
@@ -74,7 +64,7 @@ class ConvTokenizer(nn.Module):
         widths = [self.hidden_channels] * (self.num_layers - 1) + [self.features]
         for i, c in enumerate(widths):
             x = nn.Conv(c, (k, k), strides=(s, s), padding=((p, p), (p, p)), use_bias=False,
-                        kernel_init=_CONV_INIT, dtype=self.dtype, name=f'conv_{i}')(x)
+                        kernel_init=layers.kaiming_normal, dtype=self.dtype, name=f'conv_{i}')(x)
             x = layers.get_activation(self.activation)(x)
             if self.max_pool:
                 q = self.pool_padding
@@ -89,7 +79,7 @@ class SeqPool(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array) -> tuple[Array, Array]:
-        logits = nn.Dense(1, kernel_init=_DENSE_INIT, dtype=self.dtype, name='attention_pool')(x)  # [B, N, 1]
+        logits = nn.Dense(1, kernel_init=layers.timm_normal, dtype=self.dtype, name='attention_pool')(x)  # [B, N, 1]
         w = jax.nn.softmax(logits.astype(jnp.float32), axis=1).astype(x.dtype)
         return jnp.einsum('bn,bnd->bd', w[..., 0], x), w[..., 0]
 
@@ -130,10 +120,6 @@ class CompactTransformer(nn.Module):
     dtype: Any = jnp.float32  # Compute dtype (parameters stay float32).
     attention_impl: str = 'auto'  # Attention kernel: 'auto', 'xla', 'cudnn' or 'cpu' (layers.resolve_attention_impl).
 
-    def input_shape(self, batch: int = 1) -> tuple[int, ...]:
-        """Shape of a batch this model accepts at its configured resolution."""
-        return (batch, *to_2tuple(self.image_size), 3)
-
     @property
     def grid_size(self) -> tuple[int, int]:
         """The token grid (h, w) at `image_size`."""
@@ -169,8 +155,8 @@ class CompactTransformer(nn.Module):
                               self.conv_channels, self.max_pool, dtype=self.dtype, name='tokenizer')(x)
         elif self.tokenizer == 'patch':
             p = self.kernel_size
-            x = nn.Conv(d, (p, p), strides=(p, p), padding='VALID', kernel_init=_CONV_INIT,
-                        bias_init=torch_bias_init(3 * p * p), dtype=self.dtype, name='embedding')(x)
+            x = nn.Conv(d, (p, p), strides=(p, p), padding='VALID', kernel_init=layers.kaiming_normal,
+                        bias_init=layers.torch_bias_init(3 * p * p), dtype=self.dtype, name='embedding')(x)
         else:
             raise ValueError(f"tokenizer must be 'conv' or 'patch', got {self.tokenizer!r}.")
         b, h, w, _ = x.shape
@@ -183,13 +169,18 @@ class CompactTransformer(nn.Module):
             x = jnp.concatenate([jnp.tile(cls.astype(x.dtype), [b, 1, 1]), x], axis=1)
             num_prefix = 1
 
-        x, enc_out = _Transformer(
+        kinds = {'learnable': 'learn', 'sine': 'sincos1d', 'none': 'none'}
+        if self.posemb not in kinds:
+            raise ValueError(f"posemb must be 'learnable', 'sine' or 'none', got {self.posemb!r}.")
+        embed = layers.position_embedding(kinds[self.posemb], init=nn.initializers.normal(self.posemb_std),
+                                          dropout_rate=self.dropout_rate, train=train)
+        x, enc_out = layers.Encoder(
             num_layers=self.num_layers, num_heads=self.num_heads, mlp_dim=int(d * self.mlp_ratio),
-            posemb=self.posemb, posemb_std=self.posemb_std, dropout_rate=self.dropout_rate,
-            attention_dropout_rate=self.attention_dropout_rate, drop_path_rate=self.drop_path_rate, norm=self.norm,
-            norm_eps=self.norm_eps, norm_style=self.norm_style, activation=self.activation, qkv_bias=self.qkv_bias,
-            scan=self.scan, remat_policy=self.remat_policy, dtype=self.dtype, attention_impl=self.attention_impl,
-            name='Transformer')(x, train=train)
+            dropout_rate=self.dropout_rate, attention_dropout_rate=self.attention_dropout_rate,
+            drop_path_rate=self.drop_path_rate, norm=self.norm, norm_eps=self.norm_eps, norm_style=self.norm_style,
+            activation=self.activation, qkv_bias=self.qkv_bias, scan=self.scan, remat_policy=self.remat_policy,
+            kernel_init=layers.timm_normal, bias_init=nn.initializers.zeros, dtype=self.dtype,
+            attention_impl=self.attention_impl, name='Transformer')(x, train, hooks={0: embed})
         out.update({f'encoder/{k}': v for k, v in enc_out.items()})
         out['encoded'] = x
         out['tokens_2d'] = x[:, num_prefix:].reshape(b, h, w, d)
@@ -198,53 +189,7 @@ class CompactTransformer(nn.Module):
             x, out['pool_weights'] = SeqPool(dtype=self.dtype, name='seqpool')(x)
         else:
             x = x[:, 0]
-        out['pre_logits'] = x
-        if self.num_classes:
-            x = nn.Dense(self.num_classes, kernel_init=_DENSE_INIT, dtype=self.dtype, name='head')(x)
-        out['logits'] = x
-        return x.astype(jnp.float32), out
-
-
-class _Transformer(nn.Module):
-    """Position embedding + dropout + `layers.Encoder`, under the release's `Transformer` scope."""
-
-    num_layers: int
-    num_heads: int
-    mlp_dim: int
-    posemb: str
-    posemb_std: float
-    dropout_rate: float
-    attention_dropout_rate: float
-    drop_path_rate: float
-    norm: str
-    norm_eps: float
-    norm_style: str
-    activation: str
-    qkv_bias: bool
-    scan: bool
-    remat_policy: str | None
-    dtype: Any
-    attention_impl: str = 'auto'  # Attention kernel.
-
-    @nn.compact
-    def __call__(self, x: Array, train: bool) -> tuple[Array, dict[str, Array]]:
-        if self.posemb == 'learnable':
-            x = layers.AddPositionEmbs(posemb_init=nn.initializers.normal(self.posemb_std), name='posembed_input')(x)
-        elif self.posemb == 'sine':
-            x = x + jnp.asarray(layers.posemb_sincos_1d(x.shape[1], x.shape[2]), x.dtype)
-        elif self.posemb != 'none':
-            raise ValueError(f"posemb must be 'learnable', 'sine' or 'none', got {self.posemb!r}.")
-        x = nn.Dropout(self.dropout_rate)(x, deterministic=not train)
-        enc = layers.Encoder(
-            num_layers=self.num_layers, num_heads=self.num_heads, mlp_dim=self.mlp_dim,
-            dropout_rate=self.dropout_rate, attention_dropout_rate=self.attention_dropout_rate,
-            drop_path_rate=self.drop_path_rate, norm=self.norm, norm_eps=self.norm_eps, norm_style=self.norm_style,
-            activation=self.activation, qkv_bias=self.qkv_bias, scan=self.scan, remat_policy=self.remat_policy,
-            kernel_init=_DENSE_INIT, bias_init=nn.initializers.zeros, dtype=self.dtype,
-            attention_impl=self.attention_impl)
-        # Keep `encoderblock_{i}` / `encoder_norm` directly under `Transformer` (the release's layout).
-        nn.share_scope(self, enc)
-        return enc(x, train=train)
+        return layers.classifier_head(x, self.num_classes, out, dtype=self.dtype, kernel_init=layers.timm_normal)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -39,13 +39,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from vit_jax.models import layers, register
-from vit_jax.models.cct import torch_bias_init
-from vit_jax.models.vit import to_2tuple
 
 Array = jax.Array
 
-_DENSE_INIT = nn.initializers.normal(0.02)  # timm trunc_normal_(std=.02) truncates at +-2 absolute: 100 sigma.
-_TORCH_CONV_INIT = nn.initializers.variance_scaling(1 / 3, 'fan_in', 'uniform')  # kaiming_uniform_(a=sqrt(5)).
 _GELU = layers.get_activation('gelu_exact')
 
 
@@ -55,8 +51,8 @@ def _conv(features: int, kernel: int, *, stride: int = 1, groups: int = 1, bias:
     p = (kernel - 1) // 2
     fan_in = in_features // groups * kernel * kernel
     return nn.Conv(features, (kernel, kernel), strides=(stride, stride), padding=((p, p), (p, p)),
-                   feature_group_count=groups, use_bias=bias, kernel_init=_TORCH_CONV_INIT,
-                   bias_init=torch_bias_init(fan_in), dtype=dtype, name=name)
+                   feature_group_count=groups, use_bias=bias, kernel_init=layers.torch_kernel_init,
+                   bias_init=layers.torch_bias_init(fan_in), dtype=dtype, name=name)
 
 
 class BatchNorm(nn.Module):
@@ -164,12 +160,12 @@ class HIAttention(nn.Module):
         h = self.num_heads
         d = c // h
         ht = jnp.mean(x.reshape(b, n, h, d), axis=1)  # [B, h, d]: mean over all tokens per channel group.
-        ht = nn.Dense(c, kernel_init=_DENSE_INIT, dtype=self.dtype, name='ht_proj')(ht)  # [B, h, C]
+        ht = nn.Dense(c, kernel_init=layers.timm_normal, dtype=self.dtype, name='ht_proj')(ht)  # [B, h, C]
         ht = nn.LayerNorm(epsilon=self.head_norm_eps, dtype=self.dtype, name='ht_norm')(ht.reshape(b, h, h, d))
         ht = _GELU(ht).reshape(b, h, c)
-        ht = ht + self.param('head_pos_embed', _DENSE_INIT, (1, h, c)).astype(ht.dtype)
+        ht = ht + self.param('head_pos_embed', layers.timm_normal, (1, h, c)).astype(ht.dtype)
         z = jnp.concatenate([x, ht], axis=1)
-        z = layers.MultiHeadAttention(num_heads=h, qkv_bias=self.qkv_bias, kernel_init=_DENSE_INIT,
+        z = layers.MultiHeadAttention(num_heads=h, qkv_bias=self.qkv_bias, kernel_init=layers.timm_normal,
                                       attention_dropout_rate=self.attention_dropout_rate, dtype=self.dtype,
                                       attention_impl=self.attention_impl,
                                       name='MultiHeadDotProductAttention_0')(z, deterministic=not train)
@@ -196,8 +192,8 @@ class DAFF(nn.Module):
         t = t + _GELU(bn(name='bn2')(_conv(hd, 3, groups=hd, in_features=hd, dtype=self.dtype, name='conv2')(t), train))
         t = bn(name='bn3')(_conv(c, 1, in_features=hd, dtype=self.dtype, name='conv3')(t), train)
         w = jnp.mean(t, axis=(1, 2))
-        w = nn.Dense(c // 4, kernel_init=_DENSE_INIT, dtype=self.dtype, name='compress')(w)
-        w = nn.Dense(c, kernel_init=_DENSE_INIT, dtype=self.dtype, name='excitation')(_GELU(w))
+        w = nn.Dense(c // 4, kernel_init=layers.timm_normal, dtype=self.dtype, name='compress')(w)
+        w = nn.Dense(c, kernel_init=layers.timm_normal, dtype=self.dtype, name='excitation')(_GELU(w))
         return jnp.concatenate([cls * w[:, None], t.reshape(b, n - 1, c)], axis=1)
 
 
@@ -206,6 +202,7 @@ class DHVTBlock(nn.Module):
 
     num_heads: int  # Attention heads.
     mlp_dim: int  # DAFF hidden width.
+    grid: tuple[int, int]  # Patch grid (h, w) of the tokens after the class token.
     qkv_bias: bool = True  # Bias on q/k/v.
     dropout_rate: float = 0.0  # Attention output dropout.
     attention_dropout_rate: float = 0.0  # Attention-probability dropout.
@@ -217,13 +214,13 @@ class DHVTBlock(nn.Module):
     attention_impl: str = 'auto'  # Attention kernel (layers.resolve_attention_impl).
 
     @nn.compact
-    def __call__(self, x: Array, grid: tuple[int, int], train: bool = False) -> Array:
+    def __call__(self, x: Array, train: bool = False) -> Array:
         y = nn.LayerNorm(epsilon=self.norm_eps, dtype=self.dtype, name='LayerNorm_0')(x)
         y = HIAttention(self.num_heads, self.qkv_bias, self.attention_dropout_rate, self.dropout_rate,
                         dtype=self.dtype, attention_impl=self.attention_impl, name='attn')(y, train)
         x = x + layers.DropPath(self.drop_path_rate)(y, not train)
         y = nn.LayerNorm(epsilon=self.norm_eps, dtype=self.dtype, name='LayerNorm_2')(x)
-        y = DAFF(self.mlp_dim, self.bn_momentum, self.bn_groups, dtype=self.dtype, name='daff')(y, grid, train)
+        y = DAFF(self.mlp_dim, self.bn_momentum, self.bn_groups, dtype=self.dtype, name='daff')(y, self.grid, train)
         return x + layers.DropPath(self.drop_path_rate)(y, not train)
 
 
@@ -246,12 +243,10 @@ class DHVT(nn.Module):
     bn_momentum: float = 0.9  # BatchNorm running-average decay (PyTorch momentum 0.1).
     bn_axis_name: str | None = None  # SOPE SyncBatchNorm axis for pmap / shard_map (under jit stats are global).
     daff_bn_groups: int = 1  # DAFF BatchNorm statistics per this many batch slices (= devices: per-GPU BN).
+    scan: bool = False  # Scan over encoder layers (parameters and BatchNorm statistics stacked per layer).
+    remat_policy: str | None = None  # Rematerialise each block with this jax.checkpoint_policies name.
     dtype: Any = jnp.float32  # Compute dtype.
     attention_impl: str = 'auto'  # Attention kernel: 'auto', 'xla', 'cudnn' or 'cpu' (layers.resolve_attention_impl).
-
-    def input_shape(self, batch: int = 1) -> tuple[int, ...]:
-        """Shape of a batch this model accepts at its configured resolution."""
-        return (batch, *to_2tuple(self.image_size), 3)
 
     @nn.compact
     def __call__(self, images: Array, *, train: bool = False) -> tuple[Array, dict[str, Array]]:
@@ -263,50 +258,20 @@ class DHVT(nn.Module):
         b, gh, gw, _ = x.shape
         x = x.reshape(b, gh * gw, c)
         out['stem'] = x
-        cls = self.param('cls', _DENSE_INIT, (1, 1, c))
+        cls = self.param('cls', layers.timm_normal, (1, 1, c))
         x = jnp.concatenate([jnp.tile(cls.astype(x.dtype), [b, 1, 1]), x], axis=1)
-        rates = np.linspace(0.0, self.drop_path_rate, self.num_layers)
-        enc = _Blocks(num_heads=self.num_heads, mlp_dim=int(c * self.mlp_ratio), qkv_bias=self.qkv_bias,
-                      dropout_rate=self.dropout_rate, attention_dropout_rate=self.attention_dropout_rate,
-                      rates=tuple(float(r) for r in rates), norm_eps=self.norm_eps, bn_momentum=self.bn_momentum,
-                      bn_groups=self.daff_bn_groups, dtype=self.dtype, attention_impl=self.attention_impl,
-                      name='Transformer')
-        x, blocks = enc(x, (gh, gw), train)
+        x, blocks = layers.Encoder(
+            num_layers=self.num_layers, num_heads=self.num_heads, mlp_dim=int(c * self.mlp_ratio),
+            qkv_bias=self.qkv_bias, dropout_rate=self.dropout_rate, attention_dropout_rate=self.attention_dropout_rate,
+            drop_path_rate=tuple(np.linspace(0.0, self.drop_path_rate, self.num_layers)), norm_eps=self.norm_eps,
+            block_cls=DHVTBlock, block_kwargs=dict(grid=(gh, gw), bn_momentum=self.bn_momentum,
+                                                   bn_groups=self.daff_bn_groups),
+            scan=self.scan, remat_policy=self.remat_policy, dtype=self.dtype, attention_impl=self.attention_impl,
+            name='Transformer')(x, train)
         out.update({f'encoder/{k}': v for k, v in blocks.items()})
         out['encoded'] = x
         out['tokens_2d'] = x[:, 1:].reshape(b, gh, gw, c)
-        x = x[:, 0]
-        out['pre_logits'] = x
-        if self.num_classes:
-            x = nn.Dense(self.num_classes, kernel_init=_DENSE_INIT, dtype=self.dtype, name='head')(x)
-        out['logits'] = x
-        return x.astype(jnp.float32), out
-
-
-class _Blocks(nn.Module):
-    """`encoderblock_{i}` and `encoder_norm` under the `Transformer` scope."""
-
-    num_heads: int
-    mlp_dim: int
-    qkv_bias: bool
-    dropout_rate: float
-    attention_dropout_rate: float
-    rates: tuple[float, ...]
-    norm_eps: float
-    bn_momentum: float
-    bn_groups: int
-    dtype: Any
-    attention_impl: str = 'auto'  # Attention kernel.
-
-    @nn.compact
-    def __call__(self, x: Array, grid: tuple[int, int], train: bool) -> tuple[Array, dict[str, Array]]:
-        out = {}
-        for i, rate in enumerate(self.rates):
-            x = DHVTBlock(self.num_heads, self.mlp_dim, self.qkv_bias, self.dropout_rate, self.attention_dropout_rate,
-                          rate, self.norm_eps, self.bn_momentum, self.bn_groups, dtype=self.dtype,
-                          attention_impl=self.attention_impl, name=f'encoderblock_{i}')(x, grid, train)
-            out[f'block_{i:02d}'] = x
-        return nn.LayerNorm(epsilon=self.norm_eps, dtype=self.dtype, name='encoder_norm')(x), out
+        return layers.classifier_head(x[:, 0], self.num_classes, out, dtype=self.dtype, kernel_init=layers.timm_normal)
 
 
 # ----------------------------------------------------------------------------------------------------------------

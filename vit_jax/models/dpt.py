@@ -32,9 +32,8 @@ from vit_jax.models import layers, register
 from vit_jax.models.vit import VIT_SIZES, VisionTransformer
 
 Array = jax.Array
-# PyTorch's default Conv2d / Linear weight init (kaiming_uniform with a=sqrt(5): U(+-1/sqrt(fan_in))); the official
-# DPT decoder keeps it. Biases start at zero here (PyTorch draws them from the same range).
-torch_default_init = nn.initializers.variance_scaling(1.0 / 3.0, 'fan_in', 'uniform')
+# Convs and Linears of the decoder keep PyTorch's default weight init (`layers.torch_kernel_init`, as the official
+# DPT); biases start at zero here (PyTorch draws them from the same range).
 
 
 class Reassemble(nn.Module):
@@ -53,7 +52,7 @@ class Reassemble(nn.Module):
         b, n, d = x.shape
         if self.readout == 'project':
             r = jnp.broadcast_to(readout[:, None], x.shape)
-            x = nn.Dense(d, dtype=self.dtype, kernel_init=torch_default_init, name='readout_project')(
+            x = nn.Dense(d, dtype=self.dtype, kernel_init=layers.torch_kernel_init, name='readout_project')(
                 jnp.concatenate([x, r], axis=-1))
             x = jax.nn.gelu(x, approximate=False)
         elif self.readout == 'add':
@@ -61,15 +60,15 @@ class Reassemble(nn.Module):
         elif self.readout != 'ignore':
             raise ValueError(f"DPT readout must be 'ignore', 'add' or 'project', got {self.readout!r}.")
         x = x.reshape(b, grid[0], grid[1], d)
-        x = nn.Conv(self.features, (1, 1), dtype=self.dtype, kernel_init=torch_default_init, name='projection')(x)
+        x = nn.Conv(self.features, (1, 1), dtype=self.dtype, kernel_init=layers.torch_kernel_init, name='projection')(x)
         if self.factor > 1:
             k = int(self.factor)
             x = nn.ConvTranspose(self.features, (k, k), strides=(k, k), padding='VALID', dtype=self.dtype,
-                                 kernel_init=torch_default_init, name='resize')(x)
+                                 kernel_init=layers.torch_kernel_init, name='resize')(x)
         elif self.factor < 1:
             s = int(round(1 / self.factor))
             x = nn.Conv(self.features, (3, 3), strides=(s, s), padding=((1, 1), (1, 1)), dtype=self.dtype,
-                        kernel_init=torch_default_init, name='resize')(x)
+                        kernel_init=layers.torch_kernel_init, name='resize')(x)
         return x
 
 
@@ -86,7 +85,7 @@ class ResidualConvUnit(nn.Module):
         for i in (1, 2):
             y = nn.relu(y)
             y = nn.Conv(self.features, (3, 3), padding=((1, 1), (1, 1)), use_bias=not self.use_bn, dtype=self.dtype,
-                        kernel_init=torch_default_init, name=f'conv{i}')(y)
+                        kernel_init=layers.torch_kernel_init, name=f'conv{i}')(y)
             if self.use_bn:
                 y = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=self.dtype,
                                  name=f'bn{i}')(y)
@@ -112,7 +111,8 @@ class FusionBlock(nn.Module):
             rcu('resConfUnit1')(x, train)  # Parameters only: unused in the forward pass.
         x = rcu('resConfUnit2')(x, train)
         x = layers.resize_bilinear(x, (2 * x.shape[1], 2 * x.shape[2]), align_corners=True)
-        return nn.Conv(self.features, (1, 1), dtype=self.dtype, kernel_init=torch_default_init, name='out_conv')(x)
+        return nn.Conv(self.features, (1, 1), dtype=self.dtype, kernel_init=layers.torch_kernel_init,
+                       name='out_conv')(x)
 
 
 class Neck(nn.Module):
@@ -134,7 +134,7 @@ class Neck(nn.Module):
                 t = Reassemble(self.features[i], self.reassemble_factors[i], self.readout, dtype=self.dtype,
                                name=f'reassemble{i + 1}')(t, grid)
             maps.append(nn.Conv(self.fusion_features, (3, 3), padding=((1, 1), (1, 1)), use_bias=False,
-                                dtype=self.dtype, kernel_init=torch_default_init, name=f'layer{i + 1}_rn')(t))
+                                dtype=self.dtype, kernel_init=layers.torch_kernel_init, name=f'layer{i + 1}_rn')(t))
         fuse = lambda i: FusionBlock(self.fusion_features, self.use_bn, self.keep_unused, dtype=self.dtype,  # noqa
                                      name=f'refinenet{i}')
         n = len(maps)
@@ -259,7 +259,7 @@ class _DepthHead(nn.Module):
     @nn.compact
     def __call__(self, x: Array) -> Array:
         conv = lambda f, k, name: nn.Conv(f, (k, k), padding=((k // 2, k // 2),) * 2, dtype=self.dtype,  # noqa
-                                          kernel_init=torch_default_init, name=name)
+                                          kernel_init=layers.torch_kernel_init, name=name)
         x = conv(self.features // 2, 3, 'conv1')(x)
         x = layers.resize_bilinear(x, (2 * x.shape[1], 2 * x.shape[2]), align_corners=True)
         x = nn.relu(conv(32, 3, 'conv2')(x))
@@ -279,10 +279,11 @@ class _SegHead(nn.Module):
     @nn.compact
     def __call__(self, x: Array, train: bool = False) -> Array:
         x = nn.Conv(self.features, (3, 3), padding=((1, 1), (1, 1)), use_bias=False, dtype=self.dtype,
-                    kernel_init=torch_default_init, name='conv')(x)
+                    kernel_init=layers.torch_kernel_init, name='conv')(x)
         x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=self.dtype, name='bn')(x)
         x = nn.Dropout(self.dropout_rate)(nn.relu(x), deterministic=not train)
-        x = nn.Conv(self.num_classes, (1, 1), dtype=self.dtype, kernel_init=torch_default_init, name='classifier')(x)
+        x = nn.Conv(self.num_classes, (1, 1), dtype=self.dtype, kernel_init=layers.torch_kernel_init,
+                    name='classifier')(x)
         if self.upsample:
             x = layers.resize_bilinear(x, (2 * x.shape[1], 2 * x.shape[2]), align_corners=True)
         return x

@@ -39,7 +39,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from vit_jax.models import layers, register
-from vit_jax.models.cct import torch_bias_init
 from vit_jax.models.vit import to_2tuple
 
 Array = jax.Array
@@ -196,7 +195,6 @@ def _dtn_pool(eps: float = 1e-5, dtype: Any = jnp.float32, name: str | None = No
 # ----------------------------------------------------------------------------------------------------------------
 # The paper's ConViT-style ViT (official `models/vit_norm_mix.py`).
 # ----------------------------------------------------------------------------------------------------------------
-_DENSE_INIT = nn.initializers.normal(0.02)  # timm trunc_normal_(std=.02): truncation at +-2 absolute = 100 sigma.
 
 
 class DTNViT(nn.Module):
@@ -221,12 +219,10 @@ class DTNViT(nn.Module):
     dropout_rate: float = 0.0  # Dropout after the position embedding and inside blocks.
     attention_dropout_rate: float = 0.0  # Dropout on attention probabilities.
     drop_path_rate: float = 0.1  # Stochastic depth of the last block (linear ramp from 0).
+    scan: bool = False  # Scan over encoder layers (two segments: the DTN blocks and the LayerNorm blocks).
+    remat_policy: str | None = None  # Rematerialise each block with this jax.checkpoint_policies name.
     dtype: Any = jnp.float32  # Compute dtype.
     attention_impl: str = 'auto'  # Attention kernel: 'auto', 'xla', 'cudnn' or 'cpu' (layers.resolve_attention_impl).
-
-    def input_shape(self, batch: int = 1) -> tuple[int, ...]:
-        """Shape of a batch this model accepts at its configured resolution."""
-        return (batch, *to_2tuple(self.image_size), 3)
 
     @nn.compact
     def __call__(self, images: Array, *, train: bool = False) -> tuple[Array, dict[str, Array]]:
@@ -235,71 +231,34 @@ class DTNViT(nn.Module):
             raise ValueError(f'This model was built for image_size={to_2tuple(self.image_size)} but got images of '
                              f'{tuple(images.shape[1:3])}; build it with get_model(..., image_size=...).')
         out = {}
-        p, d = self.patch_size, self.hidden_size
+        p, d, k = self.patch_size, self.hidden_size, self.local_up_to_layer
         # The official PatchEmbed conv keeps PyTorch's default init: U(+-1/sqrt(fan_in)) for weight and bias.
-        x = nn.Conv(d, (p, p), strides=(p, p), padding='VALID', dtype=self.dtype,
-                    kernel_init=nn.initializers.variance_scaling(1 / 3, 'fan_in', 'uniform'),
-                    bias_init=torch_bias_init(3 * p * p), name='embedding')(images.astype(self.dtype))
+        x = nn.Conv(d, (p, p), strides=(p, p), padding='VALID', dtype=self.dtype, kernel_init=layers.torch_kernel_init,
+                    bias_init=layers.torch_bias_init(3 * p * p), name='embedding')(images.astype(self.dtype))
         b, gh, gw, _ = x.shape
         x = x.reshape(b, gh * gw, d)
         out['stem'] = x
-        cls = self.param('cls', _DENSE_INIT, (1, 1, d))
-        x, enc = _Body(num_heads=self.num_heads, num_layers=self.num_layers,
-                       mlp_dim=int(self.hidden_size * self.mlp_ratio), local_up_to_layer=self.local_up_to_layer,
-                       norm=self.norm, norm_eps=self.norm_eps, posemb=self.posemb, qkv_bias=self.qkv_bias,
-                       activation=self.activation, dropout_rate=self.dropout_rate,
-                       attention_dropout_rate=self.attention_dropout_rate, drop_path_rate=self.drop_path_rate,
-                       dtype=self.dtype, attention_impl=self.attention_impl, name='Transformer')(x, cls, train)
-        out.update({f'encoder/{k}': v for k, v in enc.items()})
+        cls = self.param('cls', layers.timm_normal, (1, 1, d))
+        embed = layers.position_embedding('learn' if self.posemb else 'none', init=layers.timm_normal,
+                                          dropout_rate=self.dropout_rate, train=train)
+        add_cls = lambda x: jnp.concatenate([jnp.tile(cls.astype(x.dtype), [x.shape[0], 1, 1]), x], axis=1)  # noqa
+        hooks = {0: embed}
+        if k < self.num_layers:  # The class token joins before block k (after the embedding when k = 0).
+            hooks[k] = (lambda enc, x: add_cls(embed(enc, x))) if k == 0 else (lambda enc, x: add_cls(x))
+        x, enc = layers.Encoder(
+            num_layers=self.num_layers, num_heads=self.num_heads, mlp_dim=int(self.hidden_size * self.mlp_ratio),
+            dropout_rate=self.dropout_rate, attention_dropout_rate=self.attention_dropout_rate,
+            drop_path_rate=tuple(np.linspace(0.0, self.drop_path_rate, self.num_layers)), norm_eps=self.norm_eps,
+            layer_kwargs=lambda i: {'norm': self.norm} if i < k else {}, activation=self.activation,
+            qkv_bias=self.qkv_bias, kernel_init=layers.timm_normal, bias_init=nn.initializers.zeros, scan=self.scan,
+            remat_policy=self.remat_policy, dtype=self.dtype, attention_impl=self.attention_impl,
+            name='Transformer')(x, train, hooks=hooks)
+        out.update({f'encoder/{name}': v for name, v in enc.items()})
         out['encoded'] = x
-        has_cls = self.local_up_to_layer < self.num_layers
+        has_cls = k < self.num_layers
         out['tokens_2d'] = x[:, int(has_cls):].reshape(b, gh, gw, d)
         x = x[:, 0] if has_cls else jnp.mean(x, axis=1)
-        out['pre_logits'] = x
-        if self.num_classes:
-            x = nn.Dense(self.num_classes, kernel_init=_DENSE_INIT, dtype=self.dtype, name='head')(x)
-        out['logits'] = x
-        return x.astype(jnp.float32), out
-
-
-class _Body(nn.Module):
-    """Position embedding, the blocks with the late class token, and the final LayerNorm (`Transformer` scope)."""
-
-    num_heads: int
-    num_layers: int
-    mlp_dim: int
-    local_up_to_layer: int
-    norm: str
-    norm_eps: float
-    posemb: bool
-    qkv_bias: bool
-    activation: str
-    dropout_rate: float
-    attention_dropout_rate: float
-    drop_path_rate: float
-    dtype: Any
-    attention_impl: str = 'auto'  # Attention kernel.
-
-    @nn.compact
-    def __call__(self, x: Array, cls: Array, train: bool) -> tuple[Array, dict[str, Array]]:
-        if self.posemb:
-            x = layers.AddPositionEmbs(posemb_init=_DENSE_INIT, name='posembed_input')(x)
-        x = nn.Dropout(self.dropout_rate)(x, deterministic=not train)
-        rates = np.linspace(0.0, self.drop_path_rate, self.num_layers)
-        out = {}
-        for i in range(self.num_layers):
-            if i == self.local_up_to_layer:
-                x = jnp.concatenate([jnp.tile(cls.astype(x.dtype), [x.shape[0], 1, 1]), x], axis=1)
-            x = layers.Encoder1DBlock(
-                num_heads=self.num_heads, mlp_dim=self.mlp_dim, dropout_rate=self.dropout_rate,
-                attention_dropout_rate=self.attention_dropout_rate, drop_path_rate=float(rates[i]),
-                norm=self.norm if i < self.local_up_to_layer else 'layernorm', norm_eps=self.norm_eps,
-                activation=self.activation, qkv_bias=self.qkv_bias, kernel_init=_DENSE_INIT,
-                bias_init=nn.initializers.zeros, dtype=self.dtype, attention_impl=self.attention_impl,
-                name=f'encoderblock_{i}')(x, train)
-            out[f'block_{i:02d}'] = x
-        x = nn.LayerNorm(epsilon=self.norm_eps, dtype=self.dtype, name='encoder_norm')(x)
-        return x, out
+        return layers.classifier_head(x, self.num_classes, out, dtype=self.dtype, kernel_init=layers.timm_normal)
 
 
 # (D, heads), official names; depth 12, MLP ratio 4.

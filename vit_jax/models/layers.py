@@ -13,8 +13,10 @@ caller makes it mutable (`model.apply(..., mutable=['intermediates'])`); this co
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-from typing import Any, Callable, Optional, Sequence
+import re
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import flax.linen as nn
 import jax
@@ -113,6 +115,34 @@ class DropPath(nn.Module):
         if deterministic or (isinstance(self.rate, (int, float)) and self.rate == 0.0):
             return x
         return drop_path(x, self.rate, self.make_rng('dropout'))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Named initialisers: the families refer to these instead of writing their own.
+# ----------------------------------------------------------------------------------------------------------------
+# timm's `trunc_normal_(std=.02)` truncates at +-2 *absolute*, i.e. at 100 sigma: in effect N(0, 0.02) (CCT, DHVT, DTN).
+timm_normal = nn.initializers.normal(0.02)
+# N(0, 0.02) truncated at +-2 std (CvT, T2T-ViT, CrossViT, Segmenter: `trunc_normal_` on their scale).
+trunc_normal = nn.initializers.truncated_normal(0.02)
+# BEiT's `trunc_normal_(std=.02, a=-std, b=std)`: truncated at +-1 std.
+trunc_normal_1std = nn.initializers.truncated_normal(0.02, lower=-1.0, upper=1.0)
+# PyTorch's default nn.Linear / nn.Conv2d weight: kaiming_uniform_(a=sqrt(5)) = U(+-1/sqrt(fan_in)).
+torch_kernel_init = nn.initializers.variance_scaling(1.0 / 3.0, 'fan_in', 'uniform')
+# torch.nn.init.kaiming_normal_ (fan in, gain sqrt(2)).
+kaiming_normal = nn.initializers.variance_scaling(2.0, 'fan_in', 'normal')
+
+
+def torch_bias_init(fan_in: int) -> Initializer:
+    """PyTorch's default nn.Linear / nn.Conv2d bias: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+    bound = 1.0 / np.sqrt(fan_in)
+    return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound)
+
+
+def flat_xavier_uniform(key: Array, shape: Sequence[int], dtype: Dtype = jnp.float32) -> Array:
+    """xavier_uniform of a conv kernel seen as a Linear on the flattened patch (MAE's patch embedding)."""
+    fan_in, fan_out = int(np.prod(shape[:-1])), shape[-1]
+    limit = np.sqrt(6.0 / (fan_in + fan_out))
+    return jax.random.uniform(key, shape, dtype, -limit, limit)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -330,22 +360,6 @@ class Encoder1DBlock(nn.Module):
         return x + DropPath(self.drop_path_rate)(y, deterministic)
 
 
-class _ScanBlock(nn.Module):
-    """Adapter so `nn.scan` can thread a per-layer stochastic-depth rate through an `Encoder1DBlock`."""
-
-    block_kwargs: dict  # Arguments of Encoder1DBlock (minus drop_path_rate).
-    remat_policy: Optional[str] = None  # jax.checkpoint_policies name, or None for no remat.
-
-    @nn.compact
-    def __call__(self, x: Array, rate: Array, train: bool):
-        block_cls = Encoder1DBlock
-        if self.remat_policy is not None:
-            block_cls = nn.remat(Encoder1DBlock, prevent_cse=False, static_argnums=(2,),
-                                 policy=_remat_policy(self.remat_policy))
-        x = block_cls(drop_path_rate=rate, name='block', **self.block_kwargs)(x, train)
-        return x, x
-
-
 def _remat_policy(name: str):
     if name in ('none', 'full', 'nothing_saveable'):
         return jax.checkpoint_policies.nothing_saveable
@@ -355,12 +369,131 @@ def _remat_policy(name: str):
     return policy
 
 
-class Encoder(nn.Module):
-    """A stack of `Encoder1DBlock`s followed by a final norm (`encoder_norm`).
+def remat(block_cls: type, policy: Optional[str], *, prevent_cse: bool = True) -> type:
+    """`block_cls` rematerialised with the jax.checkpoint_policies name `policy` (None: `block_cls` unchanged).
 
-    Blocks are `encoderblock_{i}`; with `scan=True` one `encoderblock` holds every layer's parameters stacked on a
-    leading axis (faster compiles; `checkpoint` converts between the two layouts). Stochastic depth ramps linearly
-    from 0 to `drop_path_rate` over the depth (the DeiT/CCT convention).
+    The block is called as `block(x, train, ...)`: `train` (argument 2, counting the module) stays static.
+    """
+    if policy is None:
+        return block_cls
+    return nn.remat(block_cls, prevent_cse=prevent_cse, static_argnums=(2,), policy=_remat_policy(policy))
+
+
+def drop_path_rates(rate: float | Sequence[float], num_layers: int) -> np.ndarray:
+    """Per-layer stochastic-depth rates: a number ramps linearly from 0 at the first layer to `rate` at the last
+    (the DeiT/CCT convention; a single layer gets `rate`); a sequence gives every layer's rate as it is."""
+    if isinstance(rate, (int, float)):
+        return np.linspace(0.0, rate, num_layers) if num_layers > 1 else np.full((num_layers,), float(rate))
+    rates = np.asarray(rate, np.float64)
+    if rates.shape != (num_layers,):
+        raise ValueError(f'drop_path_rate gives {rates.shape} rates for {num_layers} layers.')
+    return rates
+
+
+# A hook of the Encoder: `hook(encoder, tokens) -> tokens`, run inside the encoder's scope (modules it builds and
+# `encoder.param(...)` land under the encoder's name, e.g. `Transformer/posembed_input`).
+EncoderHook = Callable[['Encoder', Array], Array]
+POSEMB_KINDS = ('learn', 'sincos2d', 'sincos2d_mae', 'sincos1d', 'none')
+
+
+def position_embedding(kind: str, *, init: Initializer = nn.initializers.normal(stddev=0.02),
+                       grid: Optional[Sequence[int]] = None, stored_grid: Optional[Sequence[int]] = None,
+                       num_prefix: int = 0, dropout_rate: float = 0.0, train: bool = False) -> EncoderHook:
+    """The usual first Encoder hook: adds a position embedding, then dropout (`hooks={0: position_embedding(...)}`).
+
+    kind: 'learn' (`posembed_input/pos_embedding` from `init`; with `stored_grid` it is stored for that grid and
+    resized to `grid` on the fly, `num_prefix` leading tokens kept), 'sincos2d' / 'sincos2d_mae' (the fixed 2-D
+    table of `posemb_sincos_2d` on `grid`, big_vision's or MAE's convention, zeros for the `num_prefix` tokens),
+    'sincos1d' (the Transformer's 1-D table over every token) or 'none'.
+    """
+    if kind not in POSEMB_KINDS:
+        raise ValueError(f'Unknown position embedding {kind!r}; use one of {POSEMB_KINDS}.')
+
+    def hook(enc: 'Encoder', x: Array) -> Array:
+        del enc  # Modules built here land in the encoder's scope all the same.
+        if kind == 'learn':
+            x = AddPositionEmbs(posemb_init=init, stored_grid=stored_grid, grid=grid, num_prefix_tokens=num_prefix,
+                                name='posembed_input')(x)
+        elif kind in ('sincos2d', 'sincos2d_mae'):
+            pe = posemb_sincos_2d(*grid, x.shape[-1], convention='mae' if kind == 'sincos2d_mae' else 'big_vision')
+            pe = np.concatenate([np.zeros((1, num_prefix, x.shape[-1]), np.float32), pe], axis=1)
+            x = x + jnp.asarray(pe, x.dtype)
+        elif kind == 'sincos1d':
+            x = x + jnp.asarray(posemb_sincos_1d(x.shape[1], x.shape[2]), x.dtype)
+        return nn.Dropout(dropout_rate)(x, deterministic=not train)
+
+    return hook
+
+
+def _dtype(x: Any) -> Any:
+    """The dtype of the tokens (the first array when a block carries several, e.g. the branches of CrossViT)."""
+    return jax.tree_util.tree_leaves(x)[0].dtype
+
+
+class _ScanLayer(nn.Module):
+    """The body `nn.scan` repeats: one block (scope `block`) with its layer's stochastic-depth rate and bias."""
+
+    block_cls: type  # Block class.
+    kwargs: Mapping[str, Any]  # Its arguments (the same for every layer of the segment).
+    remat_policy: Optional[str] = None  # jax.checkpoint_policies name, or None for no remat.
+
+    @nn.compact
+    def __call__(self, x: Array, rate: Array, bias: Optional[Array], train: bool):
+        args = (x, train) if bias is None else (x, train, bias)
+        x = remat(self.block_cls, self.remat_policy, prevent_cse=False)(drop_path_rate=rate, name='block',
+                                                                         **self.kwargs)(*args)
+        return x, x
+
+
+class _ScanBias(nn.Module):
+    """The body of a scanned per-layer attention bias: the factory's module, in this scope (no extra level)."""
+
+    factory: Callable[..., nn.Module]  # factory() -> module; module() -> bias.
+
+    @nn.compact
+    def __call__(self, carry: Array, _: Array):
+        module = self.factory()
+        nn.share_scope(self, module)
+        return carry, module()
+
+
+class Encoder(nn.Module):
+    """The transformer encoder every family uses: hooks, `num_layers` blocks, final norm, in one scope.
+
+    Families name it `Transformer`, so its parameters are the ViT release's:
+    `Transformer/{posembed_input, ...what hooks build}`, `Transformer/encoderblock_{i}/...` (block i), the
+    per-layer attention bias `Transformer/encoderblock_{i}_{attn_bias_name}` or a shared one
+    `Transformer/{attn_bias_name}`, and `Transformer/encoder_norm`. Returns `(tokens, out)` with
+    `out['block_XX']` each block's output.
+
+    Hooks and per-layer arguments:
+      - `block_cls` (default `Encoder1DBlock`) is built per layer as `block_cls(**kw)` and called as
+        `(x, train)`, or `(x, train, bias)` when there is an attention bias. `kw` = the fields below that the class
+        declares (for a class other than Encoder1DBlock only those that are not None), then `block_kwargs`, then
+        `layer_kwargs(i)`, and `drop_path_rate` (layer i's rate: a number ramps linearly from 0, a sequence gives
+        each layer's).
+      - `attn_bias`: a factory `f(name=...)` of a module whose `()` is an additive attention bias
+        [1 or B, heads, T, T] (BEiT's relative position bias); one module shared by every block or, with
+        `attn_bias_per_layer`, one per block.
+      - `__call__(x, train, hooks={i: hook})`: `hook(encoder, x) -> x` runs before block i (0: embeddings, e.g.
+        `position_embedding(...)`; i = num_layers: after the last block, before the final norm), inside this scope.
+
+    `scan=True` runs the layers under `nn.scan` (one compiled block; `remat_policy` applies either way). Layers are
+    scanned in segments of consecutive layers with equal `layer_kwargs` and no hook in between; a segment holds its
+    layers' parameters stacked on a leading axis: `encoderblock/block/...` for the whole depth (the layout of the
+    release's scanned models and big_vision), else `encoderblock_{first}-{last}/block/...`, and a per-layer bias
+    `encoderblock[_{first}-{last}]_{attn_bias_name}/...`. `unscan_params` / `scan_params_like` convert the
+    layouts (`checkpoint.load_pretrained` does it for you). `block_name` replaces 'encoderblock' (a family whose
+    released names differ; add it with `register_layer_names` so that checkpoints convert).
+
+    A new family writes its stem, then e.g.
+
+        x, enc_out = layers.Encoder(
+            num_layers=self.num_layers, num_heads=self.num_heads, mlp_dim=self.mlp_dim, block_cls=MyBlock,
+            block_kwargs={'grid': (h, w)}, drop_path_rate=self.drop_path_rate, scan=self.scan,
+            remat_policy=self.remat_policy, dtype=self.dtype, name='Transformer',
+        )(x, train, hooks={0: layers.position_embedding('learn', dropout_rate=self.dropout_rate, train=train)})
+        return layers.classifier_head(x[:, 0], self.num_classes, out, dtype=self.dtype)
     """
 
     num_layers: int  # Depth.
@@ -368,55 +501,190 @@ class Encoder(nn.Module):
     mlp_dim: int  # MLP hidden width.
     dropout_rate: float = 0.0  # Dropout inside blocks.
     attention_dropout_rate: float = 0.0  # Attention-probability dropout.
-    drop_path_rate: float = 0.0  # Stochastic depth at the last layer (linear ramp from 0).
-    norm: str = 'layernorm'  # Token normaliser.
+    drop_path_rate: float | Sequence[float] = 0.0  # Stochastic depth: last layer (ramp from 0) or per layer.
+    norm: str = 'layernorm'  # Token normaliser of the blocks and of `encoder_norm`.
     norm_eps: float = 1e-6  # Normaliser epsilon.
-    norm_style: str = 'pre'  # 'pre' or 'cct'.
+    norm_style: str = 'pre'  # 'pre' or 'cct' (Encoder1DBlock).
     final_norm: bool = True  # Apply `encoder_norm` at the end.
     activation: str = 'gelu'  # MLP activation.
     qkv_bias: bool = True  # q/k/v bias.
     attention_scale: Optional[float] = None  # Query scale; default 1/sqrt(head_dim).
     layer_scale: Optional[float] = None  # LayerScale init; None disables.
-    scan: bool = False  # Scan over layers (one compiled block).
+    scan: bool = False  # Scan over layers (see the class docstring).
     remat_policy: Optional[str] = None  # Rematerialise each block with this jax.checkpoint_policies name.
     dtype: Dtype = jnp.float32  # Compute dtype.
     kernel_init: Optional[Initializer] = None  # Attention and MLP kernels; None keeps xavier_uniform (the release).
     bias_init: Optional[Initializer] = None  # MLP biases; None keeps N(0, 1e-6) (the release).
     attention_impl: str = 'auto'  # Attention kernel (see resolve_attention_impl).
+    block_cls: Optional[type] = None  # Block class; None: Encoder1DBlock.
+    block_kwargs: Optional[Mapping[str, Any]] = None  # More arguments of every block (e.g. a token grid).
+    layer_kwargs: Optional[Callable[[int], Mapping[str, Any]]] = None  # i -> static arguments of block i only.
+    attn_bias: Optional[Callable[..., nn.Module]] = None  # Factory of the attention-bias module (see above).
+    attn_bias_name: str = 'rel_pos_bias'  # Its scope name (shared) or suffix (per layer).
+    attn_bias_per_layer: bool = False  # One bias module per block instead of one shared.
+    block_name: str = 'encoderblock'  # Scope of block i: `{block_name}_{i}` (see register_layer_names).
 
-    def _block_kwargs(self) -> dict:
-        return dict(num_heads=self.num_heads, mlp_dim=self.mlp_dim, dropout_rate=self.dropout_rate,
-                    attention_dropout_rate=self.attention_dropout_rate, norm=self.norm, norm_eps=self.norm_eps,
-                    norm_style=self.norm_style, activation=self.activation, qkv_bias=self.qkv_bias,
-                    attention_scale=self.attention_scale, layer_scale=self.layer_scale, dtype=self.dtype,
-                    kernel_init=self.kernel_init, bias_init=self.bias_init, attention_impl=self.attention_impl)
+    def block_args(self, i: int) -> dict[str, Any]:
+        """The arguments of block i (all but `drop_path_rate` and `name`)."""
+        cls = self.block_cls or Encoder1DBlock
+        std = dict(num_heads=self.num_heads, mlp_dim=self.mlp_dim, dropout_rate=self.dropout_rate,
+                   attention_dropout_rate=self.attention_dropout_rate, norm=self.norm, norm_eps=self.norm_eps,
+                   norm_style=self.norm_style, activation=self.activation, qkv_bias=self.qkv_bias,
+                   attention_scale=self.attention_scale, layer_scale=self.layer_scale, dtype=self.dtype,
+                   kernel_init=self.kernel_init, bias_init=self.bias_init, attention_impl=self.attention_impl)
+        declared = {f.name for f in dataclasses.fields(cls)}
+        kw = {k: v for k, v in std.items() if k in declared and (v is not None or cls is Encoder1DBlock)}
+        kw.update(self.block_kwargs or {})
+        if self.layer_kwargs is not None:
+            kw.update(self.layer_kwargs(i))
+        return kw
+
+    def segments(self, hook_layers: Sequence[int] = ()) -> list[tuple[int, int]]:
+        """The [start, stop) layer ranges scanned as one (equal `layer_kwargs`, no hook inside)."""
+        starts = [0] + [i for i in range(1, self.num_layers) if i in hook_layers or (
+            self.layer_kwargs is not None and dict(self.layer_kwargs(i)) != dict(self.layer_kwargs(i - 1)))]
+        return list(zip(starts, starts[1:] + [self.num_layers]))
 
     @nn.compact
-    def __call__(self, x: Array, train: bool = False) -> tuple[Array, dict[str, Array]]:
+    def __call__(self, x: Array, train: bool = False, *, hooks: Optional[Mapping[int, EncoderHook]] = None
+                 ) -> tuple[Array, dict[str, Array]]:
+        hooks = dict(hooks or {})
+        if any(not 0 <= i <= self.num_layers for i in hooks):
+            raise ValueError(f'Encoder hooks go before layers 0..{self.num_layers}, got {sorted(hooks)}.')
+        block_cls = self.block_cls or Encoder1DBlock
+        rates = drop_path_rates(self.drop_path_rate, self.num_layers)
+        shared = None
+        if self.attn_bias is not None and not self.attn_bias_per_layer:
+            shared = self.attn_bias(name=self.attn_bias_name)()
         out = {}
-        rates = np.linspace(0.0, self.drop_path_rate, self.num_layers) if self.num_layers > 1 else np.array(
-            [self.drop_path_rate])
-        if self.scan:
-            scanned = nn.scan(_ScanBlock, variable_axes={'params': 0, 'intermediates': 0, 'batch_stats': 0},
-                              split_rngs={'params': True, 'dropout': True}, in_axes=(0, nn.broadcast),
-                              length=self.num_layers)
-            x, per_layer = scanned(self._block_kwargs(), self.remat_policy, name='encoderblock')(
-                x, jnp.asarray(rates, jnp.float32), train)
+        if not self.scan:
             for i in range(self.num_layers):
-                out[f'block_{i:02d}'] = per_layer[i]
-        else:
-            block_cls = Encoder1DBlock
-            if self.remat_policy is not None:
-                block_cls = nn.remat(Encoder1DBlock, prevent_cse=True, static_argnums=(2,),
-                                     policy=_remat_policy(self.remat_policy))
-            for i in range(self.num_layers):
-                x = block_cls(drop_path_rate=float(rates[i]), name=f'encoderblock_{i}', **self._block_kwargs())(
-                    x, train)
+                if i in hooks:
+                    x = hooks[i](self, x)
+                bias = shared
+                if self.attn_bias is not None and self.attn_bias_per_layer:
+                    bias = self.attn_bias(name=f'{self.block_name}_{i}_{self.attn_bias_name}')()
+                args = (x, train) if bias is None else (x, train, bias.astype(_dtype(x)))
+                x = remat(block_cls, self.remat_policy)(
+                    drop_path_rate=float(rates[i]), name=f'{self.block_name}_{i}', **self.block_args(i))(*args)
                 out[f'block_{i:02d}'] = x
+        else:
+            for a, b in self.segments(sorted(hooks)):
+                if a in hooks:
+                    x = hooks[a](self, x)
+                name = self.block_name + ('' if (a, b) == (0, self.num_layers) else f'_{a}-{b - 1}')
+                bias, bias_axis = shared, nn.broadcast
+                if self.attn_bias is not None and self.attn_bias_per_layer:
+                    scanned_bias = nn.scan(_ScanBias, variable_axes={'params': 0}, split_rngs={'params': True},
+                                           length=b - a)
+                    _, bias = scanned_bias(self.attn_bias, name=f'{name}_{self.attn_bias_name}')(
+                        jnp.zeros(()), jnp.arange(b - a))
+                    bias_axis = 0
+                if bias is not None:
+                    bias = bias.astype(_dtype(x))
+                scanned = nn.scan(_ScanLayer, variable_axes={'params': 0, 'intermediates': 0, 'batch_stats': 0},
+                                  split_rngs={'params': True, 'dropout': True},
+                                  in_axes=(0, bias_axis, nn.broadcast), length=b - a)
+                x, per_layer = scanned(block_cls, self.block_args(a), self.remat_policy, name=name)(
+                    x, jnp.asarray(rates[a:b], jnp.float32), bias, train)
+                for j in range(b - a):
+                    out[f'block_{a + j:02d}'] = jax.tree_util.tree_map(lambda v, j=j: v[j], per_layer)
+        if self.num_layers in hooks:
+            x = hooks[self.num_layers](self, x)
         if self.final_norm:
             x = make_norm(self.norm, eps=self.norm_eps, dtype=self.dtype, name='encoder_norm',
                           num_heads=self.num_heads)(x)
         return x, out
+
+
+# Parameter layouts of the Encoder on '/'-joined names, for each registered block name N (default 'encoderblock'):
+# per layer `N_{i}/...` and its attention bias `N_{i}_{bias}/...`; scanned `N[_{a}-{b}]/block/...` and
+# `N[_{a}-{b}]_{bias}/...` with the layers stacked on a leading axis.
+_BLOCK_NAMES = ['encoderblock']  # Regexes of the Encoders' `block_name`s.
+_BIAS_NAMES = ['rel_pos_bias']  # Their per-layer `attn_bias_name`s.
+
+
+def register_layer_names(*, block_name: Optional[str] = None, bias_name: Optional[str] = None) -> None:
+    """Makes `unscan_params` / `scan_params_like` (so `checkpoint.load_pretrained`) recognise an Encoder
+    `block_name` (a regex, e.g. r'stage_\\d+_block') or per-layer `attn_bias_name` other than the defaults."""
+    if block_name is not None and block_name not in _BLOCK_NAMES:
+        _BLOCK_NAMES.append(block_name)
+    if bias_name is not None and bias_name not in _BIAS_NAMES:
+        _BIAS_NAMES.append(bias_name)
+
+
+@functools.lru_cache(maxsize=None)
+def _layout_res(names: tuple[str, ...], biases: tuple[str, ...]) -> tuple[re.Pattern, re.Pattern]:
+    n = '|'.join(f'(?:{b})' for b in names)
+    s = '|'.join(re.escape(b) for b in biases)
+    # Groups: scanned (sep, name, first, last, bias); per layer (sep, name, index, bias).
+    return (re.compile(rf'(^|/)({n})(?:_(\d+)-(\d+))?(?:/block/|_({s})/)'),
+            re.compile(rf'(^|/)({n})_(\d+)(?:_({s}))?/'))
+
+
+def _scan_key(key: str) -> Optional[re.Match]:
+    return _layout_res(tuple(_BLOCK_NAMES), tuple(_BIAS_NAMES))[0].search(key)
+
+
+def _loop_key_match(key: str) -> Optional[re.Match]:
+    return _layout_res(tuple(_BLOCK_NAMES), tuple(_BIAS_NAMES))[1].search(key)
+
+
+def is_scanned_key(key: str) -> bool:
+    """Whether a '/'-joined parameter name belongs to a scanned Encoder segment."""
+    return _scan_key(key) is not None
+
+
+def _loop_key(prefix: str, i: int, suffix: Optional[str], rest: str) -> str:
+    return f'{prefix}_{i}' + (f'_{suffix}' if suffix else '') + f'/{rest}'
+
+
+def unscan_params(flat: Mapping[str, Any]) -> dict[str, Any]:
+    """'/'-flat parameters (or other collections) with scanned Encoder segments, in the per-layer layout."""
+    out = {}
+    for k, v in flat.items():
+        m = _scan_key(k)
+        if m is None:
+            out[k] = v
+            continue
+        start, n = int(m.group(3) or 0), v.shape[0]
+        if m.group(3) is not None and int(m.group(4)) - start + 1 != n:
+            raise ValueError(f'{k} stacks {n} layers, not layers {start}..{m.group(4)}.')
+        for j in range(n):
+            out[_loop_key(k[:m.start()] + m.group(1) + m.group(2), start + j, m.group(5), k[m.end():])] = v[j]
+    return out
+
+
+def scan_params_like(flat: Mapping[str, Any], like: Mapping[str, Any]) -> dict[str, Any]:
+    """'/'-flat parameters (either layout) in the layout of `like` (a model's flat parameters or their shapes): the
+    per-layer entries of every scanned key of `like` are stacked; everything else is kept as it is."""
+    groups: dict[tuple, dict[int, Any]] = {}
+    out = {}
+    for k, v in unscan_params(flat).items():
+        m = _loop_key_match(k)
+        if m is None:
+            out[k] = v
+        else:
+            key = (k[:m.start()] + m.group(1) + m.group(2), m.group(4), k[m.end():])
+            groups.setdefault(key, {})[int(m.group(3))] = v
+    used = set()
+    for k, init in like.items():
+        m = _scan_key(k)
+        key = None if m is None else (k[:m.start()] + m.group(1) + m.group(2), m.group(5), k[m.end():])
+        if key not in groups:
+            continue
+        start, n, have = int(m.group(3) or 0), init.shape[0], groups[key]
+        wanted = list(range(start, start + n))
+        if (m.group(3) is None and sorted(have) != wanted) or any(i not in have for i in wanted):
+            raise ValueError(f'Cannot stack {k}: the checkpoint has blocks {sorted(have)}, not {start}..'
+                             f'{start + n - 1}.')
+        out[k] = np.stack([np.asarray(have[i]) for i in wanted])
+        used.update((key, i) for i in wanted)
+    for key, have in groups.items():
+        for i, v in have.items():
+            if (key, i) not in used:
+                out[_loop_key(key[0], i, key[1], key[2])] = v
+    return out
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -575,6 +843,22 @@ def _square(n: int, what: str) -> tuple[int, int]:
 # ----------------------------------------------------------------------------------------------------------------
 # Patch embeddings (stems).
 # ----------------------------------------------------------------------------------------------------------------
+def to_2tuple(x: int | Sequence[int]) -> tuple[int, int]:
+    """An int or a pair as an (h, w) pair."""
+    if isinstance(x, int):
+        return (x, x)
+    x = tuple(int(v) for v in x)
+    if len(x) != 2:
+        raise ValueError(f'Expected an int or an (h, w) pair, got {x}.')
+    return x
+
+
+def patch_grid(image_size: int | Sequence[int], patch_size: int | Sequence[int]) -> tuple[int, int]:
+    """The (h, w) token grid of images of `image_size` cut into `patch_size` patches (ints or pairs)."""
+    (h, w), (ph, pw) = to_2tuple(image_size), to_2tuple(patch_size)
+    return h // ph, w // pw
+
+
 def patch_embed(x: Array, features: int, patch_size: Sequence[int] = (16, 16), dtype: Dtype = jnp.float32,
                 name: str = 'embedding') -> Array:
     """Linear patch embedding: a conv with kernel = stride = patch (the release's `embedding`), returned as NHWD.
@@ -630,6 +914,19 @@ class MAPHead(nn.Module):
         y = nn.LayerNorm(epsilon=self.norm_eps, dtype=self.dtype, name='LayerNorm_0')(x)
         x = x + MlpBlock(mlp_dim=self.mlp_dim or 4 * d, dtype=self.dtype, name='MlpBlock_0')(y)
         return x[:, 0]
+
+
+def classifier_head(x: Array, num_classes: Optional[int], out: dict[str, Array], *, dtype: Dtype = jnp.float32,
+                    kernel_init: Initializer = nn.initializers.zeros, bias_init: Initializer = nn.initializers.zeros,
+                    name: str = 'head') -> tuple[Array, dict[str, Array]]:
+    """The shared classifier head on pooled features `x`: `out['pre_logits'] = x`, then the Dense `name` (zero
+    kernel by default, as the ViT release) when `num_classes` (None or 0: the features are the output),
+    `out['logits']`. Returns `(float32 logits, out)`. Call it inside the model's `@nn.compact` method."""
+    out['pre_logits'] = x
+    if num_classes:
+        x = nn.Dense(num_classes, dtype=dtype, kernel_init=kernel_init, bias_init=bias_init, name=name)(x)
+    out['logits'] = x
+    return x.astype(jnp.float32), out
 
 
 def check_images(x: Array, *, channels: int = 3, ndim: int = 4, what: str = 'images',

@@ -30,7 +30,6 @@ from typing import Any, Optional, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from vit_jax.data import masking
 from vit_jax.models import layers, register
@@ -88,14 +87,12 @@ class MILAN(nn.Module):
     mask_ratio: float = 0.75  # Fraction of masked patches (49 of 196 visible).
     norm_eps: float = 1e-6  # LayerNorm epsilon.
     activation: str = 'gelu_exact'  # MLP activation (PyTorch nn.GELU).
+    scan: bool = False  # Scan over the encoder's and the MAE decoder's layers (layers.Encoder).
+    remat_policy: Optional[str] = None  # Rematerialise every encoder and decoder block (jax.checkpoint_policies).
     dtype: Any = jnp.float32  # Compute dtype.
     attention_impl: str = 'auto'  # Attention kernel: 'auto', 'xla', 'cudnn' or 'cpu' (layers.resolve_attention_impl).
 
-    @property
-    def grid_size(self) -> tuple[int, int]:
-        """Patch grid (h, w)."""
-        (h, w), (ph, pw) = to_2tuple(self.image_size), to_2tuple(self.patch_size)
-        return h // ph, w // pw
+    grid_size = property(lambda self: layers.patch_grid(self.image_size, self.patch_size))  # Patch grid (h, w).
 
     @property
     def num_keep(self) -> int:
@@ -109,7 +106,7 @@ class MILAN(nn.Module):
         layers.check_images(images, name='MILAN', multiple_of=to_2tuple(self.patch_size))
         out = {}
         x = nn.Conv(self.hidden_size, to_2tuple(self.patch_size), strides=to_2tuple(self.patch_size),
-                    padding='VALID', dtype=self.dtype, kernel_init=_flat_xavier, name='embedding')(
+                    padding='VALID', dtype=self.dtype, kernel_init=layers.flat_xavier_uniform, name='embedding')(
             images.astype(self.dtype))
         b, h, w, d = x.shape
         n = h * w
@@ -128,8 +125,8 @@ class MILAN(nn.Module):
         x = jnp.concatenate([jnp.tile(cls.astype(x.dtype), (b, 1, 1)), x], axis=1)
         x, enc_out = layers.Encoder(num_layers=self.num_layers, num_heads=self.num_heads, mlp_dim=self.mlp_dim,
                                     norm_eps=self.norm_eps, activation=self.activation,
-                                    bias_init=nn.initializers.zeros, dtype=self.dtype,
-                                    attention_impl=self.attention_impl, name='Transformer')(x, train)
+                                    bias_init=nn.initializers.zeros, scan=self.scan, remat_policy=self.remat_policy,
+                                    dtype=self.dtype, attention_impl=self.attention_impl, name='Transformer')(x, train)
         out.update({f'encoder/{k}': v for k, v in enc_out.items()})
         out['encoded'] = x
         out['pre_logits'] = x[:, 0]
@@ -159,8 +156,8 @@ class MILAN(nn.Module):
             seq = jnp.concatenate([cls_f, jnp.take_along_axis(full, ids_restore[..., None], axis=1)], axis=1)
             seq, _ = layers.Encoder(num_layers=self.decoder_depth, num_heads=self.decoder_heads, mlp_dim=mlp,
                                     norm_eps=self.norm_eps, activation=self.activation, final_norm=False,
-                                    bias_init=nn.initializers.zeros, dtype=self.dtype,
-                                    attention_impl=self.attention_impl, name='decoder_blocks')(
+                                    bias_init=nn.initializers.zeros, scan=self.scan, remat_policy=self.remat_policy,
+                                    dtype=self.dtype, attention_impl=self.attention_impl, name='decoder_blocks')(
                 seq, train)
         else:
             raise ValueError(f"decoder must be 'prompt' or 'mae', got {self.decoder!r}.")
@@ -170,14 +167,6 @@ class MILAN(nn.Module):
                         name='decoder_pred')(seq)
         out['pred'] = pred.astype(jnp.float32)
         return out['pred'], out
-
-
-def _flat_xavier(key, shape, dtype=jnp.float32):
-    """MAE initialises the patch embedding like a Linear layer on the flattened patch (xavier uniform)."""
-    fan_in = int(np.prod(shape[:-1]))
-    fan_out = shape[-1]
-    limit = np.sqrt(6.0 / (fan_in + fan_out))
-    return jax.random.uniform(key, shape, dtype, -limit, limit)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -200,6 +189,8 @@ class CLIPVisionTransformer(nn.Module):
     projection_dim: int = 512  # Output of `proj`.
     norm_eps: float = 1e-5  # LayerNorm epsilon (PyTorch default).
     activation: str = 'quick_gelu'  # QuickGELU, as OpenAI CLIP.
+    scan: bool = False  # Scan over the layers (layers.Encoder; `encoderblock` stacked).
+    remat_policy: Optional[str] = None  # Rematerialise each block with this jax.checkpoint_policies name.
     dtype: Any = jnp.float32  # Compute dtype.
     attention_impl: str = 'auto'  # Attention kernel: 'auto', 'xla', 'cudnn' or 'cpu' (layers.resolve_attention_impl).
 
@@ -217,7 +208,8 @@ class CLIPVisionTransformer(nn.Module):
         x = nn.LayerNorm(epsilon=self.norm_eps, dtype=self.dtype, name='ln_pre')(x)
         x, enc_out = layers.Encoder(num_layers=self.num_layers, num_heads=self.num_heads, mlp_dim=self.mlp_dim,
                                     norm_eps=self.norm_eps, activation=self.activation, final_norm=False,
-                                    dtype=self.dtype, attention_impl=self.attention_impl, name='Transformer')(x, train)
+                                    scan=self.scan, remat_policy=self.remat_policy, dtype=self.dtype,
+                                    attention_impl=self.attention_impl, name='Transformer')(x, train)
         out.update({f'encoder/{k}': v for k, v in enc_out.items()})
         out['encoded'] = x
         y = nn.LayerNorm(epsilon=self.norm_eps, dtype=self.dtype, name='ln_post')(x)

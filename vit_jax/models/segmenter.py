@@ -39,7 +39,6 @@ from vit_jax.models import layers, register
 from vit_jax.models.vit import VIT_SIZES, VisionTransformer, to_2tuple
 
 Array = jax.Array
-trunc_normal = nn.initializers.truncated_normal(0.02)
 
 
 class MaskTransformer(nn.Module):
@@ -59,13 +58,13 @@ class MaskTransformer(nn.Module):
     def __call__(self, x: Array, grid: tuple[int, int], train: bool = False) -> Array:
         b, n, d = x.shape
         k = self.num_classes
-        x = nn.Dense(d, dtype=self.dtype, kernel_init=trunc_normal, name='proj_dec')(x)
-        cls_emb = self.param('cls_emb', trunc_normal, (1, k, d))
+        x = nn.Dense(d, dtype=self.dtype, kernel_init=layers.trunc_normal, name='proj_dec')(x)
+        cls_emb = self.param('cls_emb', layers.trunc_normal, (1, k, d))
         x = jnp.concatenate([x, jnp.tile(cls_emb.astype(x.dtype), [b, 1, 1])], axis=1)  # Classes after patches.
         x, _ = layers.Encoder(
             num_layers=self.num_layers, num_heads=self.num_heads, mlp_dim=self.mlp_dim, dropout_rate=self.dropout_rate,
             attention_dropout_rate=self.dropout_rate, drop_path_rate=self.drop_path_rate, norm_eps=self.norm_eps,
-            final_norm=False, activation='gelu_exact', dtype=self.dtype, kernel_init=trunc_normal,
+            final_norm=False, activation='gelu_exact', dtype=self.dtype, kernel_init=layers.trunc_normal,
             bias_init=nn.initializers.zeros, attention_impl=self.attention_impl, name='blocks')(x, train=train)
         x = nn.LayerNorm(epsilon=self.norm_eps, dtype=self.dtype, name='decoder_norm')(x)
         patches, classes = x[:, :n], x[:, n:]
@@ -127,7 +126,8 @@ class Segmenter(nn.Module):
         tokens = out['encoded'][:, 1 + int(self.distilled):]  # After the final LayerNorm, class (+ dist) token removed.
 
         if self.decoder == 'linear':
-            masks = nn.Dense(self.num_classes, dtype=self.dtype, kernel_init=trunc_normal, name='decoder')(tokens)
+            masks = nn.Dense(self.num_classes, dtype=self.dtype, kernel_init=layers.trunc_normal,
+                             name='decoder')(tokens)
             masks = masks.reshape(b, grid[0], grid[1], self.num_classes)
         elif self.decoder == 'mask_transformer':
             masks = MaskTransformer(

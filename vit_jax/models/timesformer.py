@@ -224,83 +224,6 @@ class _Param(nn.Module):
         return self.param(self.param_name, self.init, self.shape)
 
 
-class _Transformer(nn.Module):
-    """Position/time embeddings and the encoder blocks, under the release's `Transformer` scope."""
-
-    attention_type: str
-    grid: tuple[int, int]  # Configured patch grid (fixes the position embedding).
-    num_frames: int  # Configured frames (fixes the time embedding).
-    num_layers: int
-    num_heads: int
-    mlp_dim: int
-    dropout_rate: float
-    attention_dropout_rate: float
-    drop_path_rate: float
-    norm: str
-    norm_eps: float
-    activation: str
-    qkv_bias: bool
-    interpolate_embeddings: bool
-    time_embedding_init: float
-    remat_policy: str | None
-    dtype: Any
-    attention_impl: str = 'auto'  # Attention kernel.
-
-    @nn.compact
-    def __call__(self, x: Array, batch: int, frames: int, grid: tuple[int, int],
-                 train: bool) -> tuple[Array, dict[str, Array]]:
-        """x: (B*T, 1 + N, D) per-frame tokens with the class token; returns the encoded sequence."""
-        d = x.shape[-1]
-        gh, gw = grid
-        if (tuple(grid) != tuple(self.grid) or frames != self.num_frames) and not self.interpolate_embeddings:
-            raise ValueError(f'The model was built for {self.num_frames} frames of grid {self.grid} but got {frames} '
-                             f'frames of grid {tuple(grid)}; build it with matching num_frames / image_size.')
-        pe = _Param('pos_embedding', (1, 1 + self.grid[0] * self.grid[1], d), nn.initializers.normal(0.02),
-                    name='posembed_input')()
-        x = x + resize_posemb_nearest(pe, self.grid, grid).astype(x.dtype)
-        x = nn.Dropout(self.dropout_rate)(x, deterministic=not train)
-        if self.attention_type != 'space_only':
-            # One class token; patches to (B, N*T, D) with time fastest, plus the time embedding.
-            cls = x[:batch, :1]  # Identical for every frame (class token + its position embedding).
-            p = x[:, 1:].reshape(batch, frames, gh * gw, d).transpose(0, 2, 1, 3)  # (B, N, T, D)
-            te_init = (nn.initializers.normal(self.time_embedding_init) if self.time_embedding_init
-                       else nn.initializers.zeros)
-            te = self.param('time_embedding', te_init, (1, self.num_frames, d))
-            p = p + resize_time_embedding(te, frames)[:, None].astype(x.dtype)
-            p = nn.Dropout(self.dropout_rate)(p, deterministic=not train)
-            x = jnp.concatenate([cls, p.reshape(batch, gh * gw * frames, d)], axis=1)
-
-        common = {'num_heads': self.num_heads, 'mlp_dim': self.mlp_dim, 'dropout_rate': self.dropout_rate,
-                  'attention_dropout_rate': self.attention_dropout_rate, 'norm': self.norm, 'norm_eps': self.norm_eps,
-                  'activation': self.activation, 'qkv_bias': self.qkv_bias, 'dtype': self.dtype,
-                  'attention_impl': self.attention_impl}
-        if self.attention_type in ('space_only', 'joint_space_time'):
-            # Plain ViT blocks (over each frame, or over the whole clip): the shared encoder, blocks directly here.
-            enc = layers.Encoder(num_layers=self.num_layers, drop_path_rate=self.drop_path_rate, final_norm=False,
-                                 remat_policy=self.remat_policy, **common)
-            nn.share_scope(self, enc)
-            x, out = enc(x, train=train)
-        elif self.attention_type in _STAGES:
-            block_cls = FactorisedBlock
-            if self.remat_policy is not None:
-                block_cls = nn.remat(FactorisedBlock, prevent_cse=True, static_argnums=(2,),
-                                     policy=layers._remat_policy(self.remat_policy))
-            rates = (np.linspace(0.0, self.drop_path_rate, self.num_layers) if self.num_layers > 1
-                     else np.array([self.drop_path_rate]))  # As layers.Encoder.
-            out = {}
-            for i in range(self.num_layers):
-                x = block_cls(stages=_STAGES[self.attention_type], grid=(frames, gh, gw),
-                              drop_path_rate=float(rates[i]), zero_init_fc=i > 0, name=f'encoderblock_{i}',
-                              **common)(x, train)
-                out[f'block_{i:02d}'] = x
-        else:
-            raise ValueError(f'attention_type must be one of {ATTENTION_TYPES}, got {self.attention_type!r}.')
-        if self.attention_type == 'space_only':
-            x = x.reshape(batch, frames, *x.shape[1:]).mean(axis=1)  # Average every token over frames.
-        x = layers.make_norm(self.norm, eps=self.norm_eps, dtype=self.dtype, name='encoder_norm')(x)
-        return x, out
-
-
 class TimeSformer(nn.Module):
     """TimeSformer video classifier on NTHWC clips; returns `(logits, out)` with named intermediates.
 
@@ -328,15 +251,12 @@ class TimeSformer(nn.Module):
     qkv_bias: bool = True  # Bias on q/k/v projections.
     interpolate_embeddings: bool = True  # Nearest-resize pos/time embeddings for other input sizes (official).
     time_embedding_init: float = 0.0  # Std of the time embedding's normal init; 0: zeros (the official init).
+    scan: bool = False  # Scan over encoder layers (factorised blocks: layer 0, then layers 1.. as one scan).
     remat_policy: str | None = None  # Rematerialise each block with this jax.checkpoint_policies name.
     dtype: Any = jnp.float32  # Compute dtype (parameters stay float32).
     attention_impl: str = 'auto'  # Attention kernel: 'auto', 'xla', 'cudnn' or 'cpu' (layers.resolve_attention_impl).
 
-    @property
-    def grid_size(self) -> tuple[int, int]:
-        """The patch grid (h, w) of one frame at `image_size`."""
-        (h, w), (ph, pw) = to_2tuple(self.image_size), to_2tuple(self.patch_size)
-        return h // ph, w // pw
+    grid_size = property(lambda self: layers.patch_grid(self.image_size, self.patch_size))  # Per-frame (h, w).
 
     def input_shape(self, batch: int = 1) -> tuple[int, ...]:
         """Shape of a clip batch this model accepts at its configured size: (batch, T, H, W, 3)."""
@@ -358,31 +278,52 @@ class TimeSformer(nn.Module):
         x = x.reshape(b * t, gh * gw, d)
         cls = self.param('cls', nn.initializers.normal(0.02), (1, 1, d))
         x = jnp.concatenate([jnp.broadcast_to(cls.astype(x.dtype), (b * t, 1, d)), x], axis=1)
+        if ((gh, gw) != self.grid_size or t != self.num_frames) and not self.interpolate_embeddings:
+            raise ValueError(f'The model was built for {self.num_frames} frames of grid {self.grid_size} but got {t} '
+                             f'frames of grid {(gh, gw)}; build it with matching num_frames / image_size.')
 
-        x, enc_out = _Transformer(
-            attention_type=self.attention_type, grid=self.grid_size, num_frames=self.num_frames,
+        def embed(enc: layers.Encoder, x: Array) -> Array:
+            """(B*T, 1 + N, D) per-frame tokens -> + position (and time) embeddings, the blocks' token layout."""
+            pe = _Param('pos_embedding', (1, 1 + self.grid_size[0] * self.grid_size[1], d),
+                        nn.initializers.normal(0.02), name='posembed_input')()
+            x = x + resize_posemb_nearest(pe, self.grid_size, (gh, gw)).astype(x.dtype)
+            x = nn.Dropout(self.dropout_rate)(x, deterministic=not train)
+            if self.attention_type == 'space_only':
+                return x
+            # One class token; patches to (B, N*T, D) with time fastest, plus the time embedding.
+            p = x[:, 1:].reshape(b, t, gh * gw, d).transpose(0, 2, 1, 3)  # (B, N, T, D)
+            te_init = (nn.initializers.normal(self.time_embedding_init) if self.time_embedding_init
+                       else nn.initializers.zeros)
+            te = enc.param('time_embedding', te_init, (1, self.num_frames, d))
+            p = p + resize_time_embedding(te, t)[:, None].astype(x.dtype)
+            p = nn.Dropout(self.dropout_rate)(p, deterministic=not train)
+            # The class token (+ its position embedding) is the same in every frame.
+            return jnp.concatenate([x[:b, :1], p.reshape(b, gh * gw * t, d)], axis=1)
+
+        hooks = {0: embed}
+        if self.attention_type == 'space_only':  # Average every token over frames, before the final norm.
+            hooks[self.num_layers] = lambda enc, x: x.reshape(b, t, *x.shape[1:]).mean(axis=1)
+        factorised = self.attention_type in _STAGES
+        x, enc_out = layers.Encoder(
             num_layers=self.num_layers, num_heads=self.num_heads, mlp_dim=self.mlp_dim,
             dropout_rate=self.dropout_rate, attention_dropout_rate=self.attention_dropout_rate,
             drop_path_rate=self.drop_path_rate, norm=self.norm, norm_eps=self.norm_eps, activation=self.activation,
-            qkv_bias=self.qkv_bias, interpolate_embeddings=self.interpolate_embeddings,
-            time_embedding_init=self.time_embedding_init, remat_policy=self.remat_policy, dtype=self.dtype,
-            attention_impl=self.attention_impl, name='Transformer')(x, b, t, (gh, gw), train)
+            qkv_bias=self.qkv_bias, block_cls=FactorisedBlock if factorised else None,
+            block_kwargs=dict(stages=_STAGES[self.attention_type], grid=(t, gh, gw)) if factorised else None,
+            layer_kwargs=(lambda i: {'zero_init_fc': i > 0}) if factorised else None,  # The official init.
+            scan=self.scan, remat_policy=self.remat_policy, dtype=self.dtype, attention_impl=self.attention_impl,
+            name='Transformer')(x, train, hooks=hooks)
         out.update({f'encoder/{k}': v for k, v in enc_out.items()})
         out['encoded'] = x
         if self.attention_type == 'space_only':
             out['tokens_3d'] = x[:, 1:].reshape(b, 1, gh, gw, d)
         else:
             out['tokens_3d'] = x[:, 1:].reshape(b, gh, gw, t, d).transpose(0, 3, 1, 2, 4)
-        x = x[:, 0]
-        out['pre_logits'] = x
-        if self.num_classes:
-            # The official head init (trunc-normal 0.02). Not zero: with a zero head and the zero time embedding the
-            # model starts exactly time-reversal symmetric, and the gradient that would break the symmetry (e.g.
-            # to tell left from right motion) vanishes with the difference of the classes' head rows.
-            x = nn.Dense(self.num_classes, dtype=self.dtype, kernel_init=nn.initializers.normal(0.02),
-                         name='head')(x)
-        out['logits'] = x
-        return x.astype(jnp.float32), out
+        # The official head init (trunc-normal 0.02). Not zero: with a zero head and the zero time embedding the
+        # model starts exactly time-reversal symmetric, and the gradient that would break the symmetry (e.g. to
+        # tell left from right motion) vanishes with the difference of the classes' head rows.
+        return layers.classifier_head(x[:, 0], self.num_classes, out, dtype=self.dtype,
+                                      kernel_init=nn.initializers.normal(0.02))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -417,16 +358,12 @@ def _tree(params: Mapping[str, Any]) -> dict:
 
 
 def _unscan(transformer: dict) -> dict:
-    """A scanned encoder (`encoderblock` with a leading layer axis) as `encoderblock_{i}` entries."""
-    if 'encoderblock' not in transformer:
-        return transformer
+    """A scanned encoder (`encoderblock...` with a leading layer axis) as `encoderblock_{i}` entries."""
     transformer = dict(transformer)
-    stacked = transformer.pop('encoderblock')
-    stacked = stacked.get('block', stacked)  # layers.Encoder's scan adapter scope.
-    depth = jax.tree_util.tree_leaves(stacked)[0].shape[0]
-    for i in range(depth):
-        transformer[f'encoderblock_{i}'] = jax.tree_util.tree_map(lambda a, i=i: a[i], stacked)
-    return transformer
+    if 'encoderblock' in transformer and 'block' not in transformer['encoderblock']:  # big_vision: no `block`.
+        transformer['encoderblock'] = {'block': transformer['encoderblock']}
+    flat = flax.traverse_util.flatten_dict(transformer, sep='/')
+    return flax.traverse_util.unflatten_dict(layers.unscan_params(flat), sep='/')
 
 
 def init_from_image_vit(video_params: Mapping[str, Any], image_params: Mapping[str, Any], *,

@@ -15,19 +15,10 @@ import jax
 import jax.numpy as jnp
 
 from vit_jax.models import layers, register
+from vit_jax.models.layers import to_2tuple
 from vit_jax.models.resnet import resnet_stem
 
 Array = jax.Array
-
-
-def to_2tuple(x: int | Sequence[int]) -> tuple[int, int]:
-    """An int or a pair as an (h, w) pair."""
-    if isinstance(x, int):
-        return (x, x)
-    x = tuple(int(v) for v in x)
-    if len(x) != 2:
-        raise ValueError(f'Expected an int or an (h, w) pair, got {x}.')
-    return x
 
 
 class VisionTransformer(nn.Module):
@@ -135,14 +126,17 @@ class VisionTransformer(nn.Module):
             x = jnp.concatenate([x[:, :1], jnp.tile(dist.astype(x.dtype), [b, 1, 1]), x[:, 1:]], axis=1)
             num_prefix = 2
 
-        x, enc_out = _Transformer(
-            num_layers=self.num_layers, num_heads=self.num_heads, mlp_dim=self.mlp_dim, posemb=self.posemb,
-            grid=(h, w), num_prefix=num_prefix, dropout_rate=self.dropout_rate,
+        if self.posemb not in ('learn', 'sincos2d', 'sincos2d_mae', 'none'):
+            raise ValueError(f"posemb must be 'learn', 'sincos2d', 'sincos2d_mae' or 'none', got {self.posemb!r}.")
+        embed = layers.position_embedding(
+            self.posemb, grid=(h, w), num_prefix=num_prefix, dropout_rate=self.dropout_rate, train=train,
+            stored_grid=self.grid_size if self.dynamic_img_size else None)
+        x, enc_out = layers.Encoder(
+            num_layers=self.num_layers, num_heads=self.num_heads, mlp_dim=self.mlp_dim, dropout_rate=self.dropout_rate,
             attention_dropout_rate=self.attention_dropout_rate, drop_path_rate=self.drop_path_rate, norm=self.norm,
             norm_eps=self.norm_eps, activation=self.activation, qkv_bias=self.qkv_bias, scan=self.scan,
-            remat_policy=self.remat_policy, dtype=self.dtype,
-            stored_grid=self.grid_size if self.dynamic_img_size else None, attention_impl=self.attention_impl,
-            name='Transformer')(x, train=train)
+            remat_policy=self.remat_policy, dtype=self.dtype, attention_impl=self.attention_impl,
+            name='Transformer')(x, train, hooks={0: embed})
         out.update({f'encoder/{k}': v for k, v in enc_out.items()})
         out['encoded'] = x
         out['tokens_2d'] = x[:, num_prefix:].reshape(b, h, w, d)
@@ -161,72 +155,17 @@ class VisionTransformer(nn.Module):
 
         if self.representation_size is not None:
             x = jnp.tanh(nn.Dense(self.representation_size, dtype=self.dtype, name='pre_logits')(x))
-        out['pre_logits'] = x
-        if self.num_classes:
-            x = nn.Dense(self.num_classes, dtype=self.dtype, kernel_init=nn.initializers.zeros,
-                         bias_init=nn.initializers.constant(self.head_bias_init), name='head')(x)
-            if self.distill_token:
-                x_dist = nn.Dense(self.num_classes, dtype=self.dtype, kernel_init=nn.initializers.zeros,
-                                  bias_init=nn.initializers.constant(self.head_bias_init), name='head_dist')(x_dist)
-                out['logits_cls'], out['logits_dist'] = x, x_dist
-                x = (x + x_dist) / 2
+        head_bias = nn.initializers.constant(self.head_bias_init)
+        logits, out = layers.classifier_head(x, self.num_classes, out, dtype=self.dtype, bias_init=head_bias)
+        if self.distill_token and self.num_classes:
+            _, dist = layers.classifier_head(x_dist, self.num_classes, {}, dtype=self.dtype, bias_init=head_bias,
+                                             name='head_dist')
+            out['logits_cls'], out['logits_dist'] = out['logits'], dist['logits']
+            out['logits'] = (out['logits'] + dist['logits']) / 2
+            logits = out['logits'].astype(jnp.float32)
         elif self.distill_token:
             out['pre_logits_dist'] = x_dist
-        out['logits'] = x
-        return x.astype(jnp.float32), out
-
-
-class _Transformer(nn.Module):
-    """Position embedding + dropout + Encoder, under the release's `Transformer` scope."""
-
-    num_layers: int
-    num_heads: int
-    mlp_dim: int
-    posemb: str
-    grid: tuple[int, int]
-    num_prefix: int
-    dropout_rate: float
-    attention_dropout_rate: float
-    drop_path_rate: float
-    norm: str
-    norm_eps: float
-    activation: str
-    qkv_bias: bool
-    scan: bool
-    remat_policy: Optional[str]
-    dtype: Any
-    stored_grid: Optional[tuple[int, int]] = None  # Grid of the stored position embedding (dynamic image size).
-    attention_impl: str = 'auto'  # Attention kernel.
-
-    @nn.compact
-    def __call__(self, x: Array, train: bool) -> tuple[Array, dict[str, Array]]:
-        if self.posemb == 'learn' and self.stored_grid is not None:
-            x = layers.AddPositionEmbs(stored_grid=self.stored_grid, grid=self.grid, num_prefix_tokens=self.num_prefix,
-                                       name='posembed_input')(x)
-        elif self.posemb == 'learn':
-            x = layers.AddPositionEmbs(name='posembed_input')(x)
-        elif self.posemb in ('sincos2d', 'sincos2d_mae'):
-            convention = 'mae' if self.posemb == 'sincos2d_mae' else 'big_vision'
-            pe = layers.posemb_sincos_2d(*self.grid, x.shape[-1], convention=convention)
-            pe = jnp.concatenate([jnp.zeros((1, self.num_prefix, x.shape[-1])), pe], axis=1)
-            x = x + pe.astype(x.dtype)
-        elif self.posemb != 'none':
-            raise ValueError(f"posemb must be 'learn', 'sincos2d', 'sincos2d_mae' or 'none', got {self.posemb!r}.")
-        x = nn.Dropout(self.dropout_rate)(x, deterministic=not train)
-        return _encoder_in_scope(self, x, train)
-
-
-def _encoder_in_scope(parent: _Transformer, x: Array, train: bool):
-    # The release puts encoderblock_{i} and encoder_norm directly under `Transformer`; calling the Encoder's body
-    # through `nn.share_scope` keeps those names without an extra `Encoder_0` level.
-    enc = layers.Encoder(
-        num_layers=parent.num_layers, num_heads=parent.num_heads, mlp_dim=parent.mlp_dim,
-        dropout_rate=parent.dropout_rate, attention_dropout_rate=parent.attention_dropout_rate,
-        drop_path_rate=parent.drop_path_rate, norm=parent.norm, norm_eps=parent.norm_eps,
-        activation=parent.activation, qkv_bias=parent.qkv_bias, scan=parent.scan, remat_policy=parent.remat_policy,
-        dtype=parent.dtype, attention_impl=parent.attention_impl)
-    nn.share_scope(parent, enc)
-    return enc(x, train=train)
+        return logits, out
 
 
 # ----------------------------------------------------------------------------------------------------------------
