@@ -113,12 +113,7 @@ def convert(sd: registry.StateDict, model: Any) -> dict:
         tr['rel_pos_bias'] = {'relative_position_bias_table': sd['rel_pos_bias.relative_position_bias_table']}
     for i in range(depth):
         p = f'blocks.{i}'
-        blk = {
-            'LayerNorm_0': common.norm(sd, f'{p}.norm1'),
-            'MultiHeadDotProductAttention_1': beit_attention(sd, f'{p}.attn', heads, d),
-            'LayerNorm_2': common.norm(sd, f'{p}.norm2'),
-            'MlpBlock_3': {'Dense_0': common.linear(sd, f'{p}.mlp.fc1'), 'Dense_1': common.linear(sd, f'{p}.mlp.fc2')},
-        }
+        blk = common.encoder_block(sd, p, beit_attention(sd, f'{p}.attn', heads, d))
         if has_gamma:
             blk['gamma_1'], blk['gamma_2'] = sd[f'{p}.gamma_1'], sd[f'{p}.gamma_2']
         tr[f'encoderblock_{i}'] = blk
@@ -136,6 +131,5 @@ def convert(sd: registry.StateDict, model: Any) -> dict:
     else:
         params['fc_norm'] = common.norm(sd, 'fc_norm')
     params['Transformer'] = tr
-    if model.num_classes:
-        params['head'] = common.linear(sd, 'head')
+    params.update(common.classifier_head(sd, 'beit', model.num_classes))
     return {'params': params}

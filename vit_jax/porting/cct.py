@@ -15,7 +15,7 @@ from typing import Any
 
 from vit_jax.models.cct import CompactTransformer
 from vit_jax.porting import registry
-from vit_jax.porting.common import attention_in, attention_out, check_fixed_table, conv, linear, norm, to_numpy
+from vit_jax.porting.common import check_fixed_table, conv, encoder_block, fused_attention, linear, norm, to_numpy
 
 
 @registry.official('cct', source='SHI-Labs/Compact-Transformers', models=('CCT-', 'CVT-', 'ViT-Lite-', 'cct_',
@@ -24,7 +24,7 @@ def convert(sd: registry.StateDict, model: CompactTransformer) -> dict:
     """CCT, CVT and ViT-Lite (`src/cct.py`, `src/cvt.py`, `src/vit.py`)."""
     if not isinstance(model, CompactTransformer):
         raise registry.ConversionError(f'official:cct converts into a Compact Transformer, not {type(model).__name__}.')
-    heads, d = model.num_heads, model.hidden_size
+    heads = model.num_heads
     p: dict[str, Any] = {}
     if model.tokenizer == 'conv':
         p['tokenizer'] = {f'conv_{i}': conv(sd, f'tokenizer.conv_layers.{i}.0', bias=False)
@@ -43,16 +43,8 @@ def convert(sd: registry.StateDict, model: CompactTransformer) -> dict:
         check_fixed_table(sd, f'{c}.positional_emb')  # The frozen sine Parameter: rebuilt here, not a variable.
     for i in range(model.num_layers):
         b = f'{c}.blocks.{i}'
-        qkv = to_numpy(sd[f'{b}.self_attn.qkv.weight'])
-        attn = {n: attention_in({'w.weight': qkv[j * d:(j + 1) * d]}, 'w', heads, bias=False)
-                for j, n in enumerate(('query', 'key', 'value'))}
-        attn['out'] = attention_out(sd, f'{b}.self_attn.proj', heads)
-        t[f'encoderblock_{i}'] = {
-            'LayerNorm_0': norm(sd, f'{b}.pre_norm'),
-            'MultiHeadDotProductAttention_1': attn,
-            'LayerNorm_2': norm(sd, f'{b}.norm1'),
-            'MlpBlock_3': {'Dense_0': linear(sd, f'{b}.linear1'), 'Dense_1': linear(sd, f'{b}.linear2')},
-        }
+        t[f'encoderblock_{i}'] = encoder_block(sd, b, fused_attention(sd, f'{b}.self_attn', heads),
+                                               norms=('pre_norm', 'norm1'), mlp=('linear1', 'linear2'))
     t['encoder_norm'] = norm(sd, f'{c}.norm')
     p['Transformer'] = t
     if model.num_classes:

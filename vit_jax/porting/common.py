@@ -6,7 +6,7 @@ BatchNorm running statistics -> `batch_stats`; and the per-head DenseGeneral ker
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 
@@ -103,3 +103,84 @@ def split_qkv(w: Any, b: Any, num_heads: int) -> dict:
             part['x.bias'] = b[i * d:(i + 1) * d]
         out[name] = attention_in(part, 'x', num_heads)
     return out
+
+
+def fused_attention(sd: dict, prefix: str, num_heads: int, *, qkv: str = 'qkv', proj: str = 'proj') -> dict:
+    """timm-style attention, a fused `{prefix}.{qkv}` Linear (3D', D) (bias optional) and `{prefix}.{proj}` ->
+    `layers.MultiHeadAttention` params {query, key, value, out}."""
+    out = split_qkv(sd[f'{prefix}.{qkv}.weight'], sd.get(f'{prefix}.{qkv}.bias'), num_heads)
+    return {**out, 'out': attention_out(sd, f'{prefix}.{proj}', num_heads)}
+
+
+def separate_attention(sd: dict, num_heads: int, query: str, key: str, value: str, out: str) -> dict:
+    """Attention with one torch Linear per projection (full prefixes of the four) -> `layers.MultiHeadAttention`
+    params {query, key, value, out}; a missing bias stays missing."""
+    return {'query': attention_in(sd, query, num_heads), 'key': attention_in(sd, key, num_heads),
+            'value': attention_in(sd, value, num_heads), 'out': attention_out(sd, out, num_heads)}
+
+
+def encoder_block(sd: dict, prefix: str, attention: dict, *, norms: tuple[str, str] = ('norm1', 'norm2'),
+                  mlp: tuple[str, str] = ('mlp.fc1', 'mlp.fc2')) -> dict:
+    """A pre-norm transformer block -> `layers.Encoder1DBlock` params (LayerNorm_0, MultiHeadDotProductAttention_1,
+    LayerNorm_2, MlpBlock_3). `attention` is the block's converted attention; `norms` and `mlp` name the two
+    LayerNorms and the two MLP Linears relative to `prefix` (the timm names by default; HuggingFace's are
+    HF_NORMS and HF_MLP)."""
+    return {
+        'LayerNorm_0': norm(sd, f'{prefix}.{norms[0]}'),
+        'MultiHeadDotProductAttention_1': attention,
+        'LayerNorm_2': norm(sd, f'{prefix}.{norms[1]}'),
+        'MlpBlock_3': {'Dense_0': linear(sd, f'{prefix}.{mlp[0]}'), 'Dense_1': linear(sd, f'{prefix}.{mlp[1]}')},
+    }
+
+
+def timm_block(sd: dict, prefix: str, num_heads: int) -> dict:
+    """timm `Block` (norm1, attn.qkv / attn.proj, norm2, mlp.fc1 / mlp.fc2) -> `layers.Encoder1DBlock` params."""
+    return encoder_block(sd, prefix, fused_attention(sd, f'{prefix}.attn', num_heads))
+
+
+def timm_blocks(sd: dict, prefix: str, num_layers: int, num_heads: int) -> dict:
+    """timm-style ViT blocks `{prefix}blocks.{i}.*` -> {'encoderblock_{i}': Encoder1DBlock params}."""
+    return {f'encoderblock_{i}': timm_block(sd, f'{prefix}blocks.{i}', num_heads) for i in range(num_layers)}
+
+
+def timm_vit(sd: dict, prefix: str, num_layers: int, num_heads: int, *, final_norm: bool = True,
+             cls_token: bool = True) -> dict:
+    """A timm-style ViT (`{prefix}patch_embed.proj`, `cls_token`, `pos_embed`, `blocks`, `norm`) -> the ViT release
+    names (`embedding`, `cls`, `Transformer/{posembed_input, encoderblock_i, encoder_norm}`); heads not included."""
+    tr = {'posembed_input': {'pos_embedding': to_numpy(sd[f'{prefix}pos_embed'])},
+          **timm_blocks(sd, prefix, num_layers, num_heads)}
+    if final_norm:
+        tr['encoder_norm'] = norm(sd, f'{prefix}norm')
+    params = {'embedding': conv(sd, f'{prefix}patch_embed.proj'), 'Transformer': tr}
+    if cls_token:
+        params['cls'] = to_numpy(sd[f'{prefix}cls_token'])
+    return params
+
+
+def require_loop_layout(model: Any, family: str) -> None:
+    """Refuses a model built with `scan=True`: official layouts convert into the per-layer (loop) layout."""
+    if getattr(model, 'scan', False):
+        from vit_jax.porting.registry import ConversionError
+
+        raise ConversionError(f'official:{family}: convert into a model with scan=False (checkpoint.load_pretrained '
+                              'restacks the layers for a scanned model).')
+
+
+def classifier_head(sd: dict, family: str, num_classes: Optional[int], prefix: str = 'head',
+                    name: str = 'head') -> dict:
+    """{name: Dense params of the torch Linear `prefix`} when the model has a head (`num_classes`), else {}; a
+    checkpoint head that a headless model would drop is refused, naming the fix."""
+    if num_classes:
+        return {name: linear(sd, prefix)}
+    if f'{prefix}.weight' in sd:
+        from vit_jax.porting.registry import ConversionError
+
+        raise ConversionError(f'official:{family}: the checkpoint has a classifier head ({prefix}.weight) but the '
+                              f'model has none (num_classes={num_classes}); build it with num_classes='
+                              f'{prefix}.weight.shape[0].')
+    return {}
+
+
+# HuggingFace's names of a block's LayerNorms and MLP (ViT 4.x, DeiT, CvT, DPT, TimeSformer), for encoder_block.
+HF_NORMS = ('layernorm_before', 'layernorm_after')
+HF_MLP = ('intermediate.dense', 'output.dense')

@@ -15,7 +15,7 @@ from typing import Any
 
 from vit_jax.models.crossvit import CrossViT
 from vit_jax.porting import registry
-from vit_jax.porting.common import attention_in, attention_out, conv, linear, norm, to_numpy
+from vit_jax.porting.common import conv, linear, norm, require_loop_layout, separate_attention, timm_block, to_numpy
 
 
 @registry.official('crossvit', source='IBM/CrossViT', models=('CrossViT-', 'crossvit_'))
@@ -23,6 +23,7 @@ def convert(sd: registry.StateDict, model: CrossViT) -> dict:
     """CrossViT (both branches, the multi-scale blocks with their cross-attention fusion, both heads)."""
     if not isinstance(model, CrossViT):
         raise registry.ConversionError(f'official:crossvit converts into a CrossViT, not {type(model).__name__}.')
+    require_loop_layout(model, 'crossvit')
     nb = len(model.patch_sizes)
     params: dict[str, Any] = {}
     for b in range(nb):
@@ -43,23 +44,8 @@ def convert(sd: registry.StateDict, model: CrossViT) -> dict:
         p = f'blocks.{k}'
         blk: dict[str, Any] = {}
         for b in range(nb):
-            heads = model.num_heads[b]
             for j in range(model.depths[b]):
-                q = f'{p}.blocks.{b}.{j}'
-                w = to_numpy(sd[f'{q}.attn.qkv.weight'])
-                bias = to_numpy(sd[f'{q}.attn.qkv.bias']) if f'{q}.attn.qkv.bias' in sd else None
-                d = w.shape[1]
-                attn = {}
-                for i, name in enumerate(('query', 'key', 'value')):
-                    part = {'x.weight': w[i * d:(i + 1) * d]}
-                    if bias is not None:
-                        part['x.bias'] = bias[i * d:(i + 1) * d]
-                    attn[name] = attention_in(part, 'x', heads)
-                attn['out'] = attention_out(sd, f'{q}.attn.proj', heads)
-                blk[f'branch{b}_block_{j}'] = {
-                    'LayerNorm_0': norm(sd, f'{q}.norm1'), 'MultiHeadDotProductAttention_1': attn,
-                    'LayerNorm_2': norm(sd, f'{q}.norm2'),
-                    'MlpBlock_3': {'Dense_0': linear(sd, f'{q}.mlp.fc1'), 'Dense_1': linear(sd, f'{q}.mlp.fc2')}}
+                blk[f'branch{b}_block_{j}'] = timm_block(sd, f'{p}.blocks.{b}.{j}', model.num_heads[b])
             blk[f'proj_{b}'] = proj(f'{p}.projs.{b}')
             blk[f'revert_proj_{b}'] = proj(f'{p}.revert_projs.{b}')
             heads_j = model.num_heads[(b + 1) % nb]
@@ -73,10 +59,7 @@ def convert(sd: registry.StateDict, model: CrossViT) -> dict:
             for layer in range(model.fusion_depth):
                 f = f'{p}.fusion.{b}' if bare else f'{p}.fusion.{b}.{layer}'
                 name = f'fusion_{b}' + (f'_{layer}' if model.fusion_depth > 1 else '')
-                blk[name] = {'norm1': norm(sd, f'{f}.norm1'), 'attn': {
-                    'query': attention_in(sd, f'{f}.attn.wq', heads_j),
-                    'key': attention_in(sd, f'{f}.attn.wk', heads_j),
-                    'value': attention_in(sd, f'{f}.attn.wv', heads_j),
-                    'out': attention_out(sd, f'{f}.attn.proj', heads_j)}}
+                blk[name] = {'norm1': norm(sd, f'{f}.norm1'), 'attn': separate_attention(
+                    sd, heads_j, f'{f}.attn.wq', f'{f}.attn.wk', f'{f}.attn.wv', f'{f}.attn.proj')}
         params[f'blocks_{k}'] = blk
     return {'params': params}

@@ -34,6 +34,7 @@ def _per_stage(value: Any, n: int) -> tuple:
 @registry.official('cvt', source='microsoft/CvT', models=('CvT-',))
 def convert(sd: registry.StateDict, model: Any) -> dict:
     """microsoft/CvT (ConvolutionalVisionTransformer, cls_cvt.py) -> CvT."""
+    common.require_loop_layout(model, 'cvt')
     n = len(model.embed_dims)
     depths, heads = _per_stage(model.depths, n), _per_stage(model.num_heads, n)
     methods, cls_token = _per_stage(model.qkv_method, n), _per_stage(model.cls_token, n)
@@ -70,24 +71,9 @@ def convert(sd: registry.StateDict, model: Any) -> dict:
                     proj_s[f'conv_proj_{w}'] = {'bn': bn_s}
                 attn['qkv_transform'] = proj_p
                 stats[f'{st}_block_{j}'] = {'MultiHeadDotProductAttention_1': {'qkv_transform': proj_s}}
-            attn.update({
-                'query': common.attention_in(sd, f'{b}.attn.proj_q', heads[i]),
-                'key': common.attention_in(sd, f'{b}.attn.proj_k', heads[i]),
-                'value': common.attention_in(sd, f'{b}.attn.proj_v', heads[i]),
-                'out': common.attention_out(sd, f'{b}.attn.proj', heads[i]),
-            })
-            params[f'{st}_block_{j}'] = {
-                'LayerNorm_0': common.norm(sd, f'{b}.norm1'),
-                'MultiHeadDotProductAttention_1': attn,
-                'LayerNorm_2': common.norm(sd, f'{b}.norm2'),
-                'MlpBlock_3': {'Dense_0': common.linear(sd, f'{b}.mlp.fc1'),
-                               'Dense_1': common.linear(sd, f'{b}.mlp.fc2')},
-            }
+            attn.update(common.separate_attention(sd, heads[i], f'{b}.attn.proj_q', f'{b}.attn.proj_k',
+                                                  f'{b}.attn.proj_v', f'{b}.attn.proj'))
+            params[f'{st}_block_{j}'] = common.encoder_block(sd, b, attn)
     params['norm'] = common.norm(sd, 'norm')
-    if model.num_classes:
-        params['head'] = common.linear(sd, 'head')
-    elif 'head.weight' in sd:
-        raise registry.ConversionError(
-            'official:cvt: the checkpoint has a classifier head (head.weight) but the model has none '
-            '(num_classes=0); build it with num_classes=head.weight.shape[0].')
+    params.update(common.classifier_head(sd, 'cvt', model.num_classes))
     return {'params': params, 'batch_stats': stats}

@@ -14,7 +14,7 @@ from typing import Any
 
 from vit_jax.models.dhvt import DHVT
 from vit_jax.porting import registry
-from vit_jax.porting.common import attention_in, attention_out, batchnorm, conv, linear, norm, to_numpy
+from vit_jax.porting.common import batchnorm, conv, fused_attention, linear, norm, to_numpy
 
 # SOPE convs per patch size (official ConvPatchEmbed).
 SOPE_CONVS = {16: 4, 4: 2, 2: 1}
@@ -26,7 +26,7 @@ def convert(sd: registry.StateDict, model: DHVT) -> dict:
     if not isinstance(model, DHVT):
         raise registry.ConversionError(f'official:dhvt converts into a DHVT model, not {type(model).__name__}.')
     sd.ignore(r'.*\.num_batches_tracked')
-    h, c = model.num_heads, model.hidden_size
+    h = model.num_heads
     params: dict[str, Any] = {}
     stats: dict[str, Any] = {}
 
@@ -46,16 +46,9 @@ def convert(sd: registry.StateDict, model: DHVT) -> dict:
     t, ts = {}, {}
     for i in range(model.num_layers):
         p = f'blocks.{i}'
-        qkv_w, qkv_b = to_numpy(sd[f'{p}.attn.qkv.weight']), sd.get(f'{p}.attn.qkv.bias')
-        mha = {}
-        for j, n in enumerate(('query', 'key', 'value')):
-            part = {'w.weight': qkv_w[j * c:(j + 1) * c]}
-            if qkv_b is not None:
-                part['w.bias'] = to_numpy(qkv_b)[j * c:(j + 1) * c]
-            mha[n] = attention_in(part, 'w', h, bias=qkv_b is not None)
-        mha['out'] = attention_out(sd, f'{p}.attn.proj', h)
         attn = {'ht_proj': linear(sd, f'{p}.attn.ht_proj'), 'ht_norm': norm(sd, f'{p}.attn.ht_norm'),
-                'head_pos_embed': to_numpy(sd[f'{p}.attn.pos_embed']), 'MultiHeadDotProductAttention_0': mha}
+                'head_pos_embed': to_numpy(sd[f'{p}.attn.pos_embed']),
+                'MultiHeadDotProductAttention_0': fused_attention(sd, f'{p}.attn', h)}
         daff, daff_stats = {}, {}
         for k in (1, 2, 3):
             daff[f'conv{k}'] = conv(sd, f'{p}.mlp.conv{k}')

@@ -41,7 +41,6 @@ import numpy as np
 
 from vit_jax.models.vit import VisionTransformer
 from vit_jax.porting import common, registry
-from vit_jax.porting.segmenter import timm_vit
 
 _P = 'pretrained.model.'
 
@@ -75,6 +74,18 @@ def conv_transpose(sd: registry.StateDict, prefix: str) -> dict:
             'bias': np.asarray(sd[f'{prefix}.bias'])}
 
 
+def residual_conv_unit(sd: registry.StateDict, prefix: str, use_bn: bool, *, conv: str = 'conv',
+                       bn: str = 'bn') -> tuple[dict, dict]:
+    """A fusion block's ResidualConvUnit: two 3x3 convs `{prefix}.{conv}{1,2}` (biased without BatchNorm), with
+    `use_bn` a BatchNorm `{prefix}.{bn}{1,2}` after each -> (params, batch_stats) of `resConfUnit{u}`."""
+    unit, stats = {}, {}
+    for c in (1, 2):
+        unit[f'conv{c}'] = common.conv(sd, f'{prefix}.{conv}{c}', bias=not use_bn)
+        if use_bn:
+            unit[f'bn{c}'], stats[f'bn{c}'] = common.batchnorm(sd, f'{prefix}.{bn}{c}')
+    return unit, stats
+
+
 def _head(sd: registry.StateDict, prefix: str) -> tuple[dict, dict]:
     bn_p, bn_s = common.batchnorm(sd, f'{prefix}.1')
     return ({'conv': common.conv(sd, f'{prefix}.0', bias=False), 'bn': bn_p,
@@ -93,7 +104,7 @@ def convert(sd: registry.StateDict, model: Any) -> dict:
         raise registry.ConversionError(
             f'official:dpt: the checkpoint has {"a ResNet-hybrid" if hybrid else "a plain ViT"} backbone but the '
             f'model is built with stem={model.stem!r}; use {"DPT-Hybrid" if hybrid else "DPT-Large / DPT-Base"}.')
-    params = timm_vit(sd, _P, model.num_layers, model.num_heads)
+    params = common.timm_vit(sd, _P, model.num_layers, model.num_heads)
     if hybrid:
         params.update(timm_resnetv2(sd, f'{_P}patch_embed.backbone.', len(model.resnet_layers)))
     if model.backbone_classes:
@@ -131,14 +142,9 @@ def convert(sd: registry.StateDict, model: Any) -> dict:
         rp = f'scratch.refinenet{n}'
         block, block_stats = {'out_conv': common.conv(sd, f'{rp}.out_conv')}, {}
         for u in (1, 2):
-            up = f'{rp}.resConfUnit{u}'
-            unit = {f'conv{c}': common.conv(sd, f'{up}.conv{c}', bias=not use_bn) for c in (1, 2)}
-            if use_bn:
-                unit_stats = {}
-                for c in (1, 2):
-                    unit[f'bn{c}'], unit_stats[f'bn{c}'] = common.batchnorm(sd, f'{up}.bn{c}')
+            block[f'resConfUnit{u}'], unit_stats = residual_conv_unit(sd, f'{rp}.resConfUnit{u}', use_bn)
+            if unit_stats:
                 block_stats[f'resConfUnit{u}'] = unit_stats
-            block[f'resConfUnit{u}'] = unit
         neck[f'refinenet{n}'] = block
         if block_stats:
             neck_stats[f'refinenet{n}'] = block_stats

@@ -33,20 +33,12 @@ from vit_jax.porting import common, registry
 _DTN_NORMS = ('dtn', 'dtn_var', 'dtn_pool')
 
 
-def fused_qkv(sd: registry.StateDict, prefix: str, num_heads: int, *, qkv: str = 'qkv', proj: str = 'proj') -> dict:
-    """A fused torch `qkv` Linear (3D', D) (bias optional) and `proj` Linear -> MultiHeadAttention params."""
-    out = common.split_qkv(sd[f'{prefix}.{qkv}.weight'], sd.get(f'{prefix}.{qkv}.bias'), num_heads)
-    return {**out, 'out': common.attention_out(sd, f'{prefix}.{proj}', num_heads)}
-
-
-def _norm(sd: registry.StateDict, prefix: str, is_dtn: bool) -> dict:
-    p = common.norm(sd, prefix)
-    if is_dtn:
-        if f'{prefix}.mean_norm_weight' in sd:
-            p['mean_norm_weight'] = sd[f'{prefix}.mean_norm_weight']
-        p['var_norm_weight'] = sd[f'{prefix}.var_norm_weight']
-        p['pos_proj'] = common.linear(sd, f'{prefix}.pos_proj')
-    return p
+def _add_dtn_weights(sd: registry.StateDict, prefix: str, p: dict) -> None:
+    """Adds the DTN weights of norm `prefix` to its converted LayerNorm params `p` (scale, bias)."""
+    if f'{prefix}.mean_norm_weight' in sd:
+        p['mean_norm_weight'] = sd[f'{prefix}.mean_norm_weight']
+    p['var_norm_weight'] = sd[f'{prefix}.var_norm_weight']
+    p['pos_proj'] = common.linear(sd, f'{prefix}.pos_proj')
 
 
 @registry.official('dtn', source='wqshao126/DTN', models=('DTN-ViT-',))
@@ -90,23 +82,21 @@ def convert(sd: registry.StateDict, model: Any) -> dict:
                 raise registry.ConversionError(
                     f'official:dtn: {p}.norm1 {"has" if has_mean else "has no"} mean_norm_weight, so the checkpoint '
                     f'is {"not " if has_mean else ""}a dtn_var model; the model is built with norm={model.norm!r}.')
-        attn = fused_qkv(sd, f'{p}.attn', heads)
+        attn = common.fused_attention(sd, f'{p}.attn', heads)
         if model.qkv_bias != ('bias' in attn['query']):
             raise registry.ConversionError(
                 f'official:dtn: {p}.attn.qkv {"has" if "bias" in attn["query"] else "has no"} bias; build the model '
                 f'with qkv_bias={"bias" in attn["query"]}.')
-        tr[f'encoderblock_{i}'] = {
-            'LayerNorm_0': _norm(sd, f'{p}.norm1', ckpt_dtn),
-            'MultiHeadDotProductAttention_1': attn,
-            'LayerNorm_2': _norm(sd, f'{p}.norm2', ckpt_dtn),
-            'MlpBlock_3': {'Dense_0': common.linear(sd, f'{p}.mlp.fc1'), 'Dense_1': common.linear(sd, f'{p}.mlp.fc2')},
-        }
+        blk = common.encoder_block(sd, p, attn)
+        if ckpt_dtn:
+            _add_dtn_weights(sd, f'{p}.norm1', blk['LayerNorm_0'])
+            _add_dtn_weights(sd, f'{p}.norm2', blk['LayerNorm_2'])
+        tr[f'encoderblock_{i}'] = blk
     tr['encoder_norm'] = common.norm(sd, 'norm')
     params: dict = {
         'embedding': common.conv(sd, 'patch_embed.proj'),
         'cls': np.asarray(sd['cls_token']).reshape(1, 1, -1),
         'Transformer': tr,
     }
-    if model.num_classes:
-        params['head'] = common.linear(sd, 'head')
+    params.update(common.classifier_head(sd, 'dtn', model.num_classes))
     return {'params': params}

@@ -45,6 +45,8 @@ from typing import Any, Mapping, Optional
 
 import numpy as np
 
+from vit_jax.porting.common import HF_MLP, HF_NORMS
+
 # vit_jax activation -> HuggingFace `hidden_act` (the same function in both).
 HF_ACTIVATIONS = {'gelu': 'gelu_pytorch_tanh', 'gelu_tanh': 'gelu_pytorch_tanh', 'gelu_exact': 'gelu',
                   'quick_gelu': 'quick_gelu', 'relu': 'relu', 'silu': 'silu', 'tanh': 'tanh'}
@@ -110,6 +112,34 @@ def attention_out(p: Mapping) -> dict:
 def _put(sd: dict, prefix: str, tensors: Mapping) -> None:
     for k, v in tensors.items():
         sd[f'{prefix}.{k}'] = v
+
+
+def _put_block(sd: dict, prefix: str, block: Mapping, *, norms: tuple[str, str] = ('norm1', 'norm2'),
+               mlp: tuple[str, str] = ('mlp.fc1', 'mlp.fc2')) -> None:
+    """The two LayerNorms and the MLP of `layers.Encoder1DBlock` params under torch names relative to `prefix`
+    (timm's by default; the inverse of `common.encoder_block`, whose attention each exporter writes itself)."""
+    _put(sd, f'{prefix}.{norms[0]}', norm(block['LayerNorm_0']))
+    _put(sd, f'{prefix}.{norms[1]}', norm(block['LayerNorm_2']))
+    _put(sd, f'{prefix}.{mlp[0]}', linear(block['MlpBlock_3']['Dense_0']))
+    _put(sd, f'{prefix}.{mlp[1]}', linear(block['MlpBlock_3']['Dense_1']))
+
+
+def _put_attention(sd: dict, att: Mapping, query: str, key: str, value: str, out: str, *,
+                   key_bias: bool = True) -> None:
+    """MultiHeadAttention params -> one torch Linear per projection, at the four given prefixes."""
+    _put(sd, query, attention_in(att['query']))
+    _put(sd, key, attention_in(att['key'], bias=key_bias))
+    _put(sd, value, attention_in(att['value']))
+    _put(sd, out, attention_out(att['out']))
+
+
+def _fused_qkv(att: Mapping, bias: bool) -> dict:
+    """MultiHeadAttention query / key / value -> one fused torch Linear {'weight': (3D', D), 'bias': (3D',)}."""
+    parts = [attention_in(att[n], bias=bias) for n in ('query', 'key', 'value')]
+    out = {'weight': _a(np.concatenate([p['weight'] for p in parts], 0))}
+    if bias:
+        out['bias'] = _a(np.concatenate([p['bias'] for p in parts], 0))
+    return out
 
 
 def _variables(variables: Mapping) -> tuple[dict, dict]:
@@ -178,11 +208,14 @@ def _vit_posemb(model: Any, params: dict, num_prefix: int) -> np.ndarray:
     return _a(np.concatenate([np.zeros((1, num_prefix, d), np.float32), grid], axis=1))
 
 
+def _check_vit_stem_norm(model: Any, fam: str, why_no_hybrid: str) -> None:
+    _require(model.stem == 'patch', fam, f'stem={model.stem!r}: only the linear patch stem exports ({why_no_hybrid}).')
+    _require(model.norm == 'layernorm', fam, f'norm={model.norm!r}: only LayerNorm exports.')
+
+
 def _check_vit(model: Any, target: str) -> None:
     fam = f'ViT -> {target}'
-    _require(model.stem == 'patch', fam, f"stem={model.stem!r}: only the linear patch stem exports (HF has no "
-             'ViT-hybrid since transformers 5, and no conv stem).')
-    _require(model.norm == 'layernorm', fam, f'norm={model.norm!r}: only LayerNorm exports.')
+    _check_vit_stem_norm(model, fam, 'HF has no ViT-hybrid since transformers 5, and no conv stem')
     _require(model.classifier in ('token', 'token_unpooled'), fam,
              f"classifier={model.classifier!r} has no {target} equivalent (its ViT pools with the class token); "
              "export a model built with classifier='token'.")
@@ -191,18 +224,17 @@ def _check_vit(model: Any, target: str) -> None:
              '(num_classes=None).')
 
 
+def _hf5_attention_names(layer: str) -> tuple[str, ...]:
+    """HuggingFace 5.x names of a layer's query, key, value and output projections (ViT, DeiT, BEiT)."""
+    return tuple(f'{layer}.attention.{n}' for n in ('q_proj', 'k_proj', 'v_proj', 'o_proj'))
+
+
 def _vit_encoder_hf(sd: dict, tr: dict, depth: int, prefix: str) -> None:
     """ViT encoder blocks in the transformers 5 naming (`layers.{i}.attention.q_proj` ...)."""
     for i in range(depth):
         b, L = tr[f'encoderblock_{i}'], f'{prefix}layers.{i}'
-        att = b['MultiHeadDotProductAttention_1']
-        _put(sd, f'{L}.layernorm_before', norm(b['LayerNorm_0']))
-        for ours, theirs in (('query', 'q_proj'), ('key', 'k_proj'), ('value', 'v_proj')):
-            _put(sd, f'{L}.attention.{theirs}', attention_in(att[ours]))
-        _put(sd, f'{L}.attention.o_proj', attention_out(att['out']))
-        _put(sd, f'{L}.layernorm_after', norm(b['LayerNorm_2']))
-        _put(sd, f'{L}.mlp.fc1', linear(b['MlpBlock_3']['Dense_0']))
-        _put(sd, f'{L}.mlp.fc2', linear(b['MlpBlock_3']['Dense_1']))
+        _put_attention(sd, b['MultiHeadDotProductAttention_1'], *_hf5_attention_names(L))
+        _put_block(sd, L, b, norms=HF_NORMS)
     _put(sd, f'{prefix}layernorm', norm(tr['encoder_norm']))
 
 
@@ -315,12 +347,9 @@ def _cvt_hf(model: Any, params: dict, stats: dict) -> tuple[Any, str, dict, dict
                 proj = att['qkv_transform'][f'conv_proj_{which}']
                 _put(sd, f'{cp}.convolution', conv(proj['conv'], bias=False))
                 _put(sd, f'{cp}.normalization', batchnorm(proj['bn'], att_stats[f'conv_proj_{which}']['bn']))
-                _put(sd, f'{a}.projection_{hf_name}', attention_in(att[hf_name]))
-            _put(sd, f'{L}.attention.output.dense', attention_out(att['out']))
-            _put(sd, f'{L}.layernorm_before', norm(blk['LayerNorm_0']))
-            _put(sd, f'{L}.layernorm_after', norm(blk['LayerNorm_2']))
-            _put(sd, f'{L}.intermediate.dense', linear(blk['MlpBlock_3']['Dense_0']))
-            _put(sd, f'{L}.output.dense', linear(blk['MlpBlock_3']['Dense_1']))
+            _put_attention(sd, att, f'{a}.projection_query', f'{a}.projection_key', f'{a}.projection_value',
+                           f'{L}.attention.output.dense')
+            _put_block(sd, L, blk, norms=HF_NORMS, mlp=HF_MLP)
     _put(sd, 'layernorm', norm(params['norm']))
     if model.num_classes:
         _put(sd, 'classifier', linear(params['head']))
@@ -390,15 +419,9 @@ def _beit_hf(model: Any, params: dict, stats: dict) -> tuple[Any, str, dict, dic
             tr['rel_pos_bias']['relative_position_bias_table'])
     for i in range(model.num_layers):
         b, L = tr[f'encoderblock_{i}'], f'{base}layers.{i}'
-        att = b['MultiHeadDotProductAttention_1']
-        _put(sd, f'{L}.attention.q_proj', attention_in(att['query']))
-        _put(sd, f'{L}.attention.k_proj', attention_in(att['key'], bias=False))  # An inert key bias (see beit.py).
-        _put(sd, f'{L}.attention.v_proj', attention_in(att['value']))
-        _put(sd, f'{L}.attention.o_proj', attention_out(att['out']))
-        _put(sd, f'{L}.layernorm_before', norm(b['LayerNorm_0']))
-        _put(sd, f'{L}.layernorm_after', norm(b['LayerNorm_2']))
-        _put(sd, f'{L}.mlp.fc1', linear(b['MlpBlock_3']['Dense_0']))
-        _put(sd, f'{L}.mlp.fc2', linear(b['MlpBlock_3']['Dense_1']))
+        # The key bias is inert (see porting/beit.py): HF's BEiT has none.
+        _put_attention(sd, b['MultiHeadDotProductAttention_1'], *_hf5_attention_names(L), key_bias=False)
+        _put_block(sd, L, b, norms=HF_NORMS)
         if ls is not None:
             sd[f'{L}.lambda_1'] = _a(b['gamma_1'])
             sd[f'{L}.lambda_2'] = _a(b['gamma_2'])
@@ -493,14 +516,10 @@ def _dpt_hf(model: Any, params: dict, stats: dict) -> tuple[Any, str, dict, dict
     tr = params['Transformer']
     for i in range(model.num_layers):
         b, L = tr[f'encoderblock_{i}'], f'{pre}encoder.layer.{i}'
-        att = b['MultiHeadDotProductAttention_1']
-        _put(sd, f'{L}.layernorm_before', norm(b['LayerNorm_0']))
-        for ours in ('query', 'key', 'value'):
-            _put(sd, f'{L}.attention.attention.{ours}', attention_in(att[ours]))
-        _put(sd, f'{L}.attention.output.dense', attention_out(att['out']))
-        _put(sd, f'{L}.layernorm_after', norm(b['LayerNorm_2']))
-        _put(sd, f'{L}.intermediate.dense', linear(b['MlpBlock_3']['Dense_0']))
-        _put(sd, f'{L}.output.dense', linear(b['MlpBlock_3']['Dense_1']))
+        a = f'{L}.attention.attention'
+        _put_attention(sd, b['MultiHeadDotProductAttention_1'], f'{a}.query', f'{a}.key', f'{a}.value',
+                       f'{L}.attention.output.dense')
+        _put_block(sd, L, b, norms=HF_NORMS, mlp=HF_MLP)
     _put(sd, f'{pre}layernorm', norm(tr['encoder_norm']))
     neck, neck_stats = params['neck'], stats.get('neck', {})
     for i in range(n):
@@ -607,10 +626,7 @@ def _timesformer_hf(model: Any, params: dict, stats: dict) -> tuple[Any, str, di
     tr = params['Transformer']
 
     def attention(prefix: str, att: dict) -> None:
-        parts = [attention_in(att[n], bias=model.qkv_bias) for n in ('query', 'key', 'value')]
-        sd[f'{prefix}.attention.qkv.weight'] = _a(np.concatenate([p['weight'] for p in parts], 0))
-        if model.qkv_bias:
-            sd[f'{prefix}.attention.qkv.bias'] = _a(np.concatenate([p['bias'] for p in parts], 0))
+        _put(sd, f'{prefix}.attention.qkv', _fused_qkv(att, bool(model.qkv_bias)))
         _put(sd, f'{prefix}.output.dense', attention_out(att['out']))
 
     sd: dict = {}
@@ -621,11 +637,8 @@ def _timesformer_hf(model: Any, params: dict, stats: dict) -> tuple[Any, str, di
     _put(sd, f'{e}.patch_embeddings.projection', conv(params['embedding']))
     for i in range(model.num_layers):
         b, L = tr[f'encoderblock_{i}'], f'{base}encoder.layer.{i}'
-        _put(sd, f'{L}.layernorm_before', norm(b['LayerNorm_0']))
         attention(f'{L}.attention', b['MultiHeadDotProductAttention_1'])
-        _put(sd, f'{L}.layernorm_after', norm(b['LayerNorm_2']))
-        _put(sd, f'{L}.intermediate.dense', linear(b['MlpBlock_3']['Dense_0']))
-        _put(sd, f'{L}.output.dense', linear(b['MlpBlock_3']['Dense_1']))
+        _put_block(sd, L, b, norms=HF_NORMS, mlp=HF_MLP)
         if at == 'divided_space_time':
             _put(sd, f'{L}.temporal_layernorm', norm(b['temporal_norm']))
             attention(f'{L}.temporal_attention', b['temporal_attention'])
@@ -735,9 +748,7 @@ def timm_state_dict(model: Any, variables: Mapping) -> dict[str, np.ndarray]:
         raise ExportError(f'timm export covers ViT / DeiT (VisionTransformer); got {type(model).__name__}. '
                           'Use to_transformers for CvT, BEiT, DPT and TimeSformer.')
     fam = 'ViT -> timm'
-    _require(model.stem == 'patch', fam, f"stem={model.stem!r}: only the linear patch stem exports (timm's hybrids "
-             'use another module layout).')
-    _require(model.norm == 'layernorm', fam, f'norm={model.norm!r}: only LayerNorm exports.')
+    _check_vit_stem_norm(model, fam, "timm's hybrids use another module layout")
     _require(model.classifier in ('token', 'gap'), fam,
              f"classifier={model.classifier!r}: timm layouts here are 'token' (class token) and 'gap' (no class "
              'token, mean of the tokens).')
@@ -760,15 +771,9 @@ def timm_state_dict(model: Any, variables: Mapping) -> dict[str, np.ndarray]:
     for i in range(model.num_layers):
         b, L = tr[f'encoderblock_{i}'], f'blocks.{i}'
         att = b['MultiHeadDotProductAttention_1']
-        parts = [attention_in(att[n], bias=model.qkv_bias) for n in ('query', 'key', 'value')]
-        _put(sd, f'{L}.norm1', norm(b['LayerNorm_0']))
-        sd[f'{L}.attn.qkv.weight'] = _a(np.concatenate([p['weight'] for p in parts], 0))
-        if model.qkv_bias:
-            sd[f'{L}.attn.qkv.bias'] = _a(np.concatenate([p['bias'] for p in parts], 0))
+        _put(sd, f'{L}.attn.qkv', _fused_qkv(att, bool(model.qkv_bias)))
         _put(sd, f'{L}.attn.proj', attention_out(att['out']))
-        _put(sd, f'{L}.norm2', norm(b['LayerNorm_2']))
-        _put(sd, f'{L}.mlp.fc1', linear(b['MlpBlock_3']['Dense_0']))
-        _put(sd, f'{L}.mlp.fc2', linear(b['MlpBlock_3']['Dense_1']))
+        _put_block(sd, L, b)
     _put(sd, 'norm', norm(tr['encoder_norm']))
     if model.representation_size is not None:
         _put(sd, 'pre_logits.fc', linear(params['pre_logits']))

@@ -23,7 +23,20 @@ from vit_jax.models.dpt import DPT
 from vit_jax.models.milan import CLIPVisionTransformer
 from vit_jax.models.timesformer import TimeSformer
 from vit_jax.models.vit import to_2tuple
-from vit_jax.porting.common import attention_in, attention_out, batchnorm, conv, hf_activation, linear, norm, to_numpy
+from vit_jax.porting.common import (
+    HF_MLP,
+    HF_NORMS,
+    batchnorm,
+    conv,
+    encoder_block,
+    fused_attention,
+    hf_activation,
+    linear,
+    norm,
+    separate_attention,
+    to_numpy,
+)
+from vit_jax.porting.dpt import residual_conv_unit
 from vit_jax.porting.registry import StateDict, check_variables
 
 _HF_CONVERTERS: dict[str, Callable[[Any], tuple[Any, dict]]] = {}
@@ -83,6 +96,12 @@ def _hf_vit_keys(sd: dict) -> dict:
     return out
 
 
+def _hf5_attention(sd: dict, prefix: str, num_heads: int, out: str = 'o_proj') -> dict:
+    """HuggingFace 5.x attention (`{prefix}.q_proj`, `k_proj`, `v_proj`, `{prefix}.{out}`) -> MultiHeadAttention."""
+    return separate_attention(sd, num_heads, f'{prefix}.q_proj', f'{prefix}.k_proj', f'{prefix}.v_proj',
+                              f'{prefix}.{out}')
+
+
 def _cfg(config: Any, key: str, default: Any = None) -> Any:
     if isinstance(config, dict):
         return config.get(key, default)
@@ -136,17 +155,8 @@ def vit_from_hf_state_dict(config: Any, state_dict: dict) -> tuple[Any, dict]:
                          f'patch_size={patch_size} give {n_grid} patches + the class token.')
     tr = {'posembed_input': {'pos_embedding': pe}}
     for i in range(depth):
-        L = f'layers.{i}'
-        tr[f'encoderblock_{i}'] = {
-            'LayerNorm_0': norm(sd, f'{L}.layernorm_before'),
-            'MultiHeadDotProductAttention_1': {
-                'query': attention_in(sd, f'{L}.attention.q_proj', heads),
-                'key': attention_in(sd, f'{L}.attention.k_proj', heads),
-                'value': attention_in(sd, f'{L}.attention.v_proj', heads),
-                'out': attention_out(sd, f'{L}.attention.o_proj', heads)},
-            'LayerNorm_2': norm(sd, f'{L}.layernorm_after'),
-            'MlpBlock_3': {'Dense_0': linear(sd, f'{L}.mlp.fc1'), 'Dense_1': linear(sd, f'{L}.mlp.fc2')},
-        }
+        tr[f'encoderblock_{i}'] = encoder_block(sd, f'layers.{i}', _hf5_attention(sd, f'layers.{i}.attention', heads),
+                                                norms=HF_NORMS)
     tr['encoder_norm'] = norm(sd, 'layernorm')
     params = {'embedding': conv(sd, 'embeddings.patch_embeddings.projection'),
               'cls': to_numpy(sd['embeddings.cls_token']), 'Transformer': tr}
@@ -221,18 +231,10 @@ def from_hf_cvt(hf_model: Any) -> tuple[CvT, dict]:
                 proj_p[f'conv_proj_{which}'] = {'conv': conv(sd, f'{cp}.convolution', bias=False),
                                                 'bn': bn_p}
                 proj_s[f'conv_proj_{which}'] = {'bn': bn_s}
-            attn = {'qkv_transform': proj_p,
-                    'query': attention_in(sd, f'{a}.projection_query', heads),
-                    'key': attention_in(sd, f'{a}.projection_key', heads),
-                    'value': attention_in(sd, f'{a}.projection_value', heads),
-                    'out': attention_out(sd, f'{L}.attention.output.dense', heads)}
-            params[f'{st}_block_{j}'] = {
-                'LayerNorm_0': norm(sd, f'{L}.layernorm_before'),
-                'MultiHeadDotProductAttention_1': attn,
-                'LayerNorm_2': norm(sd, f'{L}.layernorm_after'),
-                'MlpBlock_3': {'Dense_0': linear(sd, f'{L}.intermediate.dense'),
-                               'Dense_1': linear(sd, f'{L}.output.dense')},
-            }
+            attn = {'qkv_transform': proj_p, **separate_attention(
+                sd, heads, f'{a}.projection_query', f'{a}.projection_key', f'{a}.projection_value',
+                f'{L}.attention.output.dense')}
+            params[f'{st}_block_{j}'] = encoder_block(sd, L, attn, norms=HF_NORMS, mlp=HF_MLP)
             stats[f'{st}_block_{j}'] = {'MultiHeadDotProductAttention_1': {'qkv_transform': proj_s}}
     d = cfg.embed_dim[-1]
     if is_cls:
@@ -302,18 +304,10 @@ def from_hf_dpt(hf_model: Any) -> tuple[DPT, dict]:
         params['embedding'] = conv(sd, emb + 'patch_embeddings.projection')
     nh = cfg.num_attention_heads
     for i in range(cfg.num_hidden_layers):
-        p = f'{pre}encoder.layer.{i}.'
-        t[f'encoderblock_{i}'] = {
-            'LayerNorm_0': norm(sd, p + 'layernorm_before'),
-            'MultiHeadDotProductAttention_1': {
-                'query': attention_in(sd, p + 'attention.attention.query', nh),
-                'key': attention_in(sd, p + 'attention.attention.key', nh),
-                'value': attention_in(sd, p + 'attention.attention.value', nh),
-                'out': attention_out(sd, p + 'attention.output.dense', nh)},
-            'LayerNorm_2': norm(sd, p + 'layernorm_after'),
-            'MlpBlock_3': {'Dense_0': linear(sd, p + 'intermediate.dense'),
-                           'Dense_1': linear(sd, p + 'output.dense')},
-        }
+        p = f'{pre}encoder.layer.{i}'
+        attn = separate_attention(sd, nh, f'{p}.attention.attention.query', f'{p}.attention.attention.key',
+                                  f'{p}.attention.attention.value', f'{p}.attention.output.dense')
+        t[f'encoderblock_{i}'] = encoder_block(sd, p, attn, norms=HF_NORMS, mlp=HF_MLP)
     t['encoder_norm'] = norm(sd, pre + 'layernorm')
     params['Transformer'] = t
 
@@ -343,14 +337,10 @@ def from_hf_dpt(hf_model: Any) -> tuple[DPT, dict]:
         block: dict = {'out_conv': conv(sd, fp + 'projection')}
         block_stats: dict = {}
         for u in (1, 2):
-            up = f'{fp}residual_layer{u}.'
-            unit = {f'conv{c}': conv(sd, f'{up}convolution{c}', bias=not use_bn) for c in (1, 2)}
-            if use_bn:
-                unit_stats = {}
-                for c in (1, 2):
-                    unit[f'bn{c}'], unit_stats[f'bn{c}'] = batchnorm(sd, f'{up}batch_norm{c}')
+            block[f'resConfUnit{u}'], unit_stats = residual_conv_unit(sd, f'{fp}residual_layer{u}', use_bn,
+                                                                      conv='convolution', bn='batch_norm')
+            if unit_stats:
                 block_stats[f'resConfUnit{u}'] = unit_stats
-            block[f'resConfUnit{u}'] = unit
         neck[f'refinenet{n_hooks - j}'] = block
         if block_stats:
             neck_stats[f'refinenet{n_hooks - j}'] = block_stats
@@ -420,19 +410,10 @@ def from_hf_timesformer(hf_model: Any) -> tuple[TimeSformer, dict]:
         dropout_rate=float(cfg.hidden_dropout_prob), attention_dropout_rate=float(cfg.attention_probs_dropout_prob),
         drop_path_rate=float(cfg.drop_path_rate), norm_eps=cfg.layer_norm_eps,
         activation=hf_activation(cfg.hidden_act), qkv_bias=cfg.qkv_bias)
-    heads, d = cfg.num_attention_heads, cfg.hidden_size
+    heads = cfg.num_attention_heads
 
     def attention(p: str) -> dict:
-        w = sd[f'{p}.attention.qkv.weight']
-        b = sd.get(f'{p}.attention.qkv.bias')
-        out = {}
-        for i, n in enumerate(('query', 'key', 'value')):
-            part = {'weight': w[i * d:(i + 1) * d]}
-            if b is not None:
-                part['bias'] = b[i * d:(i + 1) * d]
-            out[n] = attention_in({f'x.{k}': v for k, v in part.items()}, 'x', heads)
-        out['out'] = attention_out(sd, f'{p}.output.dense', heads)
-        return out
+        return fused_attention(sd, p, heads, qkv='attention.qkv', proj='output.dense')
 
     e = f'{prefix}embeddings'
     tr = {'posembed_input': {'pos_embedding': to_numpy(sd[f'{e}.position_embeddings'])}}
@@ -440,13 +421,7 @@ def from_hf_timesformer(hf_model: Any) -> tuple[TimeSformer, dict]:
         tr['time_embedding'] = to_numpy(sd[f'{e}.time_embeddings'])
     for i in range(cfg.num_hidden_layers):
         lp = f'{prefix}encoder.layer.{i}'
-        blk = {
-            'LayerNorm_0': norm(sd, f'{lp}.layernorm_before'),
-            'MultiHeadDotProductAttention_1': attention(f'{lp}.attention'),
-            'LayerNorm_2': norm(sd, f'{lp}.layernorm_after'),
-            'MlpBlock_3': {'Dense_0': linear(sd, f'{lp}.intermediate.dense'),
-                           'Dense_1': linear(sd, f'{lp}.output.dense')},
-        }
+        blk = encoder_block(sd, lp, attention(f'{lp}.attention'), norms=HF_NORMS, mlp=HF_MLP)
         if cfg.attention_type == 'divided_space_time':
             blk['temporal_norm'] = norm(sd, f'{lp}.temporal_layernorm')
             blk['temporal_attention'] = attention(f'{lp}.temporal_attention')
@@ -517,17 +492,9 @@ def from_hf_beit(hf_model: Any) -> tuple[BEiT, dict]:
             sd[f'{prefix}shared_position_bias.relative_position_bias_table'])}
     for i in range(cfg.num_hidden_layers):
         lp = f'{prefix}layers.{i}'
-        att = {n: attention_in(sd, f'{lp}.attention.{t}_proj', heads) for n, t in
-               (('query', 'q'), ('key', 'k'), ('value', 'v'))}
+        att = _hf5_attention(sd, f'{lp}.attention', heads)
         att['key'].setdefault('bias', np.zeros((heads, d // heads), np.float32))  # BEiT has no key bias.
-        att['out'] = attention_out(sd, f'{lp}.attention.o_proj', heads)
-        blk = {
-            'LayerNorm_0': norm(sd, f'{lp}.layernorm_before'),
-            'MultiHeadDotProductAttention_1': att,
-            'LayerNorm_2': norm(sd, f'{lp}.layernorm_after'),
-            'MlpBlock_3': {'Dense_0': linear(sd, f'{lp}.mlp.fc1'),
-                           'Dense_1': linear(sd, f'{lp}.mlp.fc2')},
-        }
+        blk = encoder_block(sd, lp, att, norms=HF_NORMS)
         if ls > 0:
             blk['gamma_1'] = to_numpy(sd[f'{lp}.lambda_1'])
             blk['gamma_2'] = to_numpy(sd[f'{lp}.lambda_2'])
@@ -580,16 +547,8 @@ def from_hf_clip_vision(hf_model: Any) -> tuple[CLIPVisionTransformer, dict]:
     tr = {}
     for i in range(cfg.num_hidden_layers):
         lp = f'{v}encoder.layers.{i}'
-        att = {n: attention_in(sd, f'{lp}.self_attn.{t}_proj', heads) for n, t in
-               (('query', 'q'), ('key', 'k'), ('value', 'v'))}
-        att['out'] = attention_out(sd, f'{lp}.self_attn.out_proj', heads)
-        tr[f'encoderblock_{i}'] = {
-            'LayerNorm_0': norm(sd, f'{lp}.layer_norm1'),
-            'MultiHeadDotProductAttention_1': att,
-            'LayerNorm_2': norm(sd, f'{lp}.layer_norm2'),
-            'MlpBlock_3': {'Dense_0': linear(sd, f'{lp}.mlp.fc1'),
-                           'Dense_1': linear(sd, f'{lp}.mlp.fc2')},
-        }
+        att = _hf5_attention(sd, f'{lp}.self_attn', heads, out='out_proj')
+        tr[f'encoderblock_{i}'] = encoder_block(sd, lp, att, norms=('layer_norm1', 'layer_norm2'))
     e = f'{v}embeddings'
     params = {
         'embedding': conv(sd, f'{e}.patch_embedding', bias=False),

@@ -42,18 +42,7 @@ import numpy as np
 
 from vit_jax.models import layers
 from vit_jax.porting import common, registry
-from vit_jax.porting.dtn import fused_qkv
-
-
-def timm_block(sd: registry.StateDict, prefix: str, num_heads: int) -> dict:
-    """timm `Block` (norm1, attn.qkv/proj, norm2, mlp.fc1/fc2) -> layers.Encoder1DBlock params."""
-    return {
-        'LayerNorm_0': common.norm(sd, f'{prefix}.norm1'),
-        'MultiHeadDotProductAttention_1': fused_qkv(sd, f'{prefix}.attn', num_heads),
-        'LayerNorm_2': common.norm(sd, f'{prefix}.norm2'),
-        'MlpBlock_3': {'Dense_0': common.linear(sd, f'{prefix}.mlp.fc1'),
-                       'Dense_1': common.linear(sd, f'{prefix}.mlp.fc2')},
-    }
+from vit_jax.porting.common import timm_block
 
 
 def _prompt_block(sd: registry.StateDict, prefix: str, num_heads: int) -> dict:
@@ -67,13 +56,7 @@ def _prompt_block(sd: registry.StateDict, prefix: str, num_heads: int) -> dict:
             part['x.bias'] = kv_b[i * d:(i + 1) * d]
         att[name] = common.attention_in(part, 'x', num_heads)
     att['out'] = common.attention_out(sd, f'{prefix}.attn.proj', num_heads)
-    return {
-        'LayerNorm_0': common.norm(sd, f'{prefix}.norm1'),
-        'MultiHeadDotProductAttention_1': att,
-        'LayerNorm_2': common.norm(sd, f'{prefix}.norm2'),
-        'MlpBlock_3': {'Dense_0': common.linear(sd, f'{prefix}.mlp.fc1'),
-                       'Dense_1': common.linear(sd, f'{prefix}.mlp.fc2')},
-    }
+    return common.encoder_block(sd, prefix, att)
 
 
 def verify_sincos(sd: registry.StateDict, key: str, grid: tuple[int, int], dim: int, atol: float = 1e-5) -> None:
@@ -163,16 +146,10 @@ def _finetuned(sd: registry.StateDict, model: Any) -> dict:
     if depth != model.num_layers:
         raise registry.ConversionError(f'official:milan: the checkpoint has {depth} blocks, the model '
                                        f'{model.num_layers}.')
-    tr: dict = {'posembed_input': {'pos_embedding': sd['pos_embed']}}
-    tr.update({f'encoderblock_{i}': timm_block(sd, f'blocks.{i}', model.num_heads) for i in range(depth)})
-    params: dict = {'embedding': common.conv(sd, 'patch_embed.proj'), 'cls': sd['cls_token'].reshape(1, 1, -1)}
+    params = common.timm_vit(sd, '', depth, model.num_heads, final_norm=not pooled)
     if pooled:
         params['fc_norm'] = common.norm(sd, 'fc_norm')
-    else:
-        tr['encoder_norm'] = common.norm(sd, 'norm')
-    params['Transformer'] = tr
-    if model.num_classes:
-        params['head'] = common.linear(sd, 'head')
+    params.update(common.classifier_head(sd, 'milan', model.num_classes))
     return {'params': params}
 
 

@@ -28,35 +28,6 @@ from typing import Any
 import numpy as np
 
 from vit_jax.porting import common, registry
-from vit_jax.porting.timesformer import qkv_attention
-
-
-def timm_blocks(sd: registry.StateDict, prefix: str, num_layers: int, num_heads: int) -> dict:
-    """timm-style ViT blocks `{prefix}blocks.{i}.*` -> {'encoderblock_{i}': Encoder1DBlock params}."""
-    out = {}
-    for i in range(num_layers):
-        b = f'{prefix}blocks.{i}'
-        out[f'encoderblock_{i}'] = {
-            'LayerNorm_0': common.norm(sd, f'{b}.norm1'),
-            'MultiHeadDotProductAttention_1': qkv_attention(sd, f'{b}.attn', num_heads),
-            'LayerNorm_2': common.norm(sd, f'{b}.norm2'),
-            'MlpBlock_3': {'Dense_0': common.linear(sd, f'{b}.mlp.fc1'), 'Dense_1': common.linear(sd, f'{b}.mlp.fc2')},
-        }
-    return out
-
-
-def timm_vit(sd: registry.StateDict, prefix: str, num_layers: int, num_heads: int, *, final_norm: bool = True,
-             cls_token: bool = True) -> dict:
-    """A timm-style ViT (`{prefix}patch_embed.proj`, `cls_token`, `pos_embed`, `blocks`, `norm`) -> the ViT release
-    names (`embedding`, `cls`, `Transformer/{posembed_input, encoderblock_i, encoder_norm}`); heads not included."""
-    tr = {'posembed_input': {'pos_embedding': np.asarray(sd[f'{prefix}pos_embed'])},
-          **timm_blocks(sd, prefix, num_layers, num_heads)}
-    if final_norm:
-        tr['encoder_norm'] = common.norm(sd, f'{prefix}norm')
-    params = {'embedding': common.conv(sd, f'{prefix}patch_embed.proj'), 'Transformer': tr}
-    if cls_token:
-        params['cls'] = np.asarray(sd[f'{prefix}cls_token'])
-    return params
 
 
 def _distilled(model: Any) -> bool:
@@ -83,7 +54,7 @@ def convert(sd: registry.StateDict, model: Any) -> dict:
             f'official:segmenter: the checkpoint has a {"mask-transformer" if has_mask else "linear"} decoder '
             f'(decoder.{"cls_emb" if has_mask else "head"}) but the model is built with decoder={decoder!r}; build '
             f'it with decoder={"mask_transformer" if has_mask else "linear"!r}.')
-    params = timm_vit(sd, 'encoder.', model.num_layers, model.num_heads)
+    params = common.timm_vit(sd, 'encoder.', model.num_layers, model.num_heads)
     if has_dist:
         params['dist_token'] = np.asarray(sd['encoder.dist_token'])
     if model.backbone_classes:
@@ -106,7 +77,7 @@ def convert(sd: registry.StateDict, model: Any) -> dict:
         params['decoder'] = {
             'proj_dec': common.linear(sd, 'decoder.proj_dec'),
             'cls_emb': np.asarray(sd['decoder.cls_emb']),
-            'blocks': timm_blocks(sd, 'decoder.', n_layers, heads),
+            'blocks': common.timm_blocks(sd, 'decoder.', n_layers, heads),
             'decoder_norm': common.norm(sd, 'decoder.decoder_norm'),
             'proj_patch': np.asarray(sd['decoder.proj_patch']),
             'proj_classes': np.asarray(sd['decoder.proj_classes']),

@@ -18,7 +18,15 @@ from typing import Any
 
 from vit_jax.models.t2t import T2TViT
 from vit_jax.porting import registry
-from vit_jax.porting.common import attention_in, attention_out, check_fixed_table, linear, norm, to_numpy
+from vit_jax.porting.common import (
+    check_fixed_table,
+    classifier_head,
+    linear,
+    norm,
+    require_loop_layout,
+    timm_block,
+    to_numpy,
+)
 
 
 @registry.official('t2t', source='yitu-opensource/T2T-ViT', models=('T2T-ViT', 't2t_vit'))
@@ -26,9 +34,7 @@ def convert(sd: registry.StateDict, model: T2TViT) -> dict:
     """T2T-ViT (performer or transformer T2T module); the Performer `w` into 'constants'."""
     if not isinstance(model, T2TViT):
         raise registry.ConversionError(f'official:t2t converts into a T2TViT, not {type(model).__name__}.')
-    if model.scan:
-        raise registry.ConversionError('Convert into a model with scan=False (checkpoint.load_pretrained restacks '
-                                       'the layers for a scanned model).')
+    require_loop_layout(model, 't2t')
     if 'pos_embed' in sd:  # The sinusoid table (requires_grad=False), rebuilt for the input's token count.
         check_fixed_table(sd, 'pos_embed')
     params: dict[str, Any] = {}
@@ -50,29 +56,10 @@ def convert(sd: registry.StateDict, model: T2TViT) -> dict:
     t2t['project'] = linear(sd, 'tokens_to_token.project')
     params['tokens_to_token'] = t2t
     params['cls'] = to_numpy(sd['cls_token'])
-    heads = model.num_heads
-    enc: dict[str, Any] = {}
-    for i in range(model.num_layers):
-        p = f'blocks.{i}'
-        w = to_numpy(sd[f'{p}.attn.qkv.weight'])  # (3D, D): rows q, k, v.
-        qkv_b = to_numpy(sd[f'{p}.attn.qkv.bias']) if f'{p}.attn.qkv.bias' in sd else None
-        d = w.shape[0] // 3
-        attn = {}
-        for j, name in enumerate(('query', 'key', 'value')):
-            part = {'x.weight': w[j * d:(j + 1) * d]}
-            if qkv_b is not None:
-                part['x.bias'] = qkv_b[j * d:(j + 1) * d]
-            attn[name] = attention_in(part, 'x', heads)
-        attn['out'] = attention_out(sd, f'{p}.attn.proj', heads)
-        enc[f'encoderblock_{i}'] = {
-            'LayerNorm_0': norm(sd, f'{p}.norm1'), 'MultiHeadDotProductAttention_1': attn,
-            'LayerNorm_2': norm(sd, f'{p}.norm2'),
-            'MlpBlock_3': {'Dense_0': linear(sd, f'{p}.mlp.fc1'), 'Dense_1': linear(sd, f'{p}.mlp.fc2')},
-        }
+    enc = {f'encoderblock_{i}': timm_block(sd, f'blocks.{i}', model.num_heads) for i in range(model.num_layers)}
     enc['encoder_norm'] = norm(sd, 'norm')
     params['Transformer'] = enc
-    if model.num_classes:
-        params['head'] = linear(sd, 'head')
+    params.update(classifier_head(sd, 't2t', model.num_classes))
     variables = {'params': params}
     if consts:
         variables['constants'] = {'tokens_to_token': consts}

@@ -29,12 +29,6 @@ from vit_jax.porting import common, registry
 OFFICIAL_ATTENTION_TYPES = ('divided_space_time', 'space_only', 'joint_space_time')
 
 
-def qkv_attention(sd: registry.StateDict, prefix: str, num_heads: int) -> dict:
-    """A fused torch `qkv` Linear (3D, D) and `proj` Linear -> MultiHeadAttention {query, key, value, out}."""
-    out = common.split_qkv(sd[f'{prefix}.qkv.weight'], sd.get(f'{prefix}.qkv.bias'), num_heads)
-    return {**out, 'out': common.attention_out(sd, f'{prefix}.proj', num_heads)}
-
-
 def _strip_model_prefix(sd: registry.StateDict) -> registry.StateDict:
     """Keys under `model.` (the official wrapper module) without the prefix; a bare VisionTransformer unchanged."""
     if not sd or not all(k.startswith('model.') for k in sd):
@@ -69,16 +63,10 @@ def convert(sd: registry.StateDict, model: Any) -> dict:
         tr['time_embedding'] = inner['time_embed']
     for i in range(model.num_layers):
         p = f'blocks.{i}'
-        blk = {
-            'LayerNorm_0': common.norm(inner, f'{p}.norm1'),
-            'MultiHeadDotProductAttention_1': qkv_attention(inner, f'{p}.attn', heads),
-            'LayerNorm_2': common.norm(inner, f'{p}.norm2'),
-            'MlpBlock_3': {'Dense_0': common.linear(inner, f'{p}.mlp.fc1'),
-                           'Dense_1': common.linear(inner, f'{p}.mlp.fc2')},
-        }
+        blk = common.timm_block(inner, p, heads)
         if attention_type == 'divided_space_time':
             blk['temporal_norm'] = common.norm(inner, f'{p}.temporal_norm1')
-            blk['temporal_attention'] = qkv_attention(inner, f'{p}.temporal_attn', heads)
+            blk['temporal_attention'] = common.fused_attention(inner, f'{p}.temporal_attn', heads)
             blk['temporal_fc'] = common.linear(inner, f'{p}.temporal_fc')
         tr[f'encoderblock_{i}'] = blk
     tr['encoder_norm'] = common.norm(inner, 'norm')
@@ -87,11 +75,6 @@ def convert(sd: registry.StateDict, model: Any) -> dict:
         'cls': np.asarray(inner['cls_token']),
         'Transformer': tr,
     }
-    if model.num_classes:
-        params['head'] = common.linear(inner, 'head')
-    elif 'head.weight' in inner:
-        raise registry.ConversionError(
-            'official:timesformer: the checkpoint has a classifier head (head.weight) but the model has none '
-            '(num_classes=0); build it with num_classes=head.weight.shape[0].')
+    params.update(common.classifier_head(inner, 'timesformer', model.num_classes))
     sd.read.update(f'model.{k}' if inner is not sd else k for k in inner.read)
     return {'params': params}
