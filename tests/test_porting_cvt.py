@@ -7,7 +7,7 @@ three-stage config with per-stage q/k/v bias and MLP ratios."""
 import jax
 import numpy as np
 import pytest
-from _porting_common import rename
+from _porting_common import RandomStateDict, rename
 
 from vit_jax import convert, models
 from vit_jax.models import cvt
@@ -20,47 +20,29 @@ IMAGE, CLASSES = 44, 5
 
 def official_state_dict(seed: int = 0, methods=('dw_bn',) * 3) -> dict:
     """Random weights with the official names and shapes (ConvolutionalVisionTransformer)."""
-    rs = np.random.RandomState(seed)
-
-    def r(*shape, scale=0.3):
-        return (rs.randn(*shape) * scale).astype(np.float32)
-
-    sd = {}
-
-    def ln(p, d):
-        sd[f'{p}.weight'], sd[f'{p}.bias'] = 1 + r(d, scale=0.1), r(d, scale=0.1)
-
+    sd = RandomStateDict(seed)
     c_in = 3
     for i, d in enumerate(DIMS):
         s = f'stage{i}'
-        sd[f'{s}.patch_embed.proj.weight'] = r(d, c_in, PATCH[i], PATCH[i], scale=0.2)
-        sd[f'{s}.patch_embed.proj.bias'] = r(d)
-        ln(f'{s}.patch_embed.norm', d)
+        sd.conv(f'{s}.patch_embed.proj', d, c_in, PATCH[i])
+        sd.ln(f'{s}.patch_embed.norm', d)
         if CLS[i]:
-            sd[f'{s}.cls_token'] = r(1, 1, d)
+            sd[f'{s}.cls_token'] = sd.r(1, 1, d)
         for j in range(DEPTHS[i]):
             b = f'{s}.blocks.{j}'
-            ln(f'{b}.norm1', d)
+            sd.ln(f'{b}.norm1', d)
             if methods[i] == 'dw_bn':
                 for w in 'qkv':
-                    c = f'{b}.attn.conv_proj_{w}'
-                    sd[f'{c}.conv.weight'] = r(d, 1, 3, 3)
-                    ln(f'{c}.bn', d)
-                    sd[f'{c}.bn.running_mean'] = r(d, scale=0.1)
-                    sd[f'{c}.bn.running_var'] = (1 + rs.rand(d)).astype(np.float32)
-                    sd[f'{c}.bn.num_batches_tracked'] = np.array(7, np.int64)
+                    sd.conv(f'{b}.attn.conv_proj_{w}.conv', d, 1, 3, bias=False, scale=0.3)
+                    sd.bn(f'{b}.attn.conv_proj_{w}.bn', d)
             for w in 'qkv':
-                sd[f'{b}.attn.proj_{w}.weight'] = r(d, d)
-                if QKV_BIAS[i]:
-                    sd[f'{b}.attn.proj_{w}.bias'] = r(d)
-            sd[f'{b}.attn.proj.weight'], sd[f'{b}.attn.proj.bias'] = r(d, d), r(d)
-            ln(f'{b}.norm2', d)
-            h = int(d * RATIOS[i])
-            sd[f'{b}.mlp.fc1.weight'], sd[f'{b}.mlp.fc1.bias'] = r(h, d), r(h)
-            sd[f'{b}.mlp.fc2.weight'], sd[f'{b}.mlp.fc2.bias'] = r(d, h), r(d)
+                sd.linear(f'{b}.attn.proj_{w}', d, d, bias=QKV_BIAS[i])
+            sd.linear(f'{b}.attn.proj', d, d)
+            sd.ln(f'{b}.norm2', d)
+            sd.mlp(f'{b}.mlp', d, int(d * RATIOS[i]))
         c_in = d
-    ln('norm', DIMS[-1])
-    sd['head.weight'], sd['head.bias'] = r(CLASSES, DIMS[-1]), r(CLASSES)
+    sd.ln('norm', DIMS[-1])
+    sd.linear('head', CLASSES, DIMS[-1])
     return sd
 
 
@@ -71,76 +53,66 @@ def _model(**kw) -> cvt.CvT:
     return cvt.CvT(**kw)
 
 
+_QKV = {'q': 'query', 'k': 'key', 'v': 'value'}
+_BLOCK, _HF_LAYER = r'^stage(\d+)\.blocks\.(\d+)\.', r'cvt.encoder.stages.\1.layers.\2.'
 _TO_HF = (
     (r'^stage(\d+)\.patch_embed\.proj\.', r'cvt.encoder.stages.\1.embedding.convolution_embeddings.projection.'),
     (r'^stage(\d+)\.patch_embed\.norm\.', r'cvt.encoder.stages.\1.embedding.convolution_embeddings.normalization.'),
     (r'^stage(\d+)\.cls_token$', r'cvt.encoder.stages.\1.cls_token'),
-    (r'^stage(\d+)\.blocks\.(\d+)\.attn\.conv_proj_q\.conv\.',
-     r'cvt.encoder.stages.\1.layers.\2.attention.attention.convolution_projection_query.convolution_projection.'
-     r'convolution.'),
-    (r'^stage(\d+)\.blocks\.(\d+)\.attn\.conv_proj_k\.conv\.',
-     r'cvt.encoder.stages.\1.layers.\2.attention.attention.convolution_projection_key.convolution_projection.'
-     r'convolution.'),
-    (r'^stage(\d+)\.blocks\.(\d+)\.attn\.conv_proj_v\.conv\.',
-     r'cvt.encoder.stages.\1.layers.\2.attention.attention.convolution_projection_value.convolution_projection.'
-     r'convolution.'),
-    (r'^stage(\d+)\.blocks\.(\d+)\.attn\.conv_proj_q\.bn\.',
-     r'cvt.encoder.stages.\1.layers.\2.attention.attention.convolution_projection_query.convolution_projection.'
-     r'normalization.'),
-    (r'^stage(\d+)\.blocks\.(\d+)\.attn\.conv_proj_k\.bn\.',
-     r'cvt.encoder.stages.\1.layers.\2.attention.attention.convolution_projection_key.convolution_projection.'
-     r'normalization.'),
-    (r'^stage(\d+)\.blocks\.(\d+)\.attn\.conv_proj_v\.bn\.',
-     r'cvt.encoder.stages.\1.layers.\2.attention.attention.convolution_projection_value.convolution_projection.'
-     r'normalization.'),
-    (r'^stage(\d+)\.blocks\.(\d+)\.attn\.proj_q\.', r'cvt.encoder.stages.\1.layers.\2.attention.attention.'
-     r'projection_query.'),
-    (r'^stage(\d+)\.blocks\.(\d+)\.attn\.proj_k\.', r'cvt.encoder.stages.\1.layers.\2.attention.attention.'
-     r'projection_key.'),
-    (r'^stage(\d+)\.blocks\.(\d+)\.attn\.proj_v\.', r'cvt.encoder.stages.\1.layers.\2.attention.attention.'
-     r'projection_value.'),
-    (r'^stage(\d+)\.blocks\.(\d+)\.attn\.proj\.', r'cvt.encoder.stages.\1.layers.\2.attention.output.dense.'),
-    (r'^stage(\d+)\.blocks\.(\d+)\.norm1\.', r'cvt.encoder.stages.\1.layers.\2.layernorm_before.'),
-    (r'^stage(\d+)\.blocks\.(\d+)\.norm2\.', r'cvt.encoder.stages.\1.layers.\2.layernorm_after.'),
-    (r'^stage(\d+)\.blocks\.(\d+)\.mlp\.fc1\.', r'cvt.encoder.stages.\1.layers.\2.intermediate.dense.'),
-    (r'^stage(\d+)\.blocks\.(\d+)\.mlp\.fc2\.', r'cvt.encoder.stages.\1.layers.\2.output.dense.'),
+    (_BLOCK + r'attn\.conv_proj_([qkv])\.(conv|bn)\.',
+     lambda m: f'cvt.encoder.stages.{m[1]}.layers.{m[2]}.attention.attention.convolution_projection_{_QKV[m[3]]}.'
+               f'convolution_projection.{"convolution" if m[4] == "conv" else "normalization"}.'),
+    (_BLOCK + r'attn\.proj_([qkv])\.',
+     lambda m: f'cvt.encoder.stages.{m[1]}.layers.{m[2]}.attention.attention.projection_{_QKV[m[3]]}.'),
+    (_BLOCK + r'attn\.proj\.', _HF_LAYER + 'attention.output.dense.'),
+    (_BLOCK + r'norm1\.', _HF_LAYER + 'layernorm_before.'),
+    (_BLOCK + r'norm2\.', _HF_LAYER + 'layernorm_after.'),
+    (_BLOCK + r'mlp\.fc1\.', _HF_LAYER + 'intermediate.dense.'),
+    (_BLOCK + r'mlp\.fc2\.', _HF_LAYER + 'output.dense.'),
     (r'^norm\.', 'layernorm.'),
     (r'^head\.', 'classifier.'),
 )
 
 
-def _to_hf(sd: dict) -> dict:
-    return rename(sd, _TO_HF)
+def _hf_logits(sd: dict, images: np.ndarray, methods=('dw_bn',) * 3) -> np.ndarray:
+    """Logits of HuggingFace's CvtForImageClassification holding the official weights renamed, with the official
+    QuickGELU in its MLPs (HF hard-codes nn.GELU) and, in 'avg' stages, the official projections put in place (HF
+    builds no module for 'avg': identity q, AvgPool2d(ceil_mode=True) k/v)."""
+    torch = pytest.importorskip('torch')
+    transformers = pytest.importorskip('transformers')
+    cfg = transformers.CvtConfig(
+        num_labels=CLASSES, embed_dim=list(DIMS), num_heads=list(HEADS), depth=list(DEPTHS), mlp_ratio=list(RATIOS),
+        qkv_bias=list(QKV_BIAS), cls_token=list(CLS), patch_sizes=list(PATCH), patch_stride=list(STRIDE),
+        patch_padding=list(PAD), drop_path_rate=[0.0] * 3, qkv_projection_method=list(methods))
+    hf = transformers.CvtForImageClassification(cfg).eval()
+    hf_sd = rename(sd, _TO_HF)
+    missing, unexpected = hf.load_state_dict({k: torch.from_numpy(v) for k, v in hf_sd.items()}, strict=False)
+    assert not missing and not unexpected, (missing, unexpected)
+
+    class QuickGELU(torch.nn.Module):
+        def forward(self, x):
+            return x * torch.sigmoid(1.702 * x)
+
+    for i, stage in enumerate(hf.cvt.encoder.stages):
+        for layer in stage.layers:
+            layer.intermediate.activation = QuickGELU()
+            if methods[i] == 'avg':
+                a = layer.attention.attention
+                a.convolution_projection_query.convolution_projection = torch.nn.Identity()
+                for p in (a.convolution_projection_key, a.convolution_projection_value):
+                    p.convolution_projection = torch.nn.AvgPool2d(3, stride=2, padding=1, ceil_mode=True)
+    with torch.no_grad():
+        return hf(pixel_values=torch.from_numpy(images.transpose(0, 3, 1, 2).copy())).logits.numpy()
 
 
 def test_official_cvt_matches_hf_with_quick_gelu():
-    torch = pytest.importorskip('torch')
-    transformers = pytest.importorskip('transformers')
     sd = official_state_dict()
     model = _model()
     variables = convert.from_official('cvt', {'state_dict': {f'module.{k}': v for k, v in sd.items()}}, model)
     assert set(variables) == {'params', 'batch_stats'}
     images = np.random.RandomState(1).randn(2, IMAGE, IMAGE, 3).astype(np.float32)
     logits, _ = jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, images)
-
-    cfg = transformers.CvtConfig(
-        num_labels=CLASSES, embed_dim=list(DIMS), num_heads=list(HEADS), depth=list(DEPTHS), mlp_ratio=list(RATIOS),
-        qkv_bias=list(QKV_BIAS), cls_token=list(CLS), patch_sizes=list(PATCH), patch_stride=list(STRIDE),
-        patch_padding=list(PAD), drop_path_rate=[0.0] * 3)
-    hf = transformers.CvtForImageClassification(cfg).eval()
-    missing, unexpected = hf.load_state_dict({k: torch.from_numpy(v) for k, v in _to_hf(sd).items()}, strict=False)
-    assert not missing and not unexpected, (missing, unexpected)
-
-    class QuickGELU(torch.nn.Module):  # The official act_layer (HF hard-codes nn.GELU).
-        def forward(self, x):
-            return x * torch.sigmoid(1.702 * x)
-
-    for stage in hf.cvt.encoder.stages:
-        for layer in stage.layers:
-            layer.intermediate.activation = QuickGELU()
-    with torch.no_grad():
-        ref = hf(pixel_values=torch.from_numpy(images.transpose(0, 3, 1, 2).copy())).logits.numpy()
-    np.testing.assert_allclose(np.asarray(logits), ref, atol=2e-5, rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(logits), _hf_logits(sd, images), atol=2e-5, rtol=1e-5)
 
 
 def test_official_cvt_linear_projection_and_refusals():
@@ -174,35 +146,10 @@ def test_official_cvt_avg_projection_matches_reference():
     official projections put in place (HF builds no module for 'avg')."""
     if not _supports_avg():
         pytest.skip("CvT has no qkv_method='avg' yet")
-    torch = pytest.importorskip('torch')
-    transformers = pytest.importorskip('transformers')
     methods = ('avg', 'dw_bn', 'avg')
     sd = official_state_dict(methods=methods)
     model = _model(qkv_method=methods)
     variables = convert.from_official('cvt', sd, model)
     images = np.random.RandomState(2).randn(2, IMAGE, IMAGE, 3).astype(np.float32)
     logits, _ = jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, images)
-
-    cfg = transformers.CvtConfig(
-        num_labels=CLASSES, embed_dim=list(DIMS), num_heads=list(HEADS), depth=list(DEPTHS), mlp_ratio=list(RATIOS),
-        qkv_bias=list(QKV_BIAS), cls_token=list(CLS), patch_sizes=list(PATCH), patch_stride=list(STRIDE),
-        patch_padding=list(PAD), drop_path_rate=[0.0] * 3, qkv_projection_method=list(methods))
-    hf = transformers.CvtForImageClassification(cfg).eval()
-    missing, unexpected = hf.load_state_dict({k: torch.from_numpy(v) for k, v in _to_hf(sd).items()}, strict=False)
-    assert not missing and not unexpected, (missing, unexpected)
-
-    class QuickGELU(torch.nn.Module):
-        def forward(self, x):
-            return x * torch.sigmoid(1.702 * x)
-
-    for i, stage in enumerate(hf.cvt.encoder.stages):
-        for layer in stage.layers:
-            layer.intermediate.activation = QuickGELU()
-            if methods[i] == 'avg':
-                a = layer.attention.attention
-                a.convolution_projection_query.convolution_projection = torch.nn.Identity()
-                for p in (a.convolution_projection_key, a.convolution_projection_value):
-                    p.convolution_projection = torch.nn.AvgPool2d(3, stride=2, padding=1, ceil_mode=True)
-    with torch.no_grad():
-        ref = hf(pixel_values=torch.from_numpy(images.transpose(0, 3, 1, 2).copy())).logits.numpy()
-    np.testing.assert_allclose(np.asarray(logits), ref, atol=2e-5, rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(logits), _hf_logits(sd, images, methods), atol=2e-5, rtol=1e-5)

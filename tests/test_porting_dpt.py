@@ -3,11 +3,10 @@ equal to HuggingFace's PyTorch DPTForDepthEstimation / DPTForSemanticSegmentatio
 from the official layout: a ViT depth model, a ViT segmentation model (BatchNorm fusion units, auxiliary head) and an
 R50-hybrid depth model, all small (16-px patches as the official code hard-codes, 64x64 inputs, 4 hooks)."""
 
-import re
-
 import jax
 import numpy as np
 import pytest
+from _porting_common import RandomStateDict, rename
 
 from vit_jax import convert
 from vit_jax.models import dpt
@@ -20,34 +19,15 @@ HYBRID_LAYERS, HYBRID_WIDTH = (1, 2, 1), 0.5  # Stem 32 channels, stages 128 / 2
 
 def official_state_dict(head: str, hybrid: bool = False, seed: int = 0) -> dict:
     """Random weights with the official names and shapes (DPTDepthModel / DPTSegmentationModel)."""
-    rs = np.random.RandomState(seed)
-
-    def r(*shape, scale=0.3):
-        return (rs.randn(*shape) * scale).astype(np.float32)
-
-    sd = {}
-
-    def ln(p, d):
-        sd[f'{p}.weight'], sd[f'{p}.bias'] = 1 + r(d, scale=0.1), r(d, scale=0.1)
-
-    def bn(p, d):
-        ln(p, d)
-        sd[f'{p}.running_mean'], sd[f'{p}.running_var'] = r(d, scale=0.1), (1 + rs.rand(d)).astype(np.float32)
-        sd[f'{p}.num_batches_tracked'] = np.array(3, np.int64)
-
-    def conv(p, o, i, k, bias=True, scale=0.2):
-        sd[f'{p}.weight'] = r(o, i, k, k, scale=scale)
-        if bias:
-            sd[f'{p}.bias'] = r(o, scale=0.1)
-
+    sd = RandomStateDict(seed)
     m = 'pretrained.model'
     grid = IMAGE // 16
-    sd[f'{m}.cls_token'], sd[f'{m}.pos_embed'] = r(1, 1, D), r(1, 1 + grid * grid, D)
+    sd[f'{m}.cls_token'], sd[f'{m}.pos_embed'] = sd.r(1, 1, D), sd.r(1, 1 + grid * grid, D)
     if hybrid:
         b = f'{m}.patch_embed.backbone'
         stem = int(64 * HYBRID_WIDTH)
-        conv(f'{b}.stem.conv', stem, 3, 7, bias=False)
-        ln(f'{b}.stem.norm', stem)
+        sd.conv(f'{b}.stem.conv', stem, 3, 7, bias=False)
+        sd.ln(f'{b}.stem.norm', stem)
         c_in = stem
         for s, depth in enumerate(HYBRID_LAYERS):
             out = int(256 * HYBRID_WIDTH) * 2**s
@@ -55,61 +35,50 @@ def official_state_dict(head: str, hybrid: bool = False, seed: int = 0) -> dict:
             for j in range(depth):
                 p = f'{b}.stages.{s}.blocks.{j}'
                 if j == 0:
-                    conv(f'{p}.downsample.conv', out, c_in, 1, bias=False)
-                    ln(f'{p}.downsample.norm', out)
-                conv(f'{p}.conv1', mid, c_in if j == 0 else out, 1, bias=False)
-                ln(f'{p}.norm1', mid)
-                conv(f'{p}.conv2', mid, mid, 3, bias=False)
-                ln(f'{p}.norm2', mid)
-                conv(f'{p}.conv3', out, mid, 1, bias=False)
-                ln(f'{p}.norm3', out)
+                    sd.conv(f'{p}.downsample.conv', out, c_in, 1, bias=False)
+                    sd.ln(f'{p}.downsample.norm', out)
+                for c, (o, i, k) in enumerate(((mid, c_in if j == 0 else out, 1), (mid, mid, 3), (out, mid, 1)), 1):
+                    sd.conv(f'{p}.conv{c}', o, i, k, bias=False)
+                    sd.ln(f'{p}.norm{c}', o)
             c_in = out
-        conv(f'{m}.patch_embed.proj', D, c_in, 1)
+        sd.conv(f'{m}.patch_embed.proj', D, c_in, 1)
         features = (int(256 * HYBRID_WIDTH), int(512 * HYBRID_WIDTH), D, D)
     else:
-        conv(f'{m}.patch_embed.proj', D, 3, 16, scale=0.05)
+        sd.conv(f'{m}.patch_embed.proj', D, 3, 16, scale=0.05)
         features = VIT_FEATURES
     for i in range(LAYERS):
-        p = f'{m}.blocks.{i}'
-        ln(f'{p}.norm1', D)
-        sd[f'{p}.attn.qkv.weight'], sd[f'{p}.attn.qkv.bias'] = r(3 * D, D), r(3 * D)
-        sd[f'{p}.attn.proj.weight'], sd[f'{p}.attn.proj.bias'] = r(D, D), r(D)
-        ln(f'{p}.norm2', D)
-        sd[f'{p}.mlp.fc1.weight'], sd[f'{p}.mlp.fc1.bias'] = r(MLP, D), r(MLP)
-        sd[f'{p}.mlp.fc2.weight'], sd[f'{p}.mlp.fc2.bias'] = r(D, MLP), r(D)
-    ln(f'{m}.norm', D)
-    sd[f'{m}.head.weight'], sd[f'{m}.head.bias'] = r(BACKBONE, D), r(BACKBONE)
+        sd.vit_block(f'{m}.blocks.{i}', D, MLP)
+    sd.ln(f'{m}.norm', D)
+    sd.linear(f'{m}.head', BACKBONE, D)
     for n in range(1, 5):
         if hybrid and n <= 2:
             continue  # act_postprocess1/2 are identities on the ResNet stages.
         ap, f = f'pretrained.act_postprocess{n}', features[n - 1]
-        sd[f'{ap}.0.project.0.weight'], sd[f'{ap}.0.project.0.bias'] = r(D, 2 * D), r(D)
-        conv(f'{ap}.3', f, D, 1)
-        if n == 1:
-            sd[f'{ap}.4.weight'], sd[f'{ap}.4.bias'] = r(f, f, 4, 4), r(f)  # ConvTranspose2d (in, out, k, k).
-        elif n == 2:
-            sd[f'{ap}.4.weight'], sd[f'{ap}.4.bias'] = r(f, f, 2, 2), r(f)
+        sd.linear(f'{ap}.0.project.0', D, 2 * D)
+        sd.conv(f'{ap}.3', f, D, 1)
+        if n in (1, 2):  # ConvTranspose2d (in, out, k, k), kernel = stride: 4x, 2x upsampling.
+            sd[f'{ap}.4.weight'], sd[f'{ap}.4.bias'] = sd.r(f, f, 4 // n, 4 // n), sd.r(f)
         elif n == 4:
-            conv(f'{ap}.4', f, f, 3)
+            sd.conv(f'{ap}.4', f, f, 3)
     use_bn = head == 'segmentation'
     for n in range(1, 5):
-        conv(f'scratch.layer{n}_rn', FUSION, features[n - 1], 3, bias=False)
+        sd.conv(f'scratch.layer{n}_rn', FUSION, features[n - 1], 3, bias=False)
         rp = f'scratch.refinenet{n}'
-        conv(f'{rp}.out_conv', FUSION, FUSION, 1)
+        sd.conv(f'{rp}.out_conv', FUSION, FUSION, 1)
         for u in (1, 2):
             for c in (1, 2):
-                conv(f'{rp}.resConfUnit{u}.conv{c}', FUSION, FUSION, 3, bias=not use_bn)
+                sd.conv(f'{rp}.resConfUnit{u}.conv{c}', FUSION, FUSION, 3, bias=not use_bn)
                 if use_bn:
-                    bn(f'{rp}.resConfUnit{u}.bn{c}', FUSION)
+                    sd.bn(f'{rp}.resConfUnit{u}.bn{c}', FUSION)
     if head == 'depth':
-        conv('scratch.output_conv.0', FUSION // 2, FUSION, 3)
-        conv('scratch.output_conv.2', 32, FUSION // 2, 3)
-        conv('scratch.output_conv.4', 1, 32, 1)
+        sd.conv('scratch.output_conv.0', FUSION // 2, FUSION, 3)
+        sd.conv('scratch.output_conv.2', 32, FUSION // 2, 3)
+        sd.conv('scratch.output_conv.4', 1, 32, 1)
     else:
         for p in ('scratch.output_conv', 'auxlayer'):
-            conv(f'{p}.0', FUSION, FUSION, 3, bias=False)
-            bn(f'{p}.1', FUSION)
-            conv(f'{p}.4', CLASSES, FUSION, 1)
+            sd.conv(f'{p}.0', FUSION, FUSION, 3, bias=False)
+            sd.bn(f'{p}.1', FUSION)
+            sd.conv(f'{p}.4', CLASSES, FUSION, 1)
     return sd
 
 
@@ -135,6 +104,8 @@ _TO_HF = (
      r'dpt.embeddings.backbone.bit.encoder.stages.\1.layers.\2.'),
     (r'^pretrained\.model\.blocks\.(\d+)\.norm1\.', r'dpt.encoder.layer.\1.layernorm_before.'),
     (r'^pretrained\.model\.blocks\.(\d+)\.norm2\.', r'dpt.encoder.layer.\1.layernorm_after.'),
+    (r'^pretrained\.model\.blocks\.(\d+)\.attn\.qkv\.',
+     tuple(rf'dpt.encoder.layer.\1.attention.attention.{n}.' for n in ('query', 'key', 'value'))),
     (r'^pretrained\.model\.blocks\.(\d+)\.attn\.proj\.', r'dpt.encoder.layer.\1.attention.output.dense.'),
     (r'^pretrained\.model\.blocks\.(\d+)\.mlp\.fc1\.', r'dpt.encoder.layer.\1.intermediate.dense.'),
     (r'^pretrained\.model\.blocks\.(\d+)\.mlp\.fc2\.', r'dpt.encoder.layer.\1.output.dense.'),
@@ -155,27 +126,9 @@ _TO_HF = (
 
 
 def _to_hf(sd: dict, hybrid: bool) -> dict:
-    out = {}
-    for k, v in sd.items():
-        if k.startswith('pretrained.model.head.'):
-            continue  # timm's classifier: HuggingFace's DPT has none.
-        if k.startswith('pretrained.model.patch_embed.proj.'):
-            out[k.replace('pretrained.model.patch_embed.proj.', 'dpt.embeddings.projection.' if hybrid
-                          else 'dpt.embeddings.patch_embeddings.projection.')] = v
-            continue
-        qkv = re.match(r'^pretrained\.model\.blocks\.(\d+)\.attn\.qkv\.(weight|bias)$', k)
-        if qkv:
-            for j, name in enumerate(('query', 'key', 'value')):
-                out[f'dpt.encoder.layer.{qkv[1]}.attention.attention.{name}.{qkv[2]}'] = v[j * D:(j + 1) * D]
-            continue
-        for pat, rep in _TO_HF:
-            new = re.sub(pat, rep, k)
-            if new != k:
-                out[new] = v
-                break
-        else:
-            raise AssertionError(f'no HF name for {k}')
-    return out
+    patch_embed = 'dpt.embeddings.projection.' if hybrid else 'dpt.embeddings.patch_embeddings.projection.'
+    return rename(sd, ((r'^pretrained\.model\.head\.', None),  # timm's classifier: HuggingFace's DPT has none.
+                       (r'^pretrained\.model\.patch_embed\.proj\.', patch_embed)) + _TO_HF)
 
 
 def _hf_model(head: str, hybrid: bool):

@@ -4,11 +4,10 @@ LayerNorm eps 1e-5 as the official nn.LayerNorm) followed by the decoders and th
 torch operations from the official decoder.py / segmenter.py, for the linear and the mask-transformer decoders on a
 small unusual config (non-square 12x20 input, 3 heads of 8, a 2-head decoder)."""
 
-import re
-
 import jax
 import numpy as np
 import pytest
+from _porting_common import RandomStateDict, rename
 
 from vit_jax import convert
 from vit_jax.models import segmenter
@@ -21,44 +20,27 @@ DEC_LAYERS, DEC_HEADS = 2, 2
 def official_state_dict(decoder: str, seed: int = 0, distilled: bool = False) -> dict:
     """Random weights with the official names and shapes (Segmenter of VisionTransformer + DecoderLinear or
     MaskTransformer)."""
-    rs = np.random.RandomState(seed)
-
-    def r(*shape, scale=0.3):
-        return (rs.randn(*shape) * scale).astype(np.float32)
-
-    sd = {}
-
-    def ln(p, d=D):
-        sd[f'{p}.weight'], sd[f'{p}.bias'] = 1 + r(d, scale=0.1), r(d, scale=0.1)
-
-    def blocks(prefix, n, d_ff):
-        for i in range(n):
-            b = f'{prefix}.blocks.{i}'
-            ln(f'{b}.norm1')
-            sd[f'{b}.attn.qkv.weight'], sd[f'{b}.attn.qkv.bias'] = r(3 * D, D), r(3 * D)
-            sd[f'{b}.attn.proj.weight'], sd[f'{b}.attn.proj.bias'] = r(D, D), r(D)
-            ln(f'{b}.norm2')
-            sd[f'{b}.mlp.fc1.weight'], sd[f'{b}.mlp.fc1.bias'] = r(d_ff, D), r(d_ff)
-            sd[f'{b}.mlp.fc2.weight'], sd[f'{b}.mlp.fc2.bias'] = r(D, d_ff), r(D)
-
+    sd = RandomStateDict(seed)
     n = (IMAGE[0] // PATCH) * (IMAGE[1] // PATCH)
-    sd['encoder.cls_token'], sd['encoder.pos_embed'] = r(1, 1, D), r(1, n + 1 + distilled, D)
+    sd['encoder.cls_token'], sd['encoder.pos_embed'] = sd.r(1, 1, D), sd.r(1, n + 1 + distilled, D)
     if distilled:  # DeiT-distilled encoder (Seg-B†): distillation token and its own classifier.
-        sd['encoder.dist_token'] = r(1, 1, D)
-        sd['encoder.head_dist.weight'], sd['encoder.head_dist.bias'] = r(BACKBONE, D), r(BACKBONE)
-    sd['encoder.patch_embed.proj.weight'], sd['encoder.patch_embed.proj.bias'] = r(D, 3, PATCH, PATCH), r(D)
-    blocks('encoder', LAYERS, MLP)
-    ln('encoder.norm')
-    sd['encoder.head.weight'], sd['encoder.head.bias'] = r(BACKBONE, D), r(BACKBONE)
+        sd['encoder.dist_token'] = sd.r(1, 1, D)
+        sd.linear('encoder.head_dist', BACKBONE, D)
+    sd['encoder.patch_embed.proj.weight'], sd['encoder.patch_embed.proj.bias'] = sd.r(D, 3, PATCH, PATCH), sd.r(D)
+    for i in range(LAYERS):
+        sd.vit_block(f'encoder.blocks.{i}', D, MLP)
+    sd.ln('encoder.norm', D)
+    sd.linear('encoder.head', BACKBONE, D)
     if decoder == 'linear':
-        sd['decoder.head.weight'], sd['decoder.head.bias'] = r(CLASSES, D), r(CLASSES)
+        sd.linear('decoder.head', CLASSES, D)
     else:
-        sd['decoder.cls_emb'] = r(1, CLASSES, D)
-        sd['decoder.proj_dec.weight'], sd['decoder.proj_dec.bias'] = r(D, D), r(D)
-        sd['decoder.proj_patch'], sd['decoder.proj_classes'] = r(D, D), r(D, D)
-        blocks('decoder', DEC_LAYERS, 4 * D)
-        ln('decoder.decoder_norm')
-        ln('decoder.mask_norm', CLASSES)
+        sd['decoder.cls_emb'] = sd.r(1, CLASSES, D)
+        sd.linear('decoder.proj_dec', D, D)
+        sd['decoder.proj_patch'], sd['decoder.proj_classes'] = sd.r(D, D), sd.r(D, D)
+        for i in range(DEC_LAYERS):
+            sd.vit_block(f'decoder.blocks.{i}', D, 4 * D)
+        sd.ln('decoder.decoder_norm', D)
+        sd.ln('decoder.mask_norm', CLASSES)
     return sd
 
 
@@ -76,6 +58,8 @@ _ENC_TO_HF = (
     (r'^encoder\.patch_embed\.proj\.', 'embeddings.patch_embeddings.projection.'),
     (r'^encoder\.blocks\.(\d+)\.norm1\.', r'layers.\1.layernorm_before.'),
     (r'^encoder\.blocks\.(\d+)\.norm2\.', r'layers.\1.layernorm_after.'),
+    (r'^encoder\.blocks\.(\d+)\.attn\.qkv\.',
+     tuple(rf'layers.\1.attention.{n}.' for n in ('q_proj', 'k_proj', 'v_proj'))),
     (r'^encoder\.blocks\.(\d+)\.attn\.proj\.', r'layers.\1.attention.o_proj.'),
     (r'^encoder\.blocks\.(\d+)\.mlp\.', r'layers.\1.mlp.'),
     (r'^encoder\.norm\.', 'layernorm.'),
@@ -83,23 +67,8 @@ _ENC_TO_HF = (
 
 
 def _hf_encoder_state_dict(sd: dict) -> dict:
-    out = {}
-    for k, v in sd.items():
-        if not k.startswith('encoder.') or k.startswith('encoder.head'):
-            continue
-        m = re.match(r'^encoder\.blocks\.(\d+)\.attn\.qkv\.(weight|bias)$', k)
-        if m:
-            for j, name in enumerate(('q_proj', 'k_proj', 'v_proj')):
-                out[f'layers.{m[1]}.attention.{name}.{m[2]}'] = v[j * D:(j + 1) * D]
-            continue
-        for pat, rep in _ENC_TO_HF:
-            new = re.sub(pat, rep, k)
-            if new != k:
-                out[new] = v
-                break
-        else:
-            raise AssertionError(f'no HF name for {k}')
-    return out
+    return rename({k: v for k, v in sd.items() if k.startswith('encoder.') and not k.startswith('encoder.head')},
+                  _ENC_TO_HF)
 
 
 def _reference_logits(sd: dict, decoder: str, images: np.ndarray, distilled: bool = False) -> np.ndarray:

@@ -5,7 +5,7 @@ for the three official attention types on a small unusual config."""
 
 import numpy as np
 import pytest
-from _porting_common import rename
+from _porting_common import RandomStateDict, rename
 
 from vit_jax import convert
 from vit_jax.models import timesformer
@@ -16,39 +16,24 @@ D, HEADS, MLP, LAYERS, PATCH, IMAGE, FRAMES, CLASSES = 12, 2, 20, 2, 4, 12, 3, 5
 
 def official_state_dict(attention_type: str, seed: int = 0, qkv_bias: bool = True) -> dict:
     """Random weights with the official key names and shapes (`VisionTransformer` of timesformer/models/vit.py)."""
-    rs = np.random.RandomState(seed)
-
-    def r(*shape, scale=0.3):
-        return (rs.randn(*shape) * scale).astype(np.float32)
-
+    sd = RandomStateDict(seed)
     n = (IMAGE // PATCH) ** 2
-    sd = {'cls_token': r(1, 1, D), 'pos_embed': r(1, n + 1, D),
-          'patch_embed.proj.weight': r(D, 3, PATCH, PATCH, scale=0.1), 'patch_embed.proj.bias': r(D)}
+    sd['cls_token'], sd['pos_embed'] = sd.r(1, 1, D), sd.r(1, n + 1, D)
+    sd.conv('patch_embed.proj', D, 3, PATCH, scale=0.1)
     if attention_type != 'space_only':
-        sd['time_embed'] = r(1, FRAMES, D)
-
-    def attn(p):
-        sd[f'{p}.qkv.weight'] = r(3 * D, D)
-        if qkv_bias:
-            sd[f'{p}.qkv.bias'] = r(3 * D)
-        sd[f'{p}.proj.weight'], sd[f'{p}.proj.bias'] = r(D, D), r(D)
-
-    def ln(p):
-        sd[f'{p}.weight'], sd[f'{p}.bias'] = 1 + r(D, scale=0.1), r(D, scale=0.1)
-
+        sd['time_embed'] = sd.r(1, FRAMES, D)
     for i in range(LAYERS):
         b = f'blocks.{i}'
-        ln(f'{b}.norm1')
-        attn(f'{b}.attn')
+        sd.ln(f'{b}.norm1', D)
+        sd.attention(f'{b}.attn', D, qkv_bias)
         if attention_type == 'divided_space_time':
-            ln(f'{b}.temporal_norm1')
-            attn(f'{b}.temporal_attn')
-            sd[f'{b}.temporal_fc.weight'], sd[f'{b}.temporal_fc.bias'] = r(D, D), r(D)
-        ln(f'{b}.norm2')
-        sd[f'{b}.mlp.fc1.weight'], sd[f'{b}.mlp.fc1.bias'] = r(MLP, D), r(MLP)
-        sd[f'{b}.mlp.fc2.weight'], sd[f'{b}.mlp.fc2.bias'] = r(D, MLP), r(D)
-    ln('norm')
-    sd['head.weight'], sd['head.bias'] = r(CLASSES, D), r(CLASSES)
+            sd.ln(f'{b}.temporal_norm1', D)
+            sd.attention(f'{b}.temporal_attn', D, qkv_bias)
+            sd.linear(f'{b}.temporal_fc', D, D)
+        sd.ln(f'{b}.norm2', D)
+        sd.mlp(f'{b}.mlp', D, MLP)
+    sd.ln('norm', D)
+    sd.linear('head', CLASSES, D)
     return sd
 
 
@@ -59,21 +44,22 @@ def _model(attention_type: str, **kw) -> timesformer.TimeSformer:
 
 
 # Official -> HuggingFace transformers names (a port of the same code; used as the independent reference).
+_LAYER = r'timesformer.encoder.layer.\1.'
 _TO_HF = (
     (r'^cls_token$', 'timesformer.embeddings.cls_token'),
     (r'^pos_embed$', 'timesformer.embeddings.position_embeddings'),
     (r'^time_embed$', 'timesformer.embeddings.time_embeddings'),
     (r'^patch_embed\.proj\.', 'timesformer.embeddings.patch_embeddings.projection.'),
-    (r'^blocks\.(\d+)\.norm1\.', r'timesformer.encoder.layer.\1.layernorm_before.'),
-    (r'^blocks\.(\d+)\.attn\.qkv\.', r'timesformer.encoder.layer.\1.attention.attention.qkv.'),
-    (r'^blocks\.(\d+)\.attn\.proj\.', r'timesformer.encoder.layer.\1.attention.output.dense.'),
-    (r'^blocks\.(\d+)\.temporal_norm1\.', r'timesformer.encoder.layer.\1.temporal_layernorm.'),
-    (r'^blocks\.(\d+)\.temporal_attn\.qkv\.', r'timesformer.encoder.layer.\1.temporal_attention.attention.qkv.'),
-    (r'^blocks\.(\d+)\.temporal_attn\.proj\.', r'timesformer.encoder.layer.\1.temporal_attention.output.dense.'),
-    (r'^blocks\.(\d+)\.temporal_fc\.', r'timesformer.encoder.layer.\1.temporal_dense.'),
-    (r'^blocks\.(\d+)\.norm2\.', r'timesformer.encoder.layer.\1.layernorm_after.'),
-    (r'^blocks\.(\d+)\.mlp\.fc1\.', r'timesformer.encoder.layer.\1.intermediate.dense.'),
-    (r'^blocks\.(\d+)\.mlp\.fc2\.', r'timesformer.encoder.layer.\1.output.dense.'),
+    (r'^blocks\.(\d+)\.norm1\.', _LAYER + 'layernorm_before.'),
+    (r'^blocks\.(\d+)\.attn\.qkv\.', _LAYER + 'attention.attention.qkv.'),
+    (r'^blocks\.(\d+)\.attn\.proj\.', _LAYER + 'attention.output.dense.'),
+    (r'^blocks\.(\d+)\.temporal_norm1\.', _LAYER + 'temporal_layernorm.'),
+    (r'^blocks\.(\d+)\.temporal_attn\.qkv\.', _LAYER + 'temporal_attention.attention.qkv.'),
+    (r'^blocks\.(\d+)\.temporal_attn\.proj\.', _LAYER + 'temporal_attention.output.dense.'),
+    (r'^blocks\.(\d+)\.temporal_fc\.', _LAYER + 'temporal_dense.'),
+    (r'^blocks\.(\d+)\.norm2\.', _LAYER + 'layernorm_after.'),
+    (r'^blocks\.(\d+)\.mlp\.fc1\.', _LAYER + 'intermediate.dense.'),
+    (r'^blocks\.(\d+)\.mlp\.fc2\.', _LAYER + 'output.dense.'),
     (r'^norm\.', 'timesformer.layernorm.'),
     (r'^head\.', 'classifier.'),
 )
