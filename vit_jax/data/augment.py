@@ -268,23 +268,45 @@ def randaugment(example: Example, ctx: Context, num_layers: int = 2, magnitude: 
 # ---------------------------------------------------------------------------------------------------------------
 # AutoAugment, CIFAR-10 policy.
 
-# (op1, probability, magnitude index, op2, probability, magnitude index): the 25 sub-policies found on reduced
-# CIFAR-10 (Cubuk et al. 2019, appendix table).
-CIFAR10_POLICY = (
-    ('invert', 0.1, 7, 'contrast', 0.2, 6), ('rotate', 0.7, 2, 'translateX', 0.3, 9),
-    ('sharpness', 0.8, 1, 'sharpness', 0.9, 3), ('shearY', 0.5, 8, 'translateY', 0.7, 9),
-    ('autocontrast', 0.5, 8, 'equalize', 0.9, 2), ('shearY', 0.2, 7, 'posterize', 0.3, 7),
-    ('color', 0.4, 3, 'brightness', 0.6, 7), ('sharpness', 0.3, 9, 'brightness', 0.7, 9),
-    ('equalize', 0.6, 5, 'equalize', 0.5, 1), ('contrast', 0.6, 7, 'sharpness', 0.6, 5),
-    ('color', 0.7, 7, 'translateX', 0.5, 8), ('equalize', 0.3, 7, 'autocontrast', 0.4, 8),
-    ('translateY', 0.4, 3, 'sharpness', 0.2, 6), ('brightness', 0.9, 6, 'color', 0.2, 8),
-    ('solarize', 0.5, 2, 'invert', 0.0, 3), ('equalize', 0.2, 0, 'autocontrast', 0.6, 0),
-    ('equalize', 0.2, 8, 'equalize', 0.6, 4), ('color', 0.9, 9, 'equalize', 0.6, 6),
-    ('autocontrast', 0.8, 4, 'solarize', 0.2, 8), ('brightness', 0.1, 3, 'color', 0.7, 0),
-    ('solarize', 0.4, 5, 'autocontrast', 0.9, 3), ('translateY', 0.9, 9, 'translateY', 0.7, 9),
-    ('autocontrast', 0.9, 2, 'solarize', 0.8, 3), ('equalize', 0.8, 8, 'invert', 0.1, 3),
-    ('translateY', 0.7, 9, 'autocontrast', 0.9, 1),
-)
+# The 25 sub-policies found on reduced CIFAR-10 (Cubuk et al. 2019, appendix table), one a line as listed there:
+# two ops, each with its probability and magnitude index.
+_CIFAR10_TABLE = """
+    invert       0.1 7    contrast     0.2 6
+    rotate       0.7 2    translateX   0.3 9
+    sharpness    0.8 1    sharpness    0.9 3
+    shearY       0.5 8    translateY   0.7 9
+    autocontrast 0.5 8    equalize     0.9 2
+    shearY       0.2 7    posterize    0.3 7
+    color        0.4 3    brightness   0.6 7
+    sharpness    0.3 9    brightness   0.7 9
+    equalize     0.6 5    equalize     0.5 1
+    contrast     0.6 7    sharpness    0.6 5
+    color        0.7 7    translateX   0.5 8
+    equalize     0.3 7    autocontrast 0.4 8
+    translateY   0.4 3    sharpness    0.2 6
+    brightness   0.9 6    color        0.2 8
+    solarize     0.5 2    invert       0.0 3
+    equalize     0.2 0    autocontrast 0.6 0
+    equalize     0.2 8    equalize     0.6 4
+    color        0.9 9    equalize     0.6 6
+    autocontrast 0.8 4    solarize     0.2 8
+    brightness   0.1 3    color        0.7 0
+    solarize     0.4 5    autocontrast 0.9 3
+    translateY   0.9 9    translateY   0.7 9
+    autocontrast 0.9 2    solarize     0.8 3
+    equalize     0.8 8    invert       0.1 3
+    translateY   0.7 9    autocontrast 0.9 1
+"""
+
+
+def _policy(table: str) -> tuple[tuple[str, float, int, str, float, int], ...]:
+    """(op1, probability, magnitude index, op2, probability, magnitude index) per line of a policy table."""
+    rows = [line.split() for line in table.strip().splitlines()]
+    return tuple((op1, float(p1), int(m1), op2, float(p2), int(m2)) for op1, p1, m1, op2, p2, m2 in rows)
+
+
+CIFAR10_POLICY = _policy(_CIFAR10_TABLE)
+
 # Magnitude of index i (0..9) per op: 10 evenly spaced values (the PIL port's ranges).
 _AA_RANGES = {
     'shearX': np.linspace(0, 0.3, 10), 'shearY': np.linspace(0, 0.3, 10),

@@ -71,71 +71,74 @@ class AttnBlock(nn.Module):
         return x + y.reshape(b, h, w, c)
 
 
-class VQEncoder(nn.Module):
-    """taming's Encoder: conv_in, levels of ResNet blocks (+attention) with downsampling, middle, norm, conv_out."""
+class _ConvStack(nn.Module):
+    """Options and parts shared by taming's Encoder and Decoder."""
 
     ch: int = 128  # Base channels.
-    ch_mult: Sequence[int] = (1, 1, 2, 2, 4)  # Channel multiplier per level (len - 1 downsamplings).
-    num_res_blocks: int = 2  # ResNet blocks per level.
+    ch_mult: Sequence[int] = (1, 1, 2, 2, 4)  # Channel multiplier per level (len - 1 down/upsamplings).
+    num_res_blocks: int = 2  # ResNet blocks per level (the decoder uses one more).
     attn_resolutions: Sequence[int] = (16,)  # Feature-map sizes (height) with attention blocks.
-    z_channels: int = 256  # Output channels.
     groups: int = 32  # GroupNorm groups.
     dropout_rate: float = 0.0  # ResNet-block dropout.
     dtype: Any = jnp.float32  # Compute dtype.
     attention_impl: str = 'auto'  # Attention kernel of the AttnBlocks.
+
+    def _level_block(self, h: Array, features: int, name: str, train: bool) -> Array:
+        """ResNet block `name` (`{level}_block_{j}`), then attention block `{level}_attn_{j}` where the map's height
+        is in attn_resolutions."""
+        h = ResnetBlock(features, self.groups, self.dropout_rate, self.dtype, name=name)(h, train)
+        if h.shape[1] in self.attn_resolutions:
+            h = AttnBlock(self.groups, self.dtype, self.attention_impl, name=name.replace('_block_', '_attn_'))(h)
+        return h
+
+    def _middle(self, h: Array, train: bool) -> Array:
+        """ResNet block, attention, ResNet block at the lowest resolution."""
+        c = h.shape[-1]
+        h = ResnetBlock(c, self.groups, self.dropout_rate, self.dtype, name='mid_block_1')(h, train)
+        h = AttnBlock(self.groups, self.dtype, self.attention_impl, name='mid_attn_1')(h)
+        return ResnetBlock(c, self.groups, self.dropout_rate, self.dtype, name='mid_block_2')(h, train)
+
+    def _norm_out(self, h: Array) -> Array:
+        return nn.swish(_norm(self.groups, 'norm_out')(h))
+
+
+class VQEncoder(_ConvStack):
+    """taming's Encoder: conv_in, levels of ResNet blocks (+attention) with downsampling, middle, norm, conv_out."""
+
+    z_channels: int = 256  # Output channels.
 
     @nn.compact
     def __call__(self, x: Array, train: bool = False) -> Array:
         h = nn.Conv(self.ch, (3, 3), padding=1, dtype=self.dtype, name='conv_in')(x)
         for i, mult in enumerate(self.ch_mult):
             for j in range(self.num_res_blocks):
-                h = ResnetBlock(self.ch * mult, self.groups, self.dropout_rate, self.dtype,
-                                name=f'down_{i}_block_{j}')(h, train)
-                if h.shape[1] in self.attn_resolutions:
-                    h = AttnBlock(self.groups, self.dtype, self.attention_impl, name=f'down_{i}_attn_{j}')(h)
+                h = self._level_block(h, self.ch * mult, f'down_{i}_block_{j}', train)
             if i != len(self.ch_mult) - 1:  # Strided conv with taming's asymmetric (0, 1) padding.
                 h = jnp.pad(h, ((0, 0), (0, 1), (0, 1), (0, 0)))
                 h = nn.Conv(h.shape[-1], (3, 3), strides=(2, 2), padding='VALID', dtype=self.dtype,
                             name=f'down_{i}_downsample')(h)
-        h = ResnetBlock(h.shape[-1], self.groups, self.dropout_rate, self.dtype, name='mid_block_1')(h, train)
-        h = AttnBlock(self.groups, self.dtype, self.attention_impl, name='mid_attn_1')(h)
-        h = ResnetBlock(h.shape[-1], self.groups, self.dropout_rate, self.dtype, name='mid_block_2')(h, train)
-        h = nn.swish(_norm(self.groups, 'norm_out')(h))
+        h = self._norm_out(self._middle(h, train))
         return nn.Conv(self.z_channels, (3, 3), padding=1, dtype=self.dtype, name='conv_out')(h)
 
 
-class VQDecoder(nn.Module):
+class VQDecoder(_ConvStack):
     """taming's Decoder: conv_in, middle, levels (num_res_blocks + 1 blocks) with nearest upsampling, conv_out."""
 
-    ch: int = 128  # Base channels.
-    ch_mult: Sequence[int] = (1, 1, 2, 2, 4)  # Channel multiplier per level.
-    num_res_blocks: int = 2  # ResNet blocks per level (the decoder uses one more).
-    attn_resolutions: Sequence[int] = (16,)  # Feature-map sizes with attention blocks.
     out_channels: int = 3  # Image channels.
-    groups: int = 32  # GroupNorm groups.
-    dropout_rate: float = 0.0  # ResNet-block dropout.
-    dtype: Any = jnp.float32  # Compute dtype.
-    attention_impl: str = 'auto'  # Attention kernel of the AttnBlocks.
 
     @nn.compact
     def __call__(self, z: Array, train: bool = False) -> tuple[Array, Array]:
         """Returns (image, input of conv_out): the latter is what the adaptive GAN weight differentiates at."""
-        block_in = self.ch * self.ch_mult[-1]
-        h = nn.Conv(block_in, (3, 3), padding=1, dtype=self.dtype, name='conv_in')(z)
-        h = ResnetBlock(block_in, self.groups, self.dropout_rate, self.dtype, name='mid_block_1')(h, train)
-        h = AttnBlock(self.groups, self.dtype, self.attention_impl, name='mid_attn_1')(h)
-        h = ResnetBlock(block_in, self.groups, self.dropout_rate, self.dtype, name='mid_block_2')(h, train)
+        h = nn.Conv(self.ch * self.ch_mult[-1], (3, 3), padding=1, dtype=self.dtype, name='conv_in')(z)
+        h = self._middle(h, train)
         for i in reversed(range(len(self.ch_mult))):
             for j in range(self.num_res_blocks + 1):
-                h = ResnetBlock(self.ch * self.ch_mult[i], self.groups, self.dropout_rate, self.dtype,
-                                name=f'up_{i}_block_{j}')(h, train)
-                if h.shape[1] in self.attn_resolutions:
-                    h = AttnBlock(self.groups, self.dtype, self.attention_impl, name=f'up_{i}_attn_{j}')(h)
+                h = self._level_block(h, self.ch * self.ch_mult[i], f'up_{i}_block_{j}', train)
             if i != 0:
                 b, hh, ww, c = h.shape
                 h = jax.image.resize(h, (b, 2 * hh, 2 * ww, c), 'nearest')
                 h = nn.Conv(c, (3, 3), padding=1, dtype=self.dtype, name=f'up_{i}_upsample')(h)
-        h = nn.swish(_norm(self.groups, 'norm_out')(h))
+        h = self._norm_out(h)
         return nn.Conv(self.out_channels, (3, 3), padding=1, dtype=self.dtype, name='conv_out')(h), h
 
 
