@@ -267,15 +267,10 @@ class CrossViT(nn.Module):
             return ((_OFFICIAL_S_SIZE[h],) * 2, (h, w))
         return tuple((h, w) for _ in self.patch_sizes)
 
-    def input_shape(self, batch: int = 1) -> tuple[int, ...]:
-        """Shape of a batch this model accepts."""
-        h, w = (self.image_size, self.image_size) if isinstance(self.image_size, int) else tuple(self.image_size)
-        return (batch, h, w, 3)
-
     @nn.compact
     def __call__(self, images: Array, *, train: bool = False) -> tuple[Array, dict[str, Array]]:
         layers.check_images(images, name='CrossViT')
-        expect = tuple(self.input_shape()[1:3])
+        expect = (self.image_size,) * 2 if isinstance(self.image_size, int) else tuple(self.image_size)
         if tuple(images.shape[1:3]) != expect:
             raise ValueError(f'This CrossViT was built for image_size={expect} but got images of '
                              f'{tuple(images.shape[1:3])}. Build it with get_model(..., image_size=...); '

@@ -196,11 +196,6 @@ class T2TViT(nn.Module):
     dtype: Any = jnp.float32  # Compute dtype (parameters stay float32).
     attention_impl: str = 'auto'  # Attention kernel: 'auto', 'xla', 'cudnn' or 'cpu' (layers.resolve_attention_impl).
 
-    def input_shape(self, batch: int = 1) -> tuple[int, ...]:
-        """Shape of a batch at the nominal resolution."""
-        h, w = (self.image_size, self.image_size) if isinstance(self.image_size, int) else self.image_size
-        return (batch, h, w, 3)
-
     @nn.compact
     def __call__(self, images: Array, *, train: bool = False) -> tuple[Array, dict[str, Array]]:
         layers.check_images(images, name='T2T-ViT')
