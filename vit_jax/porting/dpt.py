@@ -74,16 +74,22 @@ def conv_transpose(sd: registry.StateDict, prefix: str) -> dict:
             'bias': np.asarray(sd[f'{prefix}.bias'])}
 
 
-def residual_conv_unit(sd: registry.StateDict, prefix: str, use_bn: bool, *, conv: str = 'conv',
-                       bn: str = 'bn') -> tuple[dict, dict]:
-    """A fusion block's ResidualConvUnit: two 3x3 convs `{prefix}.{conv}{1,2}` (biased without BatchNorm), with
-    `use_bn` a BatchNorm `{prefix}.{bn}{1,2}` after each -> (params, batch_stats) of `resConfUnit{u}`."""
-    unit, stats = {}, {}
-    for c in (1, 2):
-        unit[f'conv{c}'] = common.conv(sd, f'{prefix}.{conv}{c}', bias=not use_bn)
-        if use_bn:
-            unit[f'bn{c}'], stats[f'bn{c}'] = common.batchnorm(sd, f'{prefix}.{bn}{c}')
-    return unit, stats
+def fusion_block(sd: registry.StateDict, prefix: str, use_bn: bool, *, out_conv: str = 'out_conv',
+                 unit: str = 'resConfUnit', conv: str = 'conv', bn: str = 'bn') -> tuple[dict, dict]:
+    """A FeatureFusionBlock `prefix` -> (params, batch_stats) of `refinenet{n}`: `{out_conv}` and two
+    ResidualConvUnits `{unit}{1,2}` of two 3x3 convs `{conv}{1,2}` (biased without BatchNorm), with `use_bn` a
+    BatchNorm `{bn}{1,2}` after each (the official names by default)."""
+    block, stats = {'out_conv': common.conv(sd, f'{prefix}.{out_conv}')}, {}
+    for u in (1, 2):
+        p, params, unit_stats = f'{prefix}.{unit}{u}', {}, {}
+        for c in (1, 2):
+            params[f'conv{c}'] = common.conv(sd, f'{p}.{conv}{c}', bias=not use_bn)
+            if use_bn:
+                params[f'bn{c}'], unit_stats[f'bn{c}'] = common.batchnorm(sd, f'{p}.{bn}{c}')
+        block[f'resConfUnit{u}'] = params
+        if unit_stats:
+            stats[f'resConfUnit{u}'] = unit_stats
+    return block, stats
 
 
 def _head(sd: registry.StateDict, prefix: str) -> tuple[dict, dict]:
@@ -139,13 +145,7 @@ def convert(sd: registry.StateDict, model: Any) -> dict:
     use_bn = model.fusion_bn if model.fusion_bn is not None else model.head == 'segmentation'
     for n in range(1, len(model.hooks) + 1):
         neck[f'layer{n}_rn'] = common.conv(sd, f'scratch.layer{n}_rn', bias=False)
-        rp = f'scratch.refinenet{n}'
-        block, block_stats = {'out_conv': common.conv(sd, f'{rp}.out_conv')}, {}
-        for u in (1, 2):
-            block[f'resConfUnit{u}'], unit_stats = residual_conv_unit(sd, f'{rp}.resConfUnit{u}', use_bn)
-            if unit_stats:
-                block_stats[f'resConfUnit{u}'] = unit_stats
-        neck[f'refinenet{n}'] = block
+        neck[f'refinenet{n}'], block_stats = fusion_block(sd, f'scratch.refinenet{n}', use_bn)
         if block_stats:
             neck_stats[f'refinenet{n}'] = block_stats
     params['neck'] = neck

@@ -36,7 +36,7 @@ from vit_jax.porting.common import (
     separate_attention,
     to_numpy,
 )
-from vit_jax.porting.dpt import residual_conv_unit
+from vit_jax.porting.dpt import fusion_block
 from vit_jax.porting.registry import StateDict, check_variables
 
 _HF_CONVERTERS: dict[str, Callable[[Any], tuple[Any, dict]]] = {}
@@ -333,15 +333,9 @@ def from_hf_dpt(hf_model: Any) -> tuple[DPT, dict]:
         neck[f'layer{i + 1}_rn'] = conv(sd, f'neck.convs.{i}', bias=False)
     use_bn = bool(cfg.use_batch_norm_in_fusion_residual)
     for j in range(n_hooks):  # HF fusion layer j (deepest first) is refinenet{n - j}.
-        fp = f'neck.fusion_stage.layers.{j}.'
-        block: dict = {'out_conv': conv(sd, fp + 'projection')}
-        block_stats: dict = {}
-        for u in (1, 2):
-            block[f'resConfUnit{u}'], unit_stats = residual_conv_unit(sd, f'{fp}residual_layer{u}', use_bn,
-                                                                      conv='convolution', bn='batch_norm')
-            if unit_stats:
-                block_stats[f'resConfUnit{u}'] = unit_stats
-        neck[f'refinenet{n_hooks - j}'] = block
+        neck[f'refinenet{n_hooks - j}'], block_stats = fusion_block(
+            sd, f'neck.fusion_stage.layers.{j}', use_bn, out_conv='projection', unit='residual_layer',
+            conv='convolution', bn='batch_norm')
         if block_stats:
             neck_stats[f'refinenet{n_hooks - j}'] = block_stats
     params['neck'] = neck
