@@ -30,6 +30,12 @@ def test_add_get_aliases_and_order():
     with pytest.raises(ValueError, match=r"^Unknown widget 'zzz'\. Registered widgets: a, b\.$"):
         reg.get('zzz')
 
+    @reg.register('c', entry=lambda fn: ('record', fn))  # A record of the function is stored; it stays itself.
+    def c():
+        return 3
+
+    assert c() == 3 and reg.get('c') == ('record', c)
+
 
 def test_modules_are_imported_once_on_a_missing_name(tmp_path, monkeypatch):
     reg = registry.Registry('gadget', plural='gadgetry', modules=('_vj_test_gadgets', '_vj_no_such_module'))

@@ -19,7 +19,7 @@ from __future__ import annotations
 import difflib
 import importlib
 from collections.abc import Callable, Iterable, Iterator
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 T = TypeVar('T')
 
@@ -76,11 +76,14 @@ class Registry(Generic[T]):
             self._aliases[a] = name
         return value
 
-    def register(self, name: str, *, aliases: Iterable[str] = ()) -> Callable[[T], T]:
-        """Decorator: registers the decorated class or function itself under `name`."""
+    def register(self, name: str, *, aliases: Iterable[str] = (),
+                 entry: Callable[[Any], T] | None = None) -> Callable[[Any], Any]:
+        """Decorator: registers the decorated class or function under `name`: itself, or `entry(obj)` when given
+        (a record of the function and its options); the decorated object is returned unchanged."""
 
-        def wrap(value: T) -> T:
-            return self.add(name, value, aliases=aliases)
+        def wrap(obj: Any) -> Any:
+            self.add(name, obj if entry is None else entry(obj), aliases=aliases)
+            return obj
 
         return wrap
 

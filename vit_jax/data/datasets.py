@@ -105,12 +105,7 @@ def register_dataset(name: str, *, prefix: bool = False, **defaults: Any) -> Cal
 
     `fn` returns `(tf.data.Dataset, num_classes, num_examples)` or a `Source`, for one base split name.
     """
-
-    def deco(fn: Callable) -> Callable:
-        _DATASETS.add(name, DatasetEntry(name, fn, prefix, dict(defaults)))
-        return fn
-
-    return deco
+    return _DATASETS.register(name, entry=lambda fn: DatasetEntry(name, fn, prefix, dict(defaults)))
 
 
 def list_datasets() -> list[str]:

@@ -85,12 +85,8 @@ def register(name: str, *, random: bool = False, eval_ok: bool | None = None,
         batch: the op works on a whole batch (every value has a leading batch axis; e.g. mixup). Batch ops go in
             the data config's `train_batch_pp` and get one seed per batch (from the seed and the step).
     """
-
-    def deco(fn: Callable[..., Example]) -> Callable[..., Example]:
-        _OPS.add(name, OpEntry(name, fn, random, (not random) if eval_ok is None else eval_ok, batch))
-        return fn
-
-    return deco
+    return _OPS.register(name, entry=lambda fn: OpEntry(name, fn, random, (not random) if eval_ok is None else eval_ok,
+                                                        batch))
 
 
 def list_ops() -> list[str]:

@@ -80,12 +80,8 @@ OFFICIAL: _registry.Registry[Family] = _registry.Registry('official family', plu
 
 def official(name: str, *, source: str, models: Iterable[str] = ()) -> Callable:
     """Decorator registering `fn(sd: StateDict, model) -> variables` as the converter of official layout `name`."""
-
-    def wrap(fn: Callable) -> Callable:
-        OFFICIAL.add(name, Family(name, fn, source, tuple(models), (fn.__doc__ or '').strip().split('\n')[0]))
-        return fn
-
-    return wrap
+    doc = lambda fn: (fn.__doc__ or '').strip().split('\n')[0]  # noqa: E731
+    return OFFICIAL.register(name, entry=lambda fn: Family(name, fn, source, tuple(models), doc(fn)))
 
 
 def official_families() -> list[str]:
