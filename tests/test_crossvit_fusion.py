@@ -91,7 +91,7 @@ def _official_multiscale_block(xs, p, depths, fusion_depth, reattach=False):
 def test_fusion_matches_official_sequential(fusion_depth):
     depths = (1, 2)
     block = crossvit.MultiScaleBlock(dims=(8, 12), depths=depths, num_heads=(2, 3), mlp_ratios=(2.0, 3.0),
-                                     drop_path_rates=(0.0,) * 4, fusion_depth=fusion_depth)
+                                     fusion_depth=fusion_depth)
     rng = np.random.default_rng(fusion_depth)
     xs = [rng.normal(size=(2, 5, 8)).astype(np.float32), rng.normal(size=(2, 4, 12)).astype(np.float32)]
     shapes = jax.eval_shape(block.init, jax.random.PRNGKey(0), [jnp.asarray(x) for x in xs])

@@ -19,6 +19,9 @@ Stochastic depth follows the official schedule (`official_drop_path_rates`): one
 every released model; L otherwise); encoder k takes the k-th run of max(N, M) + L_code values, its branch blocks
 j the j-th of them and every fusion block the last.
 
+The K multi-scale encoders are the layers of a `layers.Encoder` (`scan=True` stacks them in `blocks/block/...`,
+`remat_policy` rematerialises each; the loop layout keeps the official `blocks_{k}`).
+
 The dagger variants ('CrossViT-9†', alias 'CrossViT-9-dagger', and the same for 15 and 18)
 replace the linear patch embedding by three convolutions (7x7 s4, 3x3 s3 or s2, 3x3) with ReLUs.
 """
@@ -37,8 +40,8 @@ from vit_jax.models import layers, register
 
 Array = jax.Array
 
-_trunc_normal = nn.initializers.truncated_normal(0.02)
-_torch_conv_init = nn.initializers.variance_scaling(1.0 / 3.0, 'fan_in', 'uniform')  # PyTorch Conv2d default.
+# Scanned, the K multi-scale encoders are stacked in `blocks/block/...`; checkpoint.load_pretrained converts them.
+layers.register_layer_names(block_name='blocks')
 # The S branch's input size for the L branch's (official img_size=[240, 224] and [408, 384]).
 _OFFICIAL_S_SIZE = {224: 240, 384: 408}
 
@@ -105,7 +108,7 @@ class ConvPatchEmbed(nn.Module):
             if i:
                 x = nn.relu(x)
             x = nn.Conv(c, (k, k), strides=(s, s), padding=((p, p), (p, p)), dtype=self.dtype,
-                        kernel_init=_torch_conv_init, name=f'conv_{i}')(x)
+                        kernel_init=layers.torch_kernel_init, name=f'conv_{i}')(x)
         return x
 
 
@@ -121,7 +124,7 @@ class ProjLNGeluDense(nn.Module):
     def __call__(self, x: Array) -> Array:
         x = nn.LayerNorm(epsilon=self.norm_eps, dtype=self.dtype, name='norm')(x)
         x = layers.get_activation(self.activation)(x)
-        return nn.Dense(self.features, dtype=self.dtype, kernel_init=_trunc_normal, name='dense')(x)
+        return nn.Dense(self.features, dtype=self.dtype, kernel_init=layers.trunc_normal, name='dense')(x)
 
 
 class CrossAttentionBlock(nn.Module):
@@ -141,7 +144,7 @@ class CrossAttentionBlock(nn.Module):
         y = nn.LayerNorm(epsilon=self.norm_eps, dtype=self.dtype, name='norm1')(x)
         y = layers.MultiHeadAttention(num_heads=self.num_heads, qkv_bias=self.qkv_bias,
                                       attention_dropout_rate=self.attention_dropout_rate, dtype=self.dtype,
-                                      kernel_init=_trunc_normal, attention_impl=self.attention_impl,
+                                      kernel_init=layers.trunc_normal, attention_impl=self.attention_impl,
                                       name='attn')(y[:, :1], y, deterministic=not train)
         y = nn.Dropout(self.dropout_rate)(y, deterministic=not train)
         # The residual is the un-normalised (projected) class token.
@@ -155,8 +158,12 @@ class MultiScaleBlock(nn.Module):
     depths: Sequence[int]  # ViT blocks per branch (N for S, M for L).
     num_heads: Sequence[int]  # Heads per branch.
     mlp_ratios: Sequence[float]  # MLP ratio per branch.
-    drop_path_rates: Sequence[float]  # This encoder's slice of the official ramp; the fusion uses the last value.
     fusion_depth: int = 1  # Cross-attention layers per fusion (the paper's L; the code's L_code=0 means 1).
+    # This encoder's run of the official stochastic-depth ramp (official_drop_path_rates): branch block j takes
+    # drop_path_rate + j * drop_path_step, every fusion block the run's last value (fusion_rate_index steps on).
+    drop_path_rate: float | Array = 0.0  # The run's first value (traced under scan).
+    drop_path_step: float = 0.0  # The ramp's step.
+    fusion_rate_index: int = 0  # Index of the fusion blocks' rate in the run (max(N, M) + L_code - 1).
     qkv_bias: bool = True  # q/k/v bias everywhere.
     dropout_rate: float = 0.0  # Dropout inside blocks.
     attention_dropout_rate: float = 0.0  # Attention-probability dropout.
@@ -174,11 +181,12 @@ class MultiScaleBlock(nn.Module):
                 x = layers.Encoder1DBlock(
                     num_heads=self.num_heads[b], mlp_dim=int(self.dims[b] * self.mlp_ratios[b]),
                     dropout_rate=self.dropout_rate, attention_dropout_rate=self.attention_dropout_rate,
-                    drop_path_rate=float(self.drop_path_rates[j]), norm_eps=self.norm_eps, activation=self.activation,
-                    qkv_bias=self.qkv_bias, dtype=self.dtype, kernel_init=_trunc_normal,
-                    bias_init=nn.initializers.zeros, attention_impl=self.attention_impl,
-                    name=f'branch{b}_block_{j}')(x, train)
+                    drop_path_rate=self.drop_path_rate + j * self.drop_path_step, norm_eps=self.norm_eps,
+                    activation=self.activation, qkv_bias=self.qkv_bias, dtype=self.dtype,
+                    kernel_init=layers.trunc_normal, bias_init=nn.initializers.zeros,
+                    attention_impl=self.attention_impl, name=f'branch{b}_block_{j}')(x, train)
             outs.append(x)
+        fusion_rate = self.drop_path_rate + self.fusion_rate_index * self.drop_path_step
         proj = functools.partial(ProjLNGeluDense, norm_eps=self.norm_eps, activation=self.activation, dtype=self.dtype)
         fused = []
         for i in range(nb):
@@ -188,7 +196,7 @@ class MultiScaleBlock(nn.Module):
             # block returns only the class token [B, 1, D_j], which is all the next block sees.
             seq = jnp.concatenate([cls, outs[j][:, 1:]], axis=1)
             for layer in range(self.fusion_depth):
-                seq = CrossAttentionBlock(self.num_heads[j], drop_path_rate=float(self.drop_path_rates[-1]),
+                seq = CrossAttentionBlock(self.num_heads[j], drop_path_rate=fusion_rate,
                                           dropout_rate=self.dropout_rate,
                                           attention_dropout_rate=self.attention_dropout_rate, qkv_bias=self.qkv_bias,
                                           norm_eps=self.norm_eps, dtype=self.dtype,
@@ -252,6 +260,8 @@ class CrossViT(nn.Module):
     drop_path_rate: float = 0.1  # Stochastic depth (official ramp, see official_drop_path_rates).
     norm_eps: float = 1e-6  # LayerNorm epsilon.
     activation: str = 'gelu_exact'  # MLP and projection activation.
+    scan: bool = False  # Scan over the K multi-scale encoders (`blocks` holds them stacked).
+    remat_policy: Optional[str] = None  # Rematerialisation policy of each multi-scale encoder.
     dtype: Any = jnp.float32  # Compute dtype (parameters stay float32).
     attention_impl: str = 'auto'  # Attention kernel: 'auto', 'xla', 'cudnn' or 'cpu' (layers.resolve_attention_impl).
 
@@ -286,26 +296,33 @@ class CrossViT(nn.Module):
                 if size[0] % p or size[1] % p:
                     raise ValueError(f'Branch {b} input {size} is not divisible by its patch size {p}.')
                 x = nn.Conv(d, (p, p), strides=(p, p), padding='VALID', dtype=self.dtype,
-                            kernel_init=_torch_conv_init, name=f'patch_embed_{b}')(x)
+                            kernel_init=layers.torch_kernel_init, name=f'patch_embed_{b}')(x)
             n, h, w, _ = x.shape
             x = x.reshape(n, h * w, d)
             out[f'stem_{b}'] = x
-            cls = self.param(f'cls_{b}', _trunc_normal, (1, 1, d))
+            cls = self.param(f'cls_{b}', layers.trunc_normal, (1, 1, d))
             x = jnp.concatenate([jnp.tile(cls.astype(x.dtype), [n, 1, 1]), x], axis=1)
-            x = layers.AddPositionEmbs(posemb_init=_trunc_normal, name=f'posembed_{b}')(x)
+            x = layers.AddPositionEmbs(posemb_init=layers.trunc_normal, name=f'posembed_{b}')(x)
             xs.append(nn.Dropout(self.dropout_rate)(x, deterministic=not train))
 
         dpr = official_drop_path_rates(self.depths, self.fusion_depth, self.num_encoders, self.drop_path_rate)
+        # The K multi-scale encoders differ only in where their run starts on the ramp: one Encoder layer each.
+        step = dpr[0][1] - dpr[0][0] if len(dpr[0]) > 1 else 0.0
+        block_kwargs = dict(
+            dims=tuple(self.embed_dims), depths=tuple(self.depths), num_heads=tuple(self.num_heads),
+            mlp_ratios=tuple(self.mlp_ratios), fusion_depth=self.fusion_depth, qkv_bias=self.qkv_bias,
+            dropout_rate=self.dropout_rate, attention_dropout_rate=self.attention_dropout_rate, norm_eps=self.norm_eps,
+            activation=self.activation, dtype=self.dtype, attention_impl=self.attention_impl, drop_path_step=step,
+            fusion_rate_index=len(dpr[0]) - 1)
+        encoder = layers.Encoder(
+            num_layers=self.num_encoders, num_heads=0, mlp_dim=0, final_norm=False,
+            drop_path_rate=[run[0] for run in dpr], scan=self.scan, remat_policy=self.remat_policy,
+            block_cls=MultiScaleBlock, block_kwargs=block_kwargs, block_name='blocks', name='encoder')
+        nn.share_scope(self, encoder)  # Multi-scale encoders `blocks_{k}` at the top level, as the official names.
+        xs, blocks = encoder(xs, train)
         for k in range(self.num_encoders):
-            xs = MultiScaleBlock(
-                dims=tuple(self.embed_dims), depths=tuple(self.depths), num_heads=tuple(self.num_heads),
-                mlp_ratios=tuple(self.mlp_ratios), drop_path_rates=dpr[k],
-                fusion_depth=self.fusion_depth, qkv_bias=self.qkv_bias, dropout_rate=self.dropout_rate,
-                attention_dropout_rate=self.attention_dropout_rate, norm_eps=self.norm_eps,
-                activation=self.activation, dtype=self.dtype, attention_impl=self.attention_impl,
-                name=f'blocks_{k}')(xs, train)
             for b in range(nb):
-                out[f'encoder/block_{k:02d}/branch_{b}'] = xs[b]
+                out[f'encoder/block_{k:02d}/branch_{b}'] = blocks[f'block_{k:02d}'][b]
 
         cls_tokens, logits = [], []
         for b in range(nb):
@@ -313,7 +330,7 @@ class CrossViT(nn.Module):
             out[f'cls_{b}'] = c
             cls_tokens.append(c)
             if self.num_classes:
-                lg = nn.Dense(self.num_classes, dtype=self.dtype, kernel_init=_trunc_normal, name=f'head_{b}')(c)
+                lg = nn.Dense(self.num_classes, dtype=self.dtype, kernel_init=layers.trunc_normal, name=f'head_{b}')(c)
                 out[f'logits_{b}'] = lg
                 logits.append(lg)
         out['pre_logits'] = jnp.concatenate(cls_tokens, axis=-1)

@@ -11,12 +11,14 @@ and the key/value maps average-pooled like PyTorch's `nn.AvgPool2d(kernel, strid
 padding 1, where the depthwise conv gives 28). The MLP uses QuickGELU (x * sigmoid(1.702 x)) in the official
 code; HuggingFace's `CvtModel` uses exact GELU, so its converter sets `activation='gelu_exact'`.
 
-Blocks are `layers.Encoder1DBlock` with the convolutional projection plugged into `MultiHeadAttention` through its
-`qkv_transform` hook. BatchNorm statistics live in the `batch_stats` collection (`use_running_average=not train`).
+Each stage's blocks are a `layers.Encoder` of `Encoder1DBlock`s with the convolutional projection plugged into
+`MultiHeadAttention` through its `qkv_transform` hook. BatchNorm statistics live in the `batch_stats` collection
+(`use_running_average=not train`).
 
 Parameter layout: `stage_{i}_embedding` (conv), `stage_{i}_embedding_norm`, `stage_{i}_cls` (last stage),
 `stage_{i}_block_{j}/...` (an Encoder1DBlock, whose attention holds
-`qkv_transform/conv_proj_{q,k,v}/{conv,bn}`), `norm`, `head`.
+`qkv_transform/conv_proj_{q,k,v}/{conv,bn}`), `norm`, `head`. With `scan=True` each stage's blocks are stacked on
+a leading axis in `stage_{i}_block/block/...` (`checkpoint.load_pretrained` converts between the two layouts).
 """
 
 from __future__ import annotations
@@ -32,10 +34,9 @@ import numpy as np
 from vit_jax.models import layers, register
 
 Array = jax.Array
+# Scanned stages hold `stage_{i}_block/block/...`; checkpoint.load_pretrained converts them to and from the loop.
+layers.register_layer_names(block_name=r'stage_\d+_block')
 
-_trunc_normal = nn.initializers.truncated_normal(0.02)
-# PyTorch's default Conv2d kernel init (kaiming_uniform with a=sqrt(5)), used by the official code for every conv.
-_torch_conv_init = nn.initializers.variance_scaling(1.0 / 3.0, 'fan_in', 'uniform')
 
 
 class DepthwiseConvBN(nn.Module):
@@ -52,7 +53,7 @@ class DepthwiseConvBN(nn.Module):
     def __call__(self, x: Array, train: bool = False) -> Array:
         d, k, p = x.shape[-1], self.kernel_size, self.padding
         x = nn.Conv(d, (k, k), strides=(self.stride, self.stride), padding=((p, p), (p, p)), feature_group_count=d,
-                    use_bias=False, dtype=self.dtype, kernel_init=_torch_conv_init, name='conv')(x)
+                    use_bias=False, dtype=self.dtype, kernel_init=layers.torch_kernel_init, name='conv')(x)
         return nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum, epsilon=self.bn_eps,
                             dtype=self.dtype, name='bn')(x)
 
@@ -169,6 +170,8 @@ class CvT(nn.Module):
     norm_eps: float = 1e-5  # LayerNorm epsilon.
     bn_momentum: float = 0.9  # Flax BatchNorm momentum (PyTorch 0.1).
     bn_eps: float = 1e-5  # BatchNorm epsilon.
+    scan: bool = False  # Scan over each stage's blocks (`stage_{i}_block` holds them stacked).
+    remat_policy: Optional[str] = None  # Rematerialisation policy of each block.
     dtype: Any = jnp.float32  # Compute dtype (parameters stay float32).
     attention_impl: str = 'auto'  # Attention kernel: 'auto', 'xla', 'cudnn' or 'cpu' (layers.resolve_attention_impl).
 
@@ -192,8 +195,8 @@ class CvT(nn.Module):
         for i, d in enumerate(self.embed_dims):
             stage = f'stage_{i}'
             x = nn.Conv(d, (patch[i], patch[i]), strides=(stride[i], stride[i]),
-                        padding=((pad[i], pad[i]), (pad[i], pad[i])), dtype=self.dtype, kernel_init=_torch_conv_init,
-                        name=f'{stage}_embedding')(x)
+                        padding=((pad[i], pad[i]), (pad[i], pad[i])), dtype=self.dtype,
+                        kernel_init=layers.torch_kernel_init, name=f'{stage}_embedding')(x)
             b, h, w, _ = x.shape
             x = x.reshape(b, h * w, d)
             x = nn.LayerNorm(epsilon=self.norm_eps, dtype=self.dtype, name=f'{stage}_embedding_norm')(x)
@@ -201,23 +204,24 @@ class CvT(nn.Module):
                 out['stem'] = x
             num_prefix = int(cls_token[i])
             if cls_token[i]:
-                c = self.param(f'{stage}_cls', _trunc_normal, (1, 1, d))
+                c = self.param(f'{stage}_cls', layers.trunc_normal, (1, 1, d))
                 x = jnp.concatenate([jnp.tile(c.astype(x.dtype), [b, 1, 1]), x], axis=1)
             x = nn.Dropout(self.dropout_rate)(x, deterministic=not train)
             qkv_transform = functools.partial(
                 ConvProjection, grid=(h, w), num_prefix=num_prefix, method=methods[i], kernel_size=kernels[i],
                 stride_q=stride_q[i], stride_kv=stride_kv[i], padding_q=padding_q[i], padding_kv=padding_kv[i],
                 bn_momentum=self.bn_momentum, bn_eps=self.bn_eps, dtype=self.dtype)
-            rates = np.linspace(0.0, dpr[i], depths[i]) if depths[i] > 1 else np.array([dpr[i]])
-            for j in range(depths[i]):
-                x = layers.Encoder1DBlock(
-                    num_heads=heads[i], mlp_dim=int(d * mlp_ratios[i]), dropout_rate=self.dropout_rate,
-                    attention_dropout_rate=self.attention_dropout_rate, drop_path_rate=float(rates[j]),
-                    norm_eps=self.norm_eps, activation=self.activation, qkv_bias=qkv_bias[i],
-                    attention_scale=d**-0.5, dtype=self.dtype, kernel_init=_trunc_normal,
-                    bias_init=nn.initializers.zeros, qkv_transform=qkv_transform,
-                    attention_impl=self.attention_impl, name=f'{stage}_block_{j}')(x, train)
-                out[f'{stage}/block_{j:02d}'] = x
+            encoder = layers.Encoder(
+                num_layers=depths[i], num_heads=heads[i], mlp_dim=int(d * mlp_ratios[i]),
+                dropout_rate=self.dropout_rate, attention_dropout_rate=self.attention_dropout_rate,
+                drop_path_rate=dpr[i], norm_eps=self.norm_eps, final_norm=False, activation=self.activation,
+                qkv_bias=qkv_bias[i], attention_scale=d**-0.5, scan=self.scan, remat_policy=self.remat_policy,
+                dtype=self.dtype, kernel_init=layers.trunc_normal, bias_init=nn.initializers.zeros,
+                attention_impl=self.attention_impl, block_kwargs={'qkv_transform': qkv_transform},
+                block_name=f'{stage}_block', name=f'{stage}_encoder')
+            nn.share_scope(self, encoder)  # Blocks `stage_{i}_block_{j}` at the top level, as the official names.
+            x, blocks = encoder(x, train)
+            out.update({f'{stage}/{k}': v for k, v in blocks.items()})
             if cls_token[i]:
                 cls, x = x[:, :num_prefix], x[:, num_prefix:]
             x = x.reshape(b, h, w, d)
@@ -231,11 +235,7 @@ class CvT(nn.Module):
             b, h, w, d = x.shape
             x = nn.LayerNorm(epsilon=self.norm_eps, dtype=self.dtype, name='norm')(x.reshape(b, h * w, d))
             x = jnp.mean(x, axis=1)
-        out['pre_logits'] = x
-        if self.num_classes:
-            x = nn.Dense(self.num_classes, dtype=self.dtype, kernel_init=_trunc_normal, name='head')(x)
-        out['logits'] = x
-        return x.astype(jnp.float32), out
+        return layers.classifier_head(x, self.num_classes, out, dtype=self.dtype, kernel_init=layers.trunc_normal)
 
 
 # ----------------------------------------------------------------------------------------------------------------

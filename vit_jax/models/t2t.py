@@ -34,7 +34,6 @@ from vit_jax.models import layers, register
 
 Array = jax.Array
 
-_trunc_normal = nn.initializers.truncated_normal(0.02)
 
 
 def soft_split(x: Array, kernel: int, stride: int, padding: int) -> Array:
@@ -68,7 +67,7 @@ class TokenPerformer(nn.Module):
     @nn.compact
     def __call__(self, x: Array, train: bool = False) -> Array:
         emb, m = self.dim, int(self.dim * self.kernel_ratio)
-        dense = lambda f, name: nn.Dense(f, dtype=self.dtype, kernel_init=_trunc_normal, name=name)  # noqa: E731
+        dense = lambda f, name: nn.Dense(f, dtype=self.dtype, kernel_init=layers.trunc_normal, name=name)  # noqa: E731
         x = nn.LayerNorm(epsilon=self.norm_eps, dtype=self.dtype, name='norm1')(x)
         k, q, v = jnp.split(dense(3 * emb, 'kqv')(x), 3, axis=-1)  # The official order is k, q, v.
         # A fixed seed makes every run (and a fine-tuning run that loads only `params`) draw the same features.
@@ -87,7 +86,7 @@ class TokenPerformer(nn.Module):
         y = dense(emb, 'proj')(y.astype(self.dtype))
         y = v + nn.Dropout(self.dropout_rate)(y, deterministic=not train)
         z = nn.LayerNorm(epsilon=self.norm_eps, dtype=self.dtype, name='norm2')(y)
-        z = layers.MlpBlock(mlp_dim=emb, activation=self.activation, dtype=self.dtype, kernel_init=_trunc_normal,
+        z = layers.MlpBlock(mlp_dim=emb, activation=self.activation, dtype=self.dtype, kernel_init=layers.trunc_normal,
                             bias_init=nn.initializers.zeros, name='mlp')(z, deterministic=not train)
         return y + nn.Dropout(self.dropout_rate)(z, deterministic=not train)
 
@@ -108,18 +107,18 @@ class TokenTransformer(nn.Module):
     def __call__(self, x: Array, train: bool = False) -> Array:
         dim_in = x.shape[-1]
         x = nn.LayerNorm(epsilon=self.norm_eps, dtype=self.dtype, name='norm1')(x)
-        qkv = nn.Dense(3 * self.dim, use_bias=False, dtype=self.dtype, kernel_init=_trunc_normal, name='qkv')(x)
+        qkv = nn.Dense(3 * self.dim, use_bias=False, dtype=self.dtype, kernel_init=layers.trunc_normal, name='qkv')(x)
         q, k, v = jnp.split(qkv[:, :, None, :], 3, axis=-1)  # [B, T, 1 head, dim] each, the official q, k, v order.
         rng = self.make_rng('dropout') if self.attention_dropout_rate > 0 and train else None
         # Scale 1/sqrt(input width): the official code derives head_dim from the input width (147 or 576).
         y, _ = layers.dot_product_attention(q, k, v, scale=dim_in**-0.5, dropout_rate=self.attention_dropout_rate,
                                             deterministic=not train, dropout_rng=rng,
                                             implementation=self.attention_impl)
-        y = nn.Dense(self.dim, dtype=self.dtype, kernel_init=_trunc_normal, name='proj')(y[:, :, 0])
+        y = nn.Dense(self.dim, dtype=self.dtype, kernel_init=layers.trunc_normal, name='proj')(y[:, :, 0])
         y = v[:, :, 0] + nn.Dropout(self.dropout_rate)(y, deterministic=not train)
         z = nn.LayerNorm(epsilon=self.norm_eps, dtype=self.dtype, name='norm2')(y)
         z = layers.MlpBlock(mlp_dim=int(self.dim * self.mlp_ratio), dropout_rate=self.dropout_rate,
-                            activation=self.activation, dtype=self.dtype, kernel_init=_trunc_normal,
+                            activation=self.activation, dtype=self.dtype, kernel_init=layers.trunc_normal,
                             bias_init=nn.initializers.zeros, name='mlp')(z, deterministic=not train)
         return y + z
 
@@ -161,7 +160,7 @@ class T2TModule(nn.Module):
                 raise ValueError(f"tokens_type must be 'performer' or 'transformer', got {self.tokens_type!r}.")
             x = layer(x, train).reshape(b, h, w, self.token_dim)
             out[f'attention{i + 1}'] = x
-        x = nn.Dense(self.embed_dim, dtype=self.dtype, kernel_init=_trunc_normal, name='project')(x)
+        x = nn.Dense(self.embed_dim, dtype=self.dtype, kernel_init=layers.trunc_normal, name='project')(x)
         return x, (h, w), out
 
 
@@ -209,7 +208,7 @@ class T2TViT(nn.Module):
         out = {f't2t/{k}': v for k, v in t2t_out.items()}
         out['stem'] = x
         b, d = x.shape[0], self.hidden_size
-        cls = self.param('cls', _trunc_normal, (1, 1, d))
+        cls = self.param('cls', layers.trunc_normal, (1, 1, d))
         x = jnp.concatenate([jnp.tile(cls.astype(x.dtype), [b, 1, 1]), x], axis=1)
         x = x + jnp.asarray(layers.posemb_sincos_1d(x.shape[1], d), x.dtype)  # Frozen sinusoid table.
         x = nn.Dropout(self.dropout_rate)(x, deterministic=not train)
@@ -218,17 +217,13 @@ class T2TViT(nn.Module):
             dropout_rate=self.dropout_rate, attention_dropout_rate=self.attention_dropout_rate,
             drop_path_rate=self.drop_path_rate, norm_eps=self.norm_eps, activation=self.activation,
             qkv_bias=self.qkv_bias, attention_scale=d**-0.5 if self.attention_scale == 'embed_dim' else None,
-            scan=self.scan, remat_policy=self.remat_policy, dtype=self.dtype, kernel_init=_trunc_normal,
+            scan=self.scan, remat_policy=self.remat_policy, dtype=self.dtype, kernel_init=layers.trunc_normal,
             bias_init=nn.initializers.zeros, attention_impl=self.attention_impl, name='Transformer')(x, train=train)
         out.update({f'encoder/{k}': v for k, v in enc_out.items()})
         out['encoded'] = x
         out['tokens_2d'] = x[:, 1:].reshape(b, h, w, d)
-        x = x[:, 0]
-        out['pre_logits'] = x
-        if self.num_classes:
-            x = nn.Dense(self.num_classes, dtype=self.dtype, kernel_init=_trunc_normal, name='head')(x)
-        out['logits'] = x
-        return x.astype(jnp.float32), out
+        return layers.classifier_head(x[:, 0], self.num_classes, out, dtype=self.dtype,
+                                      kernel_init=layers.trunc_normal)
 
 
 # ----------------------------------------------------------------------------------------------------------------
