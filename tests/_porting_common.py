@@ -19,8 +19,12 @@ class RandomStateDict(dict):
     def r(self, *shape: int, scale: float = 0.3) -> np.ndarray:
         return (self.rs.randn(*shape) * scale).astype(np.float32)
 
+    def add(self, name: str, shape: tuple[int, ...], scale: float = 0.3) -> None:
+        """One tensor (a parameter or buffer that is not a whole module)."""
+        self[name] = self.r(*shape, scale=scale)
+
     def ln(self, prefix: str, d: int) -> None:
-        """LayerNorm (also the affine part of a BatchNorm)."""
+        """LayerNorm (also an affine InstanceNorm / GroupNorm, and the affine part of a BatchNorm)."""
         self[f'{prefix}.weight'], self[f'{prefix}.bias'] = 1 + self.r(d, scale=0.1), self.r(d, scale=0.1)
 
     def bn(self, prefix: str, d: int) -> None:

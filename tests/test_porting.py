@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _porting_common import RandomStateDict
 
 from vit_jax import checkpoint, convert, models
 
@@ -26,33 +27,6 @@ def _rand(shape, seed=[0]):
     return np.random.default_rng(seed[0]).normal(size=shape).astype(np.float32) * 0.1
 
 
-class _SD(dict):
-    """Builds an official state dict: `linear`, `norm`, `conv`, `bn` add the keys a torch module of that kind has."""
-
-    def add(self, name, shape):
-        self[name] = _rand(shape)
-
-    def linear(self, name, out, inp, bias=True):
-        self.add(f'{name}.weight', (out, inp))
-        if bias:
-            self.add(f'{name}.bias', (out,))
-
-    def norm(self, name, d):  # LayerNorm / affine InstanceNorm.
-        self[f'{name}.weight'] = 1.0 + _rand((d,))
-        self.add(f'{name}.bias', (d,))
-
-    def conv(self, name, out, inp, k, bias=True):
-        self.add(f'{name}.weight', (out, inp, k, k))
-        if bias:
-            self.add(f'{name}.bias', (out,))
-
-    def bn(self, name, c):  # BatchNorm2d / SyncBatchNorm: affine + running statistics + the step counter.
-        self.norm(name, c)
-        self.add(f'{name}.running_mean', (c,))
-        self[f'{name}.running_var'] = 0.5 + np.abs(_rand((c,)))
-        self[f'{name}.num_batches_tracked'] = np.array(3, np.int64)
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # Official layouts (tiny configurations).
 # ----------------------------------------------------------------------------------------------------------------
@@ -61,20 +35,20 @@ def _official_cct(d=32, layers=1, classes=10, ffn=64):
     `tokenizer.conv_layers.{i}.0` (Conv2d, no bias; widths 3 -> in_planes=64 -> D), `TransformerClassifier` ->
     `classifier.{attention_pool, positional_emb, blocks.{i}.{pre_norm, self_attn.qkv (no bias), self_attn.proj,
     linear1, norm1, linear2}, norm, fc}`. 32 px -> two conv+maxpool(3, 2, 1) stages -> 8x8 = 64 tokens."""
-    sd = _SD()
+    sd = RandomStateDict()
     sd.conv('tokenizer.conv_layers.0.0', 64, 3, 3, bias=False)
     sd.conv('tokenizer.conv_layers.1.0', d, 64, 3, bias=False)
     sd.linear('classifier.attention_pool', 1, d)
     sd.add('classifier.positional_emb', (1, 64, d))
     for i in range(layers):
         b = f'classifier.blocks.{i}'
-        sd.norm(f'{b}.pre_norm', d)
+        sd.ln(f'{b}.pre_norm', d)
         sd.linear(f'{b}.self_attn.qkv', 3 * d, d, bias=False)
         sd.linear(f'{b}.self_attn.proj', d, d)
         sd.linear(f'{b}.linear1', ffn, d)
-        sd.norm(f'{b}.norm1', d)
+        sd.ln(f'{b}.norm1', d)
         sd.linear(f'{b}.linear2', d, ffn)
-    sd.norm('classifier.norm', d)
+    sd.ln('classifier.norm', d)
     sd.linear('classifier.fc', classes, d)
     model = models.get_model('CCT-7/3x2', hidden_size=d, num_heads=2, mlp_ratio=ffn / d, num_layers=layers,
                              image_size=32, num_classes=classes)
@@ -85,18 +59,18 @@ def _official_vit_lite(d=32, classes=10):
     """`src/vit.py` ViT-Lite(patch 4, learnable): `tokenizer.conv_layers.0.0` (Conv2d k=stride=4 with bias),
     `classifier.class_emb` (1, 1, D), `classifier.positional_emb` (1, 64 + 1, D) (sequence_length += 1 for the class
     token), blocks as CCT."""
-    sd = _SD()
+    sd = RandomStateDict()
     sd.conv('tokenizer.conv_layers.0.0', d, 3, 4)
     sd.add('classifier.class_emb', (1, 1, d))
     sd.add('classifier.positional_emb', (1, 65, d))
     b = 'classifier.blocks.0'
-    sd.norm(f'{b}.pre_norm', d)
+    sd.ln(f'{b}.pre_norm', d)
     sd.linear(f'{b}.self_attn.qkv', 3 * d, d, bias=False)
     sd.linear(f'{b}.self_attn.proj', d, d)
     sd.linear(f'{b}.linear1', 2 * d, d)
-    sd.norm(f'{b}.norm1', d)
+    sd.ln(f'{b}.norm1', d)
     sd.linear(f'{b}.linear2', d, 2 * d)
-    sd.norm('classifier.norm', d)
+    sd.ln('classifier.norm', d)
     sd.linear('classifier.fc', classes, d)
     model = models.get_model('ViT-Lite-7/4', hidden_size=d, num_heads=2, mlp_ratio=2.0, num_layers=1,
                              num_classes=classes)
@@ -110,7 +84,7 @@ def _official_dhvt(c=32, heads=4, layers=1, classes=10, ratio=2.0):
     `blocks.{i}` (DHVT_Block: `norm1`, `attn` HI_Attention {qkv, proj, ht_proj Linear(C/h, C), ht_norm LN(C/h),
     pos_embed (1, h, C)}, `norm2`, `mlp` DAFF {conv1 1x1, conv2 depthwise 3x3, conv3 1x1, bn1..3, compress
     Linear(C, C/4), excitation Linear(C/4, C)}), `norm`, `head`."""
-    sd = _SD()
+    sd = RandomStateDict()
     sd.add('patch_embed.pre_affine.alpha', (1, 3, 1, 1))
     sd.add('patch_embed.pre_affine.beta', (1, 3, 1, 1))
     sd.conv('patch_embed.proj.0.0', c // 2, 3, 3, bias=False)
@@ -123,13 +97,13 @@ def _official_dhvt(c=32, heads=4, layers=1, classes=10, ratio=2.0):
     h = int(c * ratio)
     for i in range(layers):
         b = f'blocks.{i}'
-        sd.norm(f'{b}.norm1', c)
+        sd.ln(f'{b}.norm1', c)
         sd.linear(f'{b}.attn.qkv', 3 * c, c)
         sd.linear(f'{b}.attn.proj', c, c)
         sd.linear(f'{b}.attn.ht_proj', c, c // heads)
-        sd.norm(f'{b}.attn.ht_norm', c // heads)
+        sd.ln(f'{b}.attn.ht_norm', c // heads)
         sd.add(f'{b}.attn.pos_embed', (1, heads, c))
-        sd.norm(f'{b}.norm2', c)
+        sd.ln(f'{b}.norm2', c)
         sd.conv(f'{b}.mlp.conv1', h, c, 1)
         sd.conv(f'{b}.mlp.conv2', h, 1, 3)
         sd.conv(f'{b}.mlp.conv3', c, h, 1)
@@ -138,7 +112,7 @@ def _official_dhvt(c=32, heads=4, layers=1, classes=10, ratio=2.0):
         sd.bn(f'{b}.mlp.bn3', c)
         sd.linear(f'{b}.mlp.compress', c // 4, c)
         sd.linear(f'{b}.mlp.excitation', c, c // 4)
-    sd.norm('norm', c)
+    sd.ln('norm', c)
     sd.linear('head', classes, c)
     model = models.get_model('DHVT-T-CIFAR/4', hidden_size=c, num_heads=heads, num_layers=layers, mlp_ratio=ratio,
                              image_size=16, num_classes=classes)
@@ -152,13 +126,13 @@ def _official_t2t(d=32, token_dim=16, layers=1, classes=10):
     `attention2` with dim = token_dim*3*3; `project` Linear(token_dim*9, D); `cls_token`; `pos_embed` (the sinusoid
     table, a frozen Parameter); `blocks.{i}` {norm1, attn.qkv (no bias), attn.proj, norm2, mlp.fc1, mlp.fc2}; `norm`;
     `head`. 32 px -> soft splits with strides 4, 2, 2 -> 2x2 tokens."""
-    sd = _SD()
+    sd = RandomStateDict()
     for i, dim in ((1, 3 * 49), (2, token_dim * 9)):
         p = f'tokens_to_token.attention{i}'
         sd.linear(f'{p}.kqv', 3 * token_dim, dim)
         sd.linear(f'{p}.proj', token_dim, token_dim)
-        sd.norm(f'{p}.norm1', dim)
-        sd.norm(f'{p}.norm2', token_dim)
+        sd.ln(f'{p}.norm1', dim)
+        sd.ln(f'{p}.norm2', token_dim)
         sd.linear(f'{p}.mlp.0', token_dim, token_dim)
         sd.linear(f'{p}.mlp.2', token_dim, token_dim)
         sd.add(f'{p}.w', (token_dim // 2, token_dim))
@@ -169,13 +143,13 @@ def _official_t2t(d=32, token_dim=16, layers=1, classes=10):
     sd['pos_embed'] = sinusoid_table(4 + 1, d)  # get_sinusoid_encoding(n_position=num_patches + 1, d_hid=D).
     for i in range(layers):
         b = f'blocks.{i}'
-        sd.norm(f'{b}.norm1', d)
+        sd.ln(f'{b}.norm1', d)
         sd.linear(f'{b}.attn.qkv', 3 * d, d, bias=False)
         sd.linear(f'{b}.attn.proj', d, d)
-        sd.norm(f'{b}.norm2', d)
+        sd.ln(f'{b}.norm2', d)
         sd.linear(f'{b}.mlp.fc1', 2 * d, d)
         sd.linear(f'{b}.mlp.fc2', d, 2 * d)
-    sd.norm('norm', d)
+    sd.ln('norm', d)
     sd.linear('head', classes, d)
     model = models.get_model('T2T-ViT-14', hidden_size=d, num_heads=2, num_layers=layers, mlp_ratio=2.0,
                              token_dim=token_dim, image_size=32, num_classes=classes)
@@ -189,13 +163,13 @@ def _official_crossvit(dims=(16, 32), heads=(2, 4), depths=(1, 2), ratios=(2.0, 
     attn.proj, norm2, mlp.fc1, mlp.fc2}; `projs.{b}` = Sequential(LN(D_b), GELU, Linear(D_b, D_b')); `fusion.{b}` =
     CrossAttentionBlock(D_b', heads_b', has_mlp=False) {norm1, attn.wq/wk/wv/proj} stored directly for depth[-1] = 0;
     `revert_projs.{b}` = Sequential(LN(D_b'), GELU, Linear(D_b', D_b))), `norm.{b}`, `head.{b}`."""
-    sd = _SD()
+    sd = RandomStateDict()
     tokens = ((36 // 12) ** 2, (32 // 16) ** 2)
     for b in range(2):
         sd.conv(f'patch_embed.{b}.proj', dims[b], 3, (12, 16)[b])
         sd.add(f'pos_embed.{b}', (1, 1 + tokens[b], dims[b]))
         sd.add(f'cls_token.{b}', (1, 1, dims[b]))
-        sd.norm(f'norm.{b}', dims[b])
+        sd.ln(f'norm.{b}', dims[b])
         sd.linear(f'head.{b}', classes, dims[b])
     for k in range(encoders):
         p = f'blocks.{k}'
@@ -203,19 +177,19 @@ def _official_crossvit(dims=(16, 32), heads=(2, 4), depths=(1, 2), ratios=(2.0, 
             d, o = dims[b], dims[1 - b]
             for j in range(depths[b]):
                 q = f'{p}.blocks.{b}.{j}'
-                sd.norm(f'{q}.norm1', d)
+                sd.ln(f'{q}.norm1', d)
                 sd.linear(f'{q}.attn.qkv', 3 * d, d)
                 sd.linear(f'{q}.attn.proj', d, d)
-                sd.norm(f'{q}.norm2', d)
+                sd.ln(f'{q}.norm2', d)
                 sd.linear(f'{q}.mlp.fc1', int(d * ratios[b]), d)
                 sd.linear(f'{q}.mlp.fc2', d, int(d * ratios[b]))
-            sd.norm(f'{p}.projs.{b}.0', d)
+            sd.ln(f'{p}.projs.{b}.0', d)
             sd.linear(f'{p}.projs.{b}.2', o, d)
             f = f'{p}.fusion.{b}'
-            sd.norm(f'{f}.norm1', o)
+            sd.ln(f'{f}.norm1', o)
             for n in ('wq', 'wk', 'wv', 'proj'):
                 sd.linear(f'{f}.attn.{n}', o, o)
-            sd.norm(f'{p}.revert_projs.{b}.0', o)
+            sd.ln(f'{p}.revert_projs.{b}.0', o)
             sd.linear(f'{p}.revert_projs.{b}.2', d, o)
     model = models.get_model('CrossViT-S', image_size=32, branch_sizes=(36, 32), embed_dims=dims, num_heads=heads,
                              depths=depths, mlp_ratios=ratios, num_encoders=encoders, num_classes=classes)
@@ -231,38 +205,38 @@ def _official_queryotr(d=32, mlp=64, layers=2, dec_layers=1, qem_blocks=1, patch
     affine InstanceNorm2d}, norm, embed), `transformer_decoder.{i}` (CorssAttnBlock: norm1, attn, norm2, cross_attn
     {q, kv, q_bias, v_bias, proj}, norm3, mlp), `psm` (PatchSmoothingModule: proj ConvTranspose2d(D, 3,
     k = patch + 2 overlap, no bias) weight (D, 3, k, k), bias (1, 3, k, k))."""
-    sd = _SD()
+    sd = RandomStateDict()
     e = 'transformer_encoder'
     sd.conv(f'{e}.patch_embed.proj', d, 3, patch)
     for i in range(layers):
         b = f'{e}.blocks.{i}'
-        sd.norm(f'{b}.norm1', d)
+        sd.ln(f'{b}.norm1', d)
         sd.linear(f'{b}.attn.qkv', 3 * d, d, bias=False)
         sd.add(f'{b}.attn.q_bias', (d,))
         sd.add(f'{b}.attn.v_bias', (d,))
         sd.linear(f'{b}.attn.proj', d, d)
-        sd.norm(f'{b}.norm2', d)
+        sd.ln(f'{b}.norm2', d)
         sd.linear(f'{b}.mlp.fc1', mlp, d)
         sd.linear(f'{b}.mlp.fc2', d, mlp)
-    sd.norm(f'{e}.norm', d)
+    sd.ln(f'{e}.norm', d)
     sd.linear(f'{e}.head', 1000, d)
     for j, (o, i) in ((0, (d // 4, d // 8)), (3, (d // 2, d // 4)), (6, (d, d // 2))):
         sd.linear(f'qem.noise_mlp.{j}', o, i)
-    sd.norm('qem.noise_mlp.1', d // 4)
-    sd.norm('qem.noise_mlp.4', d // 2)
+    sd.ln('qem.noise_mlp.1', d // 4)
+    sd.ln('qem.noise_mlp.4', d // 2)
     for i in range(qem_blocks):
         b = f'qem.res_blocks.{i}'
         sd.conv(f'{b}.conv1', d, d, 3)
         sd.conv(f'{b}.conv2', d, d, 3, bias=False)
         sd.conv(f'{b}.conv2.conv_offset_mask', 27, d, 3)
-        sd.norm(f'{b}.norm1', d)
-        sd.norm(f'{b}.norm2', d)
-    sd.norm('qem.norm', d)
+        sd.ln(f'{b}.norm1', d)
+        sd.ln(f'{b}.norm2', d)
+    sd.ln('qem.norm', d)
     sd.linear('qem.embed', d, d)
     for i in range(dec_layers):
         b = f'transformer_decoder.{i}'
         for n in ('norm1', 'norm2', 'norm3'):
-            sd.norm(f'{b}.{n}', d)
+            sd.ln(f'{b}.{n}', d)
         sd.linear(f'{b}.attn.qkv', 3 * d, d, bias=False)
         sd.linear(f'{b}.cross_attn.q', d, d, bias=False)
         sd.linear(f'{b}.cross_attn.kv', 2 * d, d, bias=False)
@@ -282,7 +256,7 @@ def _official_queryotr(d=32, mlp=64, layers=2, dec_layers=1, qem_blocks=1, patch
 def _official_vgg(depth=11, divisor=16, classes=7):
     """torchvision `vgg11()`: `features.{idx}` Conv2d 3x3 (idx counts convs, ReLUs and max pools),
     `classifier.{0, 3, 6}` Linear(512*7*7, 4096), Linear(4096, 4096), Linear(4096, classes) (widths / divisor)."""
-    sd = _SD()
+    sd = RandomStateDict()
     widths = [64, 'M', 128, 'M', 256, 256, 'M', 512, 512, 'M', 512, 512, 'M']  # torchvision cfg 'A' (VGG11).
     idx, cin = 0, 3
     for w in widths:
@@ -306,7 +280,7 @@ def _official_inception(classes=1008):
     (not built here) and `fc`. The BasicConv2d paths and widths are torchvision's; here they are enumerated from the
     model's tree (same names by construction) and spot-checked against torchvision's below."""
     model = models.get_model('InceptionV3-FID', num_classes=classes, image_size=75)
-    sd = _SD()
+    sd = RandomStateDict()
     flat = checkpoint.flatten(models.init_shapes(model)['params'])
     for k, v in flat.items():
         if k.endswith('/conv/kernel'):
