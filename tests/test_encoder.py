@@ -101,7 +101,8 @@ def test_milan_encoder_and_mae_decoder_scan():
     np.testing.assert_allclose(ys, y, atol=2e-5, rtol=2e-5)
 
 
-@pytest.mark.parametrize('remat', [None, 'nothing_saveable', 'dots_saveable'])
+@pytest.mark.parametrize('remat', [pytest.param(None, marks=pytest.mark.slow), 'nothing_saveable',
+                                   pytest.param('dots_saveable', marks=pytest.mark.slow)])
 def test_scan_and_remat_give_the_loop_gradients(remat):
     """BEiT with per-layer relative-position tables (a scanned bias and a scanned block) under each remat policy."""
     kw = dict(num_layers=3, rel_pos_bias='per_layer')
@@ -251,3 +252,22 @@ def test_layouts_convert_segments_biases_and_registered_names():
     # Names that are not Encoder layers stay as they are.
     assert layers.unscan_params({'decoder_block_0/x': 1, 'encoderblocks/x': 2}) == {'decoder_block_0/x': 1,
                                                                                   'encoderblocks/x': 2}
+
+
+def test_timesformer_init_from_image_vit_fills_scanned_layers():
+    from vit_jax.models import timesformer
+
+    x = jnp.zeros((1, 2, 32, 32, 3))
+    kw = dict(num_layers=3, num_frames=2, num_classes=5)
+    image = _perturb(models.get_model('ViT-testing', hidden_size=64, mlp_dim=128, patch_size=8, num_layers=3).init(
+        jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)))['params'])
+    loop = models.get_model('TimeSformer-testing', **kw).init(jax.random.PRNGKey(0), x)['params']
+    scanned = models.get_model('TimeSformer-testing', scan=True, **kw).init(jax.random.PRNGKey(0), x)['params']
+    want = timesformer.init_from_image_vit(loop, image)
+    got = timesformer.init_from_image_vit(scanned, image)
+    assert sorted(got['Transformer']) == ['encoder_norm', 'encoderblock_0-0', 'encoderblock_1-2', 'posembed_input',
+                                          'time_embedding']
+    got_loop = checkpoint.unflatten(layers.unscan_params(_flat(got)))
+    for k, v in _flat(want).items():  # Everything the image model provides (the head and fc layers keep their init).
+        if not k.startswith('head') and '_fc/' not in k:
+            np.testing.assert_array_equal(_flat(got_loop)[k], v, err_msg=k)

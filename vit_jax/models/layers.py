@@ -486,13 +486,14 @@ class Encoder(nn.Module):
     layouts (`checkpoint.load_pretrained` does it for you). `block_name` replaces 'encoderblock' (a family whose
     released names differ; add it with `register_layer_names` so that checkpoints convert).
 
-    A new family writes its stem, then e.g.
+    A new family writes its stem (tokens `x`, `out = {'stem': x}`), then e.g.
 
         x, enc_out = layers.Encoder(
             num_layers=self.num_layers, num_heads=self.num_heads, mlp_dim=self.mlp_dim, block_cls=MyBlock,
             block_kwargs={'grid': (h, w)}, drop_path_rate=self.drop_path_rate, scan=self.scan,
             remat_policy=self.remat_policy, dtype=self.dtype, name='Transformer',
         )(x, train, hooks={0: layers.position_embedding('learn', dropout_rate=self.dropout_rate, train=train)})
+        out.update({f'encoder/{k}': v for k, v in enc_out.items()})
         return layers.classifier_head(x[:, 0], self.num_classes, out, dtype=self.dtype)
     """
 

@@ -381,7 +381,7 @@ def init_from_image_vit(video_params: Mapping[str, Any], image_params: Mapping[s
       video_params: the TimeSformer's initial `params` (nested, e.g. `variables['params']`); fixes every shape.
       image_params: the source `params`: nested or '/'-flat (`checkpoint.load_npz`), release names, scanned or not.
       dont_load: regexes of '/'-joined video parameter names (matched at the start, as `checkpoint.load_pretrained`)
-        that keep their initial values (default: the head).
+        that keep their initial values (default: the head); per-layer names `encoderblock_{i}` also for `scan=True`.
       posemb_resize: 'bilinear' (`layers.resample_posemb`, the ViT release's rule) or 'nearest_1d' (the official
         TimeSformer loader: 1-D nearest over the flattened token sequence).
       num_prefix_tokens: class-like tokens at the start of the source position embedding (1 for ViT/DeiT's cls;
@@ -397,7 +397,8 @@ def init_from_image_vit(video_params: Mapping[str, Any], image_params: Mapping[s
         raise ValueError('init_from_image_vit: the source has no `Transformer` parameters; expected a ViT checkpoint '
                          'with the release names (embedding, cls, Transformer/encoderblock_i/...).')
 
-    flat_video = flax.traverse_util.flatten_dict(video, sep='/')
+    like = flax.traverse_util.flatten_dict(video, sep='/')
+    flat_video = layers.unscan_params(like)  # A scanned model is filled per layer, then restacked.
     patterns = [re.compile(p) for p in dont_load]
     new = {}
     for name, init in flat_video.items():
@@ -414,7 +415,7 @@ def init_from_image_vit(video_params: Mapping[str, Any], image_params: Mapping[s
                              f'{init.shape} in the model (different width, patch size or head?). Add it to '
                              f'dont_load to keep its initial value.')
         new[name] = value
-    return flax.traverse_util.unflatten_dict(new, sep='/')
+    return flax.traverse_util.unflatten_dict(layers.scan_params_like(new, like), sep='/')
 
 
 def is_image_to_video(video_params: Mapping[str, Any], source_params: Mapping[str, Any]) -> bool:
