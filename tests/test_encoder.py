@@ -271,3 +271,13 @@ def test_timesformer_init_from_image_vit_fills_scanned_layers():
     for k, v in _flat(want).items():  # Everything the image model provides (the head and fc layers keep their init).
         if not k.startswith('head') and '_fc/' not in k:
             np.testing.assert_array_equal(_flat(got_loop)[k], v, err_msg=k)
+
+
+def test_encoder_layer_of_a_name():
+    assert layers.encoder_layer('Transformer/encoderblock_3/MlpBlock_3/Dense_0/kernel') == (3, False)
+    assert layers.encoder_layer('Transformer/encoderblock_3_rel_pos_bias/relative_position_bias_table') == (3, False)
+    assert layers.encoder_layer('Transformer/encoderblock/block/LayerNorm_0/scale') == (0, True)
+    assert layers.encoder_layer('Transformer/encoderblock_rel_pos_bias/relative_position_bias_table') == (0, True)
+    assert layers.encoder_layer('Transformer/encoderblock_10-11/block/LayerNorm_0/scale') == (10, True)
+    assert layers.encoder_layer('Transformer/rel_pos_bias/relative_position_bias_table') is None
+    assert layers.encoder_layer('head/kernel') is None

@@ -636,6 +636,19 @@ def is_scanned_key(key: str) -> bool:
     return _scan_key(key) is not None
 
 
+def encoder_layer(key: str) -> Optional[tuple[int, bool]]:
+    """(index of the Encoder layer a '/'-joined parameter name belongs to, whether it is stacked), or None.
+
+    A per-layer name `encoderblock_{i}[_{bias}]/...` gives (i, False); a scanned one gives (its first layer, True):
+    the layers are then first + arange(leading axis). For layer-wise learning-rate decay and per-layer analyses.
+    """
+    m = _scan_key(key)
+    if m is not None:
+        return int(m.group(3) or 0), True
+    m = _loop_key_match(key)
+    return None if m is None else (int(m.group(3)), False)
+
+
 def _loop_key(prefix: str, i: int, suffix: Optional[str], rest: str) -> str:
     return f'{prefix}_{i}' + (f'_{suffix}' if suffix else '') + f'/{rest}'
 
