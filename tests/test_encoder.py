@@ -53,6 +53,7 @@ FAMILIES = [
      ['encoderblock']),
     ('CCT-7/3x2', dict(num_layers=3, hidden_size=16, num_heads=2), (2, 32, 32, 3), ['encoderblock']),
     ('CLIP-testing', dict(num_layers=3), (2, 16, 16, 3), ['encoderblock']),
+    ('Seg-testing', dict(num_layers=3, decoder='mask_transformer'), (2, 32, 32, 3), ['encoderblock']),
 ]
 
 

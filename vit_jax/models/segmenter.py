@@ -51,6 +51,8 @@ class MaskTransformer(nn.Module):
     dropout_rate: float = 0.1  # Dropout in the blocks (attention probabilities, projections, MLP).
     drop_path_rate: float = 0.0  # Stochastic depth of the decoder blocks.
     norm_eps: float = 1e-5  # PyTorch LayerNorm default.
+    scan: bool = False  # Scan over the decoder blocks (layers.Encoder).
+    remat_policy: Optional[str] = None  # Rematerialise each decoder block (jax.checkpoint_policies name).
     dtype: Any = jnp.float32  # Compute dtype.
     attention_impl: str = 'auto'  # Attention kernel (layers.resolve_attention_impl).
 
@@ -65,7 +67,8 @@ class MaskTransformer(nn.Module):
             num_layers=self.num_layers, num_heads=self.num_heads, mlp_dim=self.mlp_dim, dropout_rate=self.dropout_rate,
             attention_dropout_rate=self.dropout_rate, drop_path_rate=self.drop_path_rate, norm_eps=self.norm_eps,
             final_norm=False, activation='gelu_exact', dtype=self.dtype, kernel_init=layers.trunc_normal,
-            bias_init=nn.initializers.zeros, attention_impl=self.attention_impl, name='blocks')(x, train=train)
+            bias_init=nn.initializers.zeros, scan=self.scan, remat_policy=self.remat_policy,
+            attention_impl=self.attention_impl, name='blocks')(x, train=train)
         x = nn.LayerNorm(epsilon=self.norm_eps, dtype=self.dtype, name='decoder_norm')(x)
         patches, classes = x[:, :n], x[:, n:]
         scale_init = nn.initializers.normal(d**-0.5)  # scale * randn, untouched by the Linear init.
@@ -100,8 +103,8 @@ class Segmenter(nn.Module):
     activation: str = 'gelu_exact'  # Encoder MLP activation (PyTorch nn.GELU).
     backbone_classes: int = 1000  # The encoder's unused classifier (official module, counts); 0 drops it.
     distilled: bool = False  # DeiT-distilled encoder (Seg-B\u2020): 'dist_token' after the class token, 'head_dist'.
-    scan: bool = False  # Scan over encoder layers.
-    remat_policy: Optional[str] = None  # Rematerialisation of encoder blocks.
+    scan: bool = False  # Scan over encoder layers (and the mask transformer's).
+    remat_policy: Optional[str] = None  # Rematerialisation of encoder (and mask-transformer) blocks.
     dtype: Any = jnp.float32  # Compute dtype.
     attention_impl: str = 'auto'  # Attention kernel of encoder and decoder: 'auto', 'xla', 'cudnn' or 'cpu'.
 
@@ -134,7 +137,8 @@ class Segmenter(nn.Module):
                 num_classes=self.num_classes, num_layers=self.decoder_layers,
                 num_heads=self.decoder_heads or max(self.hidden_size // 64, 1),
                 mlp_dim=self.decoder_mlp_dim or 4 * self.hidden_size, dropout_rate=self.decoder_dropout,
-                drop_path_rate=self.decoder_drop_path, norm_eps=self.norm_eps, dtype=self.dtype,
+                drop_path_rate=self.decoder_drop_path, norm_eps=self.norm_eps, scan=self.scan,
+                remat_policy=self.remat_policy, dtype=self.dtype,
                 attention_impl=self.attention_impl, name='decoder')(tokens, grid, train=train)
         else:
             raise ValueError(f"Segmenter decoder must be 'linear' or 'mask_transformer', got {self.decoder!r}.")
