@@ -10,10 +10,9 @@ import optax
 import pytest
 import torch
 
-from vit_jax import config_utils, data, objectives, train
+from vit_jax import config_utils, data, objectives, optim, train
 from vit_jax.data import outpainting as outdata
 from vit_jax.evaluators import outpainting as metrics
-from vit_jax.objectives import outpainting as outobj
 from vit_jax.tools import outpaint_grid
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -186,16 +185,17 @@ def test_objective_checks_batches(objective):
 
 
 def test_adam_is_pytorch_adam_with_coupled_weight_decay_and_offset_lr_mult():
-    """optimizer.name='adam' + weight_decay = torch.optim.Adam(betas=(0, 0.99), weight_decay=1e-4); params whose path
-    contains conv_offset_mask get 0.1x the learning rate (the official param group with lr_scale 0.1)."""
-    cfg = config_utils.base_config()
-    cfg.optimizer = dict(cfg.optimizer, name='adam', b1=0.0, b2=0.99, weight_decay=1e-4, grad_clip_norm=0.0)
+    """optimizer.name='adam' + weight_decay (optim.make) = torch.optim.Adam(betas=(0, 0.99), weight_decay=1e-4); the
+    objective gives params whose path contains conv_offset_mask 0.1x the learning rate (the official param group
+    with lr_scale 0.1)."""
+    cfg = config_utils.load(os.path.join(ROOT, 'configs/queryotr_tiny.py:tiny'))
     rng = np.random.default_rng(0)
     w0 = rng.normal(size=(5,)).astype(np.float32)
     grads = [rng.normal(size=(5,)).astype(np.float32) for _ in range(4)]
     params = {'a': jnp.asarray(w0), 'conv_offset_mask': {'kernel': jnp.asarray(w0)}}
-    mults = {'a': 1.0, 'conv_offset_mask': {'kernel': 0.1}}
-    tx = outobj.adam_tx(cfg.optimizer, lambda s: 1e-2, params, lr_mults=mults)
+    gen = objectives.build(cfg, train.build_model(cfg)).groups()[-1]
+    assert gen.name == 'model' and gen.optimizer['lr_mults'] == (('conv_offset_mask', 0.1),)
+    tx, _ = optim.make(cfg, params, 10, optimizer=gen.optimizer, schedule=lambda s: 1e-2)
     state = tx.init(params)
     p = params
     for g in grads:

@@ -5,7 +5,8 @@
     config.lr = dict(base=0.03, warmup_steps=500, decay='cosine', end=0.0)
 
 The chain is: clip by global norm -> optimizer (SGD+momentum / Adam / AdamW / LAMB) -> learning rate (-> optional
-layer-wise decay, `layer_decay`: BEiT/MAE fine-tuning), with decoupled weight decay restricted by a mask.
+layer-wise decay, `layer_decay`: BEiT/MAE fine-tuning), with weight decay restricted by a mask: coupled L2 for 'sgd'
+and 'adam' (torch.optim.SGD / torch.optim.Adam with weight_decay), decoupled for 'adamw' and 'lamb'.
 Gradient accumulation (`accum_steps`) splits each global batch into micro-batches inside the train step (see
 `objectives.base`), so `total_steps` always counts optimizer updates.
 """
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 import difflib
 import re
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import jax
 import jax.numpy as jnp
@@ -135,10 +136,16 @@ def weight_decay_mask(params: Any, mask: str | Callable | None) -> Any:
     return jax.tree_util.tree_map_with_path(decide, params)
 
 
-def make(config: Any, params: Any, total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
-    """The optax transformation and the schedule described by `config.optimizer` and `config.lr`."""
-    opt = config.optimizer
-    schedule = lr_schedule(config.lr, total_steps)
+def make(config: Any, params: Any, total_steps: int, *, optimizer: Any = None, schedule: Optional[Callable] = None
+         ) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    """The optax transformation and the schedule described by `config.optimizer` and `config.lr`.
+
+    `params` may be shapes (ShapeDtypeStructs): only names, ranks and shapes are read. `optimizer` (settings with
+    the keys of `config.optimizer`) and `schedule` (a function of the step) replace the config's, e.g. for a
+    discriminator with its own Adam betas and learning rate.
+    """
+    opt = config.optimizer if optimizer is None else optimizer
+    schedule = lr_schedule(config.lr, total_steps) if schedule is None else schedule
     name = opt.get('name', 'sgd')
     wd = float(opt.get('weight_decay', 0.0) or 0.0)
     mask = weight_decay_mask(params, opt.get('wd_mask', 'all'))
@@ -155,13 +162,13 @@ def make(config: Any, params: Any, total_steps: int) -> tuple[optax.GradientTran
             chain.append(optax.trace(decay=float(momentum), nesterov=bool(opt.get('nesterov', False)),
                                      accumulator_dtype=jnp.dtype(acc_dtype) if acc_dtype else None))
     elif name in ('adam', 'adamw'):
+        if wd and name == 'adam':  # Coupled L2 before the moments, as torch.optim.Adam(weight_decay=...).
+            chain.append(optax.add_decayed_weights(wd, mask))
         mu_dtype = opt.get('mu_dtype', None)  # First-moment dtype (e.g. 'bfloat16' halves its memory).
         chain.append(optax.scale_by_adam(b1=float(opt.get('b1', 0.9)), b2=float(opt.get('b2', 0.999)),
                                          eps=float(opt.get('eps', 1e-8)),
                                          mu_dtype=jnp.dtype(mu_dtype) if mu_dtype else None))
-        if wd:
-            if name == 'adam':
-                raise ValueError("optimizer.name='adam' with weight_decay: use 'adamw' (decoupled decay).")
+        if wd and name == 'adamw':
             chain.append(optax.add_decayed_weights(wd, mask))
     elif name == 'lamb':
         mu_dtype = opt.get('mu_dtype', None)
@@ -221,7 +228,7 @@ def layer_ids(params: Any) -> tuple[Any, int]:
 def scale_by_layer_decay(params: Any, decay: float) -> optax.GradientTransformation:
     """Multiplies each parameter's update by decay ** (L + 1 - layer_id) (see `layer_ids`; the head keeps 1)."""
     ids, num = layer_ids(params)
-    # numpy (static) scales: the optimizer may be built while tracing (init_state under jit).
+    # numpy (static) scales: `params` may be shapes.
     scales = jax.tree_util.tree_map(lambda i: np.float32(decay) ** (num + 1 - np.asarray(i)).astype(np.float32), ids)
 
     def update(updates, state, params=None):

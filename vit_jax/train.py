@@ -3,7 +3,7 @@
     from vit_jax import train
     result = train.train_and_evaluate(config, workdir)   # {'step': ..., 'val/accuracy': ..., 'checkpoint': ...}
 
-Methods plug in through `config.objective.type` (loss, metrics, train step) and `config.evals` (evaluators); this
+Methods plug in through `config.objective.type` (loss, metrics, groups, frozen networks) and `config.evals`; this
 loop does not change per paper. Everything is `jax.jit` over a ('data', 'fsdp') device mesh with NamedShardings.
 Running the same command on the same workdir resumes from the latest checkpoint with the same batches and RNG.
 """
@@ -349,6 +349,7 @@ def _train_and_evaluate(config: Any, workdir: str, cleanup: list) -> dict[str, A
 
     # ---- State: shapes first, then sharded initialisation (nothing is materialised on one device). ----
     fake_batch = {'image': jax.ShapeDtypeStruct(models.input_shape(model, 1), jnp.float32)}
+    objective.setup(fake_batch)  # The optimizers, from the parameters' shapes.
     rng = jax.random.PRNGKey(int(config.seed))
     state_shapes = jax.eval_shape(objective.init_state, rng, fake_batch)
     state_sharding = sharding.infer_state_sharding(state_shapes, mesh, config.get('sharding_rules', ()) or (),
@@ -382,11 +383,11 @@ def _train_and_evaluate(config: Any, workdir: str, cleanup: list) -> dict[str, A
                 state = state.replace(model_state=jax.device_put(model_state, state_sharding.model_state))
             state = state.replace(params=params,
                                   ema_params=params if state.ema_params is not None else None,
-                                  opt_state=jax.jit(objective.tx.init, out_shardings=state_sharding.opt_state)(
-                                      params))
+                                  opt_state=jax.jit(objective.tx['model'].init,
+                                                    out_shardings=state_sharding.opt_state)(params))
             print(f'Initialised from {init_cfg.path}.', flush=True)
-    if objective.tx is None:  # Restored without calling init_state: build the optimizer from the shapes.
-        objective.make_optimizer(state_shapes.params)
+    # Frozen networks (teachers, tokenizers, perceptual nets): on the devices once, inputs of every step, never saved.
+    frozen = jax.device_put(objective.frozen, sharding.replicated(mesh))
 
     n_params = sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(state_shapes.params))
     if is_main:
@@ -395,7 +396,8 @@ def _train_and_evaluate(config: Any, workdir: str, cleanup: list) -> dict[str, A
         for warning in config_utils.schedule_warnings(config):
             log.warning(warning)
 
-    train_step = jax.jit(objective.train_step, in_shardings=(state_sharding, sharding.batch_sharding(mesh)),
+    train_step = jax.jit(objective.train_step, in_shardings=(state_sharding, sharding.batch_sharding(mesh),
+                                                             sharding.replicated(mesh)),
                          out_shardings=(state_sharding, sharding.replicated(mesh)), donate_argnums=(0,))
     writer = MetricWriter(workdir, tensorboard=bool(config.get('tensorboard', True)), resume_step=start_step,
                           rerun_evals=start_step >= total_steps)
@@ -477,7 +479,7 @@ def _train_and_evaluate(config: Any, workdir: str, cleanup: list) -> dict[str, A
     with _Preemption() as preemption:
         while step < total_steps:
             batch = next(train_iter)
-            state, metrics = train_step(state, batch)
+            state, metrics = train_step(state, batch, frozen)
             step += 1
             steps_window += 1
             pending.append((step, metrics))

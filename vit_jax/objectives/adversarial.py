@@ -36,7 +36,7 @@ import jax
 import jax.numpy as jnp
 
 from vit_jax import attacks, objectives
-from vit_jax.objectives.base import Objective, TrainState
+from vit_jax.objectives.base import Objective, StepContext
 from vit_jax.objectives.classification import Classification, cross_entropy, soft_targets
 
 
@@ -114,11 +114,9 @@ class AdversarialTraining(Classification):
                           schedule=cfg.get('eps_schedule', 'linear'), warmup_epochs=cfg.get('eps_warmup_epochs', 10),
                           zero_eps_epochs=cfg.get('zero_eps_epochs', 0))
 
-    def train_step(self, state: TrainState, batch: dict) -> tuple[TrainState, dict]:
-        n = batch['image'].shape[0]
-        # Per-example so that gradient accumulation can split it with the batch.
-        batch = dict(batch, adv_eps=jnp.full((n,), self.epsilon(state.step), jnp.float32))
-        return super().train_step(state, batch)
+    def prepare_batch(self, batch: dict, rng: jax.Array, ctx: StepContext) -> dict:
+        """The step's (warmed-up) radius as `adv_eps`, one per example."""
+        return dict(batch, adv_eps=jnp.full((batch['image'].shape[0],), self.epsilon(ctx.state.step), jnp.float32))
 
     def adversarial_examples(self, params: Any, model_state: Any, batch: dict, rng: jax.Array) -> jax.Array:
         """PGD (random start) on the batch with the current params held fixed; eps from `batch['adv_eps']`."""

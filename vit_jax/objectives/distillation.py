@@ -11,8 +11,8 @@ natural-image labels.
 Loss (DeiT): (1 - alpha) * CE(class-token logits, labels) + alpha * D, where D is, for 'hard', the cross-entropy
 of the distillation-token logits against the teacher's argmax, and for 'soft', tau^2 * KL(softmax(teacher / tau)
 || softmax(student_dist / tau)). The teacher runs in eval mode on the same (augmented) batch, outside the
-gradient; its variables live in `TrainState.extra['teacher']` (so they are jit arguments, not constants, and are
-checkpointed with the run). `predict` returns the mean of both heads (DeiT's inference) and each head apart.
+gradient; its variables are a frozen input of the step (`frozen['teacher']`, loaded once, not checkpointed).
+`predict` returns the mean of both heads (DeiT's inference) and each head apart.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import optax
 
 from vit_jax import objectives
-from vit_jax.objectives.base import TrainState
+from vit_jax.objectives.base import StepContext, TrainState
 from vit_jax.objectives.classification import Classification, cross_entropy, soft_targets
 
 
@@ -43,29 +43,14 @@ class Distillation(Classification):
         kind = cfg.get('distillation', 'hard')
         if kind not in ('hard', 'soft'):
             raise ValueError(f"objective.distillation must be 'hard' or 'soft', got {kind!r}.")
-        self._teacher = None
-        self.teacher()  # Load now (outside any trace), so a wrong path fails before compiling.
+        from vit_jax.evaluators.robustness import load_aux_model
 
-    def teacher(self) -> tuple[Any, dict]:
-        """(teacher module, its variables), loaded once from `objective.teacher`."""
-        if self._teacher is None:
-            from vit_jax.evaluators.robustness import load_aux_model
+        # Loaded now (outside any trace), so a wrong path fails before compiling.
+        self.teacher_model, self.frozen['teacher'] = load_aux_model(cfg.teacher)
 
-            self._teacher = load_aux_model(self.config.objective.teacher)
-        return self._teacher
-
-    def init_state(self, rng: jax.Array, batch: dict) -> TrainState:
-        state = super().init_state(rng, batch)
-        return state.replace(extra={'teacher': self.teacher()[1]})
-
-    def teacher_logits(self, teacher_vars: dict, images: jax.Array) -> jax.Array:
-        model, _ = self.teacher()
-        logits = model.apply(teacher_vars, images, train=False)[0]
-        return jax.lax.stop_gradient(logits.astype(jnp.float32))
-
-    def train_step(self, state: TrainState, batch: dict) -> tuple[TrainState, dict]:
-        batch = dict(batch, teacher_logits=self.teacher_logits(state.extra['teacher'], batch['image']))
-        return super().train_step(state, batch)
+    def prepare_batch(self, batch: dict, rng: jax.Array, ctx: StepContext) -> dict:
+        logits = self.teacher_model.apply(ctx.frozen['teacher'], batch['image'], train=False)[0]
+        return dict(batch, teacher_logits=jax.lax.stop_gradient(logits.astype(jnp.float32)))
 
     def loss(self, params: Any, model_state: Any, batch: dict, rng: jax.Array, train: bool = True):
         cfg = self.config.objective

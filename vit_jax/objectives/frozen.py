@@ -14,20 +14,23 @@ Config of one network (a dict / ConfigDict):
          allow_random=True,                # False: refuse to run without weights
          input_mean=None, input_std=None)  # normalisation the network expects, for images in [0, 1]
 
-Objectives keep the frozen variables in `TrainState.extra` (outside the optimizer), load them into the state with
-`host_constant` (a host callback, so large weights are not baked into a compiled program) and call the networks
-in eval mode under `stop_gradient` on the parameters (gradients still flow through them to their inputs).
+Objectives put the frozen variables (host arrays) in `Objective.frozen[name]`: the trainer passes them to the jitted
+step once per run as replicated, non-donated inputs (never constants of the program, never in a checkpoint); the
+step calls the networks in eval mode under `stop_gradient` on the parameters (gradients still flow through them to
+their inputs).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from vit_jax import registry
 
 log = logging.getLogger(__name__)
 
@@ -64,68 +67,32 @@ class FrozenNet:
         x = (images - lo) / (hi - lo)
         return (x - jnp.asarray(self.input_mean)) / jnp.asarray(self.input_std)
 
-    def shapes(self) -> Any:
-        """ShapeDtypeStructs of the variables."""
-        return jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(np.shape(a), np.asarray(a).dtype),
-                                      self.variables)
-
-    def device_variables(self) -> Any:
-        """The variables as arrays inside a traced function (host callback; no compile-time constants)."""
-        return host_constant(self.variables)
-
-
-def host_constant(tree: Any) -> Any:
-    """`tree` (numpy) brought into a traced computation through a host callback (not as an HLO constant)."""
-    leaves, treedef = jax.tree_util.tree_flatten(tree)
-    if not leaves:
-        return tree
-    leaves = [np.asarray(v) for v in leaves]
-    specs = [jax.ShapeDtypeStruct(v.shape, v.dtype) for v in leaves]
-    out = jax.pure_callback(lambda: leaves, specs)
-    return jax.tree_util.tree_unflatten(treedef, out)
-
 
 def load_frozen(cfg: Any, what: str, *, image_size: Optional[Sequence[int]] = None,
                 value_range: Sequence[float] = (-1.0, 1.0), seed: int = 0) -> FrozenNet:
-    """Builds the frozen network described by `cfg` (see the module docstring); `what` names it in messages."""
-    from vit_jax import checkpoint, models
+    """Builds the frozen network described by `cfg` (see the module docstring; loaded by `models.load`, the run's
+    `image_size` unless `cfg` sets one); `what` names it in messages."""
+    from vit_jax import models
 
-    name = _get(cfg, 'model')
-    if not name:
+    if not _get(cfg, 'model'):
         raise ValueError(f'The {what} needs a model name (config key `model`, a registered name such as '
                          "'ViT-B/16').")
-    overrides = dict(_get(cfg, 'overrides', {}) or {})
-    if image_size is not None and 'image_size' not in overrides:
-        fields = getattr(models.get_entry(name).cls, '__dataclass_fields__', {})
-        if 'image_size' in fields:
-            overrides['image_size'] = tuple(image_size)
-    model = models.get_model(name, **overrides)
-    x = jnp.zeros(models.input_shape(model, 1), jnp.float32)
-    shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(seed), x, train=False))
-    weights = _get(cfg, 'weights')
-    frozen_random = not weights
-    if weights:
-        params = checkpoint.load_pretrained(jax.tree_util.tree_map(lambda s: np.zeros(s.shape, s.dtype),
-                                                                   shapes['params']), weights)
-        variables = {'params': params}
-        for k in shapes:
-            if k != 'params':
-                raise ValueError(f'The {what} {name} has non-parameter collections {sorted(shapes)}; only '
-                                 "'params' can be loaded from a file.")
-        log.info('Loaded the %s (%s) from %s.', what, name, weights)
+    spec = models.as_spec(cfg)
+    if spec.weights is None and not bool(_get(cfg, 'allow_random', True)):
+        raise ValueError(f'The {what} ({spec.name}) has no weights (config key `weights`: a .npz file or a '
+                         'workdir) and allow_random=False.')
+    model, variables = models.load(spec, defaults={'image_size': tuple(image_size)} if image_size else None,
+                                   seed=seed)
+    if spec.weights is not None:
+        log.info('Loaded the %s (%s) from %s.', what, spec.name, spec.weights)
     else:
-        if not bool(_get(cfg, 'allow_random', True)):
-            raise ValueError(f'The {what} ({name}) has no weights (config key `weights`: a .npz file or a '
-                             'workdir) and allow_random=False.')
-        variables = jax.jit(lambda: model.init(jax.random.PRNGKey(seed), x, train=False))()
-        variables = jax.tree_util.tree_map(np.asarray, variables)
-        msg = (f'!!! The {what} ({name}) has NO pretrained weights: using a FROZEN RANDOM-INIT STAND-IN. Metrics '
-               'that depend on it are named *_random_* and are not comparable with the paper. Set `weights` to '
-               'a converted file to run the real method. !!!')
+        msg = (f'!!! The {what} ({spec.name}) has NO pretrained weights: using a FROZEN RANDOM-INIT STAND-IN. '
+               'Metrics that depend on it are named *_random_* and are not comparable with the paper. Set `weights` '
+               'to a converted file to run the real method. !!!')
         log.warning(msg)
         print(msg, flush=True)
     mean, std = _get(cfg, 'input_mean'), _get(cfg, 'input_std')
-    return FrozenNet(model=model, variables=variables, frozen_random=frozen_random, what=what,
+    return FrozenNet(model=model, variables=variables, frozen_random=spec.weights is None, what=what,
                      input_mean=None if mean is None else np.asarray(mean, np.float32),
                      input_std=None if std is None else np.asarray(std, np.float32),
                      value_range=tuple(float(v) for v in value_range))
@@ -165,7 +132,7 @@ def perceptual_loss(net: FrozenNet, variables: Any, x: Array, y: Array, feature_
 # Tokenizers (MIM targets).
 # ----------------------------------------------------------------------------------------------------------------
 class Tokenizer:
-    """`encode(variables, images) -> int32 [B, h, w]` codes; `variables` live in TrainState.extra."""
+    """`encode(variables, images) -> int32 [B, h, w]` codes; `variables` (from `init_variables`) are a frozen input."""
 
     vocab_size: int
     frozen_random: bool = False
@@ -179,27 +146,16 @@ class Tokenizer:
         raise NotImplementedError
 
 
-_TOKENIZERS: dict[str, Callable[..., Tokenizer]] = {}
-
-
-def register_tokenizer(name: str):
-    """Decorator registering a tokenizer factory `f(cfg, image_size=, value_range=) -> Tokenizer`."""
-
-    def wrap(fn):
-        _TOKENIZERS[name] = fn
-        return fn
-
-    return wrap
+TOKENIZERS = registry.Registry('tokenizer type')  # Tokenizer classes `cls(cfg, image_size=, value_range=)`.
 
 
 def build_tokenizer(cfg: Any, *, image_size: Sequence[int], value_range: Sequence[float] = (-1.0, 1.0)) -> Tokenizer:
     """The tokenizer of `cfg.type` ('vqgan' or the test stand-in 'random_projection')."""
-    kind = _get(cfg, 'type', 'vqgan')
-    if kind not in _TOKENIZERS:
-        raise ValueError(f'Unknown tokenizer type {kind!r}; choose one of {sorted(_TOKENIZERS)}.')
-    return _TOKENIZERS[kind](cfg, image_size=tuple(image_size), value_range=tuple(value_range))
+    return TOKENIZERS.get(_get(cfg, 'type', 'vqgan'))(cfg, image_size=tuple(image_size),
+                                                      value_range=tuple(value_range))
 
 
+@TOKENIZERS.register('vqgan')
 class VQGANTokenizer(Tokenizer):
     """A trained vit_jax VQGAN (e.g. the PeCo tokenizer of `configs/peco_tokenizer.py`), from a file or workdir."""
 
@@ -222,9 +178,8 @@ class VQGANTokenizer(Tokenizer):
         return jax.lax.stop_gradient(model.apply(v, self.net.preprocess(images), method=model.encode))
 
 
-register_tokenizer('vqgan')(VQGANTokenizer)
 
-
+@TOKENIZERS.register('random_projection')
 class RandomProjectionTokenizer(Tokenizer):
     """Test stand-in (specs 1b): a fixed random projection of each p x p pixel patch, quantised to the nearest of
     K fixed random unit codes. Deterministic, cheap, and not PeCo: metrics with it are stand-in figures."""
@@ -256,5 +211,3 @@ class RandomProjectionTokenizer(Tokenizer):
         z = z / jnp.maximum(jnp.linalg.norm(z, axis=-1, keepdims=True), 1e-6)
         return jax.lax.stop_gradient(jnp.argmax(z @ variables['codes'].T, -1).astype(jnp.int32))
 
-
-register_tokenizer('random_projection')(RandomProjectionTokenizer)

@@ -11,9 +11,9 @@ Per step (specs_c.md section 2):
 4. Loss: 2 - 2 cos(pred, target) per token (both l2-normalised), averaged over *all* tokens (class token, visible
    and masked patches) and the batch.
 
-The teacher's weights live in `TrainState.extra` (outside the optimizer). Without `teacher.weights` a random-init
-stand-in is used, loudly, and the loss is also logged as `loss_random_teacher` ("feature distillation from a random
-teacher", not MILAN).
+The teacher's weights are a frozen input of the step (`frozen['teacher']`, not checkpointed). Without
+`teacher.weights` a random-init stand-in is used, loudly, and the loss is also logged as `loss_random_teacher`
+("feature distillation from a random teacher", not MILAN).
 
 Config (`config.objective`):
     type='milan', attn_mask=True,
@@ -34,7 +34,7 @@ from vit_jax import objectives
 from vit_jax.data import masking
 from vit_jax.models.milan import last_block_cls_attention
 from vit_jax.objectives import frozen
-from vit_jax.objectives.base import Objective, TrainState
+from vit_jax.objectives.base import Objective, StepContext, TrainState
 
 
 class FeatureTeacher:
@@ -80,22 +80,18 @@ class MILANObjective(Objective):
         if tcfg is None:
             raise ValueError("objective.teacher is required, e.g. dict(model='CLIP-ViT-B/16', weights=...).")
         self.teacher = FeatureTeacher(tcfg, image_size=image_size, value_range=value_range)
+        self.frozen['teacher'] = self.teacher.net.variables
         self.attn_mask = bool(cfg.get('attn_mask', True))
         self.num_patches = model.grid_size[0] * model.grid_size[1]
 
-    def init_state(self, rng: jax.Array, batch: dict) -> TrainState:
-        state = super().init_state(rng, batch)
-        return state.replace(extra={'teacher': self.teacher.net.device_variables()})
-
-    def train_step(self, state: TrainState, batch: dict) -> tuple[TrainState, dict]:
-        tokens, attn = self.teacher(state.extra['teacher'], batch['image'])
+    def prepare_batch(self, batch: dict, rng: jax.Array, ctx: StepContext) -> dict:
+        tokens, attn = self.teacher(ctx.frozen['teacher'], batch['image'])
         if tokens.shape[1] != self.num_patches + 1:
             raise ValueError(f'The teacher gives {tokens.shape[1]} tokens but the student predicts '
                              f'{self.num_patches + 1} (class token + patches): use the same image and patch size.')
         if attn is None:
             attn = jnp.ones((tokens.shape[0], self.num_patches), jnp.float32)  # Uniform: random masking.
-        batch = dict(batch, teacher_tokens=tokens, teacher_importance=attn)
-        return super().train_step(state, batch)
+        return dict(batch, teacher_tokens=tokens, teacher_importance=attn)
 
     def loss(self, params: Any, model_state: Any, batch: dict, rng: jax.Array, train: bool = True):
         r_mask, r_drop = jax.random.split(rng)

@@ -7,8 +7,9 @@ cross-entropy at masked positions only, averaged over all masked tokens of the b
 `sum(mask * ce) / sum(mask)`.
 
 Masks come from the input pipeline: add `beit_mask(...)` (blockwise, 75 of 196, see `vit_jax.data.masking`) to
-`config.data.train_pp`; every example then carries `patch_mask` (bool [N]). The tokenizer codes are computed in the
-train step outside the gradient; the tokenizer's weights live in `TrainState.extra`.
+`config.data.train_pp`; every example then carries `patch_mask` (bool [N]). The tokenizer codes are computed in
+`prepare_batch`, outside the gradient; the tokenizer's weights are a frozen input of the step (`frozen['tokenizer']`,
+not checkpointed).
 
 Config (`config.objective`):
     type='mim',
@@ -29,7 +30,7 @@ import optax
 from vit_jax import objectives
 from vit_jax.data import masking  # noqa: F401  (registers the beit_mask / random_mask preprocessing ops)
 from vit_jax.objectives import frozen
-from vit_jax.objectives.base import Objective, TrainState
+from vit_jax.objectives.base import Objective, StepContext, TrainState
 
 
 @objectives.register('mim')
@@ -59,6 +60,7 @@ class MaskedImageModeling(Objective):
             raise ValueError(f'model.vocab_size={model.vocab_size} but the tokenizer has '
                              f'{self.tokenizer.vocab_size} codes.')
         self.mask_key = cfg.get('mask_key', 'patch_mask')
+        self.frozen['tokenizer'] = self.tokenizer.init_variables()
 
     def init_variables(self, rng: jax.Array, batch: dict) -> dict:
         variables = super().init_variables(rng, batch)
@@ -68,21 +70,13 @@ class MaskedImageModeling(Objective):
             variables = {**variables, 'params': beit.rescale_init(variables['params'])}
         return variables
 
-    def init_state(self, rng: jax.Array, batch: dict) -> TrainState:
-        state = super().init_state(rng, batch)
-        return state.replace(extra={'tokenizer': frozen.host_constant(self.tokenizer.init_variables())})
-
-    def targets(self, state: TrainState, images: jax.Array) -> jax.Array:
-        """The frozen tokenizer's codes, flattened to [B, N] in row-major grid order."""
-        codes = self.tokenizer.encode(state.extra['tokenizer'], images)
-        return codes.reshape(codes.shape[0], -1)
-
-    def train_step(self, state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+    def prepare_batch(self, batch: dict, rng: jax.Array, ctx: StepContext) -> dict:
+        """Adds the frozen tokenizer's codes, flattened to [B, N] in row-major grid order."""
         if self.mask_key not in batch:
             raise ValueError(f"objective.type='mim' needs per-example masks in batch[{self.mask_key!r}]: add e.g. "
                              "'beit_mask(num_masking_patches=75, patch_size=16)' to config.data.train_pp.")
-        batch = dict(batch, mim_targets=self.targets(state, batch['image']))
-        return super().train_step(state, batch)
+        codes = self.tokenizer.encode(ctx.frozen['tokenizer'], batch['image'])
+        return dict(batch, mim_targets=codes.reshape(codes.shape[0], -1))
 
     def loss(self, params: Any, model_state: Any, batch: dict, rng: jax.Array, train: bool = True):
         mask = batch[self.mask_key].astype(bool)

@@ -2,8 +2,9 @@
 
 Batches hold 'image' (the known centre, the model input) and 'target' (the full image), both in the data config's
 value range (see `vit_jax.data.outpainting`). The generator is the run's model (e.g. 'QueryOTR'); the multi-scale
-PatchGAN discriminator (`vit_jax.models.patchgan`), its optimizer state and the frozen perceptual network live in
-`TrainState.extra`. Two optimisers, as the official code:
+PatchGAN discriminator (`vit_jax.models.patchgan`) is a second trainable group ('disc', its parameters, optimizer
+state and spectral-norm statistics in `TrainState.extra['disc']`); the frozen perceptual network is an input of the
+step (`frozen['perceptual']`). Two optimisers, as the official code:
 
   steps < objective.warmup_steps (the paper's first 10 epochs): generator only, reconstruction loss only;
   afterwards every step: one discriminator step (hinge, DiffAugment on real and fake, summed over scales) on the
@@ -13,11 +14,13 @@ PatchGAN discriminator (`vit_jax.models.patchgan`), its optimizer state and the 
   L_adv  = sum over scales of -mean D(DiffAugment(fake));
   L_perc = sum_l w_l * mean |VGG19_l(fake) - VGG19_l(target)| over relu1_1 .. relu5_1 with w = 1/32, 1/16, 1/8,
            1/4, 1 (SPADE), images mapped to [0, 1] then ImageNet-normalised, on the full image.
-The discriminator sees normalised images, as in the official code. The generator's output is computed once per
-step (its VJP is reused for the generator update).
+The discriminator sees normalised images, as in the official code. Its step regenerates the generator's output
+(same key, so the same images) outside the generator's gradient; gradient accumulation (`optimizer.accum_steps`) and
+the generator's EMA (`optimizer.ema_decay`) work as for every objective.
 
-Optimisers: `optimizer.name='adam'` with `weight_decay` is PyTorch's Adam with coupled L2 (the paper: betas
-(0, 0.99), weight decay 1e-4, for both networks); 'adamw' decouples it. Parameters whose path contains
+Optimisers: `config.optimizer` for both networks (`optim.make`; `name='adam'` with `weight_decay` is PyTorch's Adam
+with coupled L2, the paper: betas (0, 0.99), weight decay 1e-4); `disc.b1`, `b2`, `weight_decay` and `lr_mult`
+change the discriminator's. Parameters whose path contains
 `objective.lr_mult_pattern` ('conv_offset_mask': the deformable convs' offset convs) get `offset_lr_mult` (0.1) times
 the learning rate. `objective.lr_staircase_steps` (steps per epoch) holds the learning rate for a whole epoch, as
 the official per-epoch warm-up updates (0: updated every step).
@@ -40,18 +43,16 @@ the real one.
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import optax
 
 from vit_jax import objectives, optim
 from vit_jax.models import patchgan
 from vit_jax.objectives import frozen
-from vit_jax.objectives.base import Objective, TrainState, guard_nonfinite, tree_l2
+from vit_jax.objectives.base import MODEL, Group, Objective, StepContext, TrainState
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -66,40 +67,6 @@ def _get(c: Any, key: str, default: Any) -> Any:
     return default if v is None else v
 
 
-def _path(path: tuple) -> str:
-    return '/'.join(str(getattr(k, 'key', getattr(k, 'name', k))) for k in path)
-
-
-def adam_tx(opt: Any, schedule: Any, params: Any, *, lr_mults: Any = None, b1: Any = None, b2: Any = None,
-            weight_decay: Any = None) -> optax.GradientTransformation:
-    """Adam as PyTorch: 'adam' with coupled L2 weight decay (torch.optim.Adam) or 'adamw' (decoupled).
-
-    `lr_mults`: an optional tree (like params) of per-parameter learning-rate multipliers.
-    """
-    name = _get(opt, 'name', 'adam')
-    if name not in ('adam', 'adamw'):
-        raise ValueError(f"objective.type='outpainting' uses optimizer.name 'adam' (PyTorch Adam, coupled weight "
-                         f"decay: the paper) or 'adamw'; got {name!r}.")
-    b1 = float(_get(opt, 'b1', 0.9) if b1 is None else b1)
-    b2 = float(_get(opt, 'b2', 0.999) if b2 is None else b2)
-    wd = float(_get(opt, 'weight_decay', 0.0) if weight_decay is None else weight_decay)
-    mask = optim.weight_decay_mask(params, _get(opt, 'wd_mask', 'all'))
-    chain = []
-    clip = _get(opt, 'grad_clip_norm', None)
-    if clip:
-        chain.append(optax.clip_by_global_norm(float(clip)))
-    if wd and name == 'adam':
-        chain.append(optax.add_decayed_weights(wd, mask))
-    chain.append(optax.scale_by_adam(b1=b1, b2=b2, eps=float(_get(opt, 'eps', 1e-8))))
-    if wd and name == 'adamw':
-        chain.append(optax.add_decayed_weights(wd, mask))
-    chain.append(optax.scale_by_learning_rate(schedule))
-    if lr_mults is not None:
-        chain.append(optax.stateless(lambda updates, _: jax.tree_util.tree_map(lambda u, m: u * m, updates,
-                                                                               lr_mults)))
-    return optax.chain(*chain)
-
-
 @objectives.register('outpainting')
 class Outpainting(Objective):
     """GAN outpainting objective (see the module docstring)."""
@@ -109,10 +76,6 @@ class Outpainting(Objective):
         if not hasattr(model, 'outer_pixel_mask') or not hasattr(model, 'output_size'):
             raise ValueError("objective.type='outpainting' needs an outpainting model such as 'QueryOTR' (with "
                              f'output_size and outer_pixel_mask), got {type(model).__name__}.')
-        if int(_get(config.optimizer, 'accum_steps', 1)) != 1:
-            raise ValueError("objective.type='outpainting' does not support optimizer.accum_steps > 1.")
-        if config.optimizer.get('ema_decay', None):
-            raise ValueError("objective.type='outpainting' does not keep a weight EMA (optimizer.ema_decay).")
         cfg = config.objective
         self.cfg = cfg
         self.rec_weight = float(_get(cfg, 'rec_weight', 5.0))
@@ -136,7 +99,6 @@ class Outpainting(Objective):
             n_layers=int(_get(dcfg, 'n_layers', 4)), spectral_norm=bool(_get(dcfg, 'spectral_norm', True)),
             instance_norm=bool(_get(dcfg, 'instance_norm', True)))
         self.dcfg = dcfg
-        self.disc_tx = None
 
         value_range = tuple(float(v) for v in config.get('data', {}).get('value_range', (0.0, 1.0)))
         self.value_range = value_range
@@ -155,47 +117,28 @@ class Outpainting(Objective):
                 raise ValueError('objective.perceptual.layers and layer_weights differ in length.')
             if self.perc.frozen_random:
                 self.perc_name = 'perceptual_loss_random_features'
+            self.frozen['perceptual'] = self.perc.variables
 
     # ----------------------------------------------------------------------------------------------------------
-    # Optimisers.
+    # Groups: the discriminator's step (after the warm-up), then the generator's against the updated discriminator.
     # ----------------------------------------------------------------------------------------------------------
-    def _schedule(self):
+    def groups(self) -> tuple[Group, ...]:
         base = optim.lr_schedule(self.config.lr, int(self.config.total_steps))
-        if self.lr_staircase > 0:
-            s = self.lr_staircase
-            return lambda step: base(jnp.asarray(step) // s * s)
-        return base
-
-    def make_optimizer(self, params: Any) -> optax.GradientTransformation:
-        if self.tx is None:
-            self.schedule = self._schedule()
-            pattern = re.compile(self.lr_mult_pattern) if self.lr_mult_pattern else None
-            mults = jax.tree_util.tree_map_with_path(
-                lambda p, _: self.offset_lr_mult if pattern is not None and pattern.search(_path(p)) else 1.0,
-                params)
-            self.tx = adam_tx(self.config.optimizer, self.schedule, params, lr_mults=mults)
-        return self.tx
-
-    def make_disc_optimizer(self, params: Any) -> optax.GradientTransformation:
-        if self.disc_tx is None:
-            if self.schedule is None:
-                self.schedule = self._schedule()
-            mult = float(_get(self.dcfg, 'lr_mult', 1.0))
-            schedule = self.schedule
-            self.disc_tx = adam_tx(self.config.optimizer, lambda s: mult * schedule(s), params,
-                                   b1=_get(self.dcfg, 'b1', None), b2=_get(self.dcfg, 'b2', None),
-                                   weight_decay=_get(self.dcfg, 'weight_decay', None))
-        return self.disc_tx
-
-    def init_state(self, rng: jax.Array, batch: dict) -> TrainState:
-        state = super().init_state(rng, batch)
+        s = self.lr_staircase
+        schedule = (lambda step: base(jnp.asarray(step) // s * s)) if s > 0 else base
+        mult = float(_get(self.dcfg, 'lr_mult', 1.0))
+        disc_opt = dict(self.config.optimizer)  # The generator's settings unless disc.b1 / b2 / weight_decay are set.
+        for k in ('b1', 'b2', 'weight_decay'):
+            if _get(self.dcfg, k, None) is not None:
+                disc_opt[k] = _get(self.dcfg, k, None)
+        gen_opt = dict(self.config.optimizer)
+        if self.lr_mult_pattern:  # The deformable convs' offsets at offset_lr_mult x the learning rate.
+            gen_opt['lr_mults'] = ((self.lr_mult_pattern, self.offset_lr_mult),) + tuple(
+                gen_opt.get('lr_mults', None) or ())
         n = self.full_size
-        dvars = self.disc.init({'params': jax.random.fold_in(rng, 7)}, jnp.zeros((1, n, n, 3), jnp.float32))
-        dvars = dict(dvars)
-        extra = {'disc': {'params': dvars['params'], 'batch_stats': dvars.get('batch_stats', {})},
-                 'disc_opt': self.make_disc_optimizer(dvars['params']).init(dvars['params']),
-                 'perceptual': self.perc.device_variables() if self.perc is not None else {}}
-        return state.replace(extra=extra)
+        disc = Group('disc', self.disc_loss, init=lambda rng, _: self.disc.init(rng, jnp.zeros((1, n, n, 3))),
+                     optimizer=disc_opt, schedule=lambda step: mult * schedule(step), start_step=self.warmup_steps)
+        return disc, Group(MODEL, self.generator_loss, optimizer=gen_opt, schedule=schedule)
 
     # ----------------------------------------------------------------------------------------------------------
     # Losses.
@@ -232,15 +175,8 @@ class Outpainting(Objective):
             return outs, upd['batch_stats']
         return self.disc.apply(disc_vars, x, update_stats=False), disc_vars['batch_stats']
 
-    def loss(self, params: Any, model_state: Any, batch: dict, rng: jax.Array, train: bool = True):
-        """Reconstruction loss of the generator alone (used for evaluation-style figures; training uses
-        `train_step`)."""
-        (fake, _), model_state = self.apply_model(params, model_state, batch['image'], train=train, rng=rng)
-        rec = self.rec_loss(fake, batch['target'])
-        return self.rec_weight * rec, ({'loss': self.rec_weight * rec, 'rec_loss': rec}, model_state)
-
     # ----------------------------------------------------------------------------------------------------------
-    # Train step: D step then G step (after the reconstruction-only warm-up).
+    # Batches and the two losses.
     # ----------------------------------------------------------------------------------------------------------
     def check_batch(self, batch: dict) -> None:
         """Clear errors for batches without a target or with a target of another size than the model output."""
@@ -254,78 +190,48 @@ class Outpainting(Objective):
                              f'data.outpaint_scale to output_size / image_size '
                              f'({n / int(self.model.image_size):g}).')
 
-    def train_step(self, state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+    def generate(self, params: Any, model_state: Any, batch: dict, rng: jax.Array) -> tuple[jax.Array, Any]:
+        """(the full outpainted image, the new model state) in training mode."""
         self.check_batch(batch)
-        rng = jax.random.fold_in(state.rng, state.step)
-        r_gen, r_dfake, r_dreal, r_g = jax.random.split(rng, 4)
+        (full, _), model_state = self.apply_model(params, model_state, batch['image'], train=True, rng=rng)
+        return full, model_state
+
+    def disc_loss(self, params: Any, model_state: Any, batch: dict, rng: jax.Array, ctx: StepContext):
+        """Hinge loss of D (summed over scales) on DiffAugment(fake) and DiffAugment(real)."""
+        r_gen, r_dfake, r_dreal, _ = jax.random.split(rng, 4)
+        fake, _ = self.generate(ctx.state.params, ctx.state.model_state, batch, r_gen)
+        fake_n = self.normalise(jax.lax.stop_gradient(fake))
+        x = jnp.concatenate([patchgan.diff_augment(fake_n, r_dfake, self.diffaug),
+                             patchgan.diff_augment(self.normalise(batch['target']), r_dreal, self.diffaug)], 0)
+        outs, upd = self.disc.apply({'params': params, **model_state}, x, update_stats=True, mutable=['batch_stats'])
+        n = fake.shape[0]
+        fl, rl = [o[:n] for o in outs], [o[n:] for o in outs]
+        d = patchgan.hinge_d_loss(rl, fl)
+        metrics = {'d_loss': d, 'd_real': sum(jnp.mean(o) for o in rl), 'd_fake': sum(jnp.mean(o) for o in fl)}
+        return d, (metrics, {**model_state, **upd})
+
+    def generator_loss(self, params: Any, model_state: Any, batch: dict, rng: jax.Array, ctx: StepContext):
+        """rec_weight * L_rec, plus adv_weight * L_adv + perc_weight * L_perc after the warm-up."""
+        r_gen, _, _, r_g = jax.random.split(rng, 4)
+        fake, model_state = self.generate(params, model_state, batch, r_gen)
         target = batch['target']
-
-        def generate(p):
-            (full, _), _ = self.apply_model(p, state.model_state, batch['image'], train=True, rng=r_gen)
-            return full
-
-        fake, pullback = jax.vjp(generate, state.params)
-        extra = state.extra
+        rec = self.rec_loss(fake, target)
+        disc = ctx.state.extra['disc']
         zero = jnp.zeros((), jnp.float32)
 
-        def warm_branch(_):
-            rec, g = jax.value_and_grad(self.rec_loss)(fake, target)
-            metrics = {'loss': self.rec_weight * rec, 'rec_loss': rec, 'adv_loss': zero, self.perc_name: zero,
-                       'd_loss': zero, 'd_real': zero, 'd_fake': zero}
-            return self.rec_weight * g, extra['disc'], extra['disc_opt'], metrics
+        def gan_terms(f):
+            disc_vars = {'params': disc['params'], **disc['model_state']}
+            adv = patchgan.hinge_g_loss(self.disc_logits(disc_vars, self.normalise(f), r_g, update_stats=False)[0])
+            perc = self.perceptual_loss(f, target, ctx.frozen['perceptual']) if self.perc is not None else zero
+            return adv, perc
 
-        def gan_branch(_):
-            disc = extra['disc']
-            n = fake.shape[0]
-            fake_n = self.normalise(jax.lax.stop_gradient(fake))
-            real_n = self.normalise(target)
-
-            def d_loss_fn(dp):
-                x = jnp.concatenate([patchgan.diff_augment(fake_n, r_dfake, self.diffaug),
-                                     patchgan.diff_augment(real_n, r_dreal, self.diffaug)], 0)
-                outs, upd = self.disc.apply({'params': dp, 'batch_stats': disc['batch_stats']}, x,
-                                            update_stats=True, mutable=['batch_stats'])
-                fl, rl = [o[:n] for o in outs], [o[n:] for o in outs]
-                d = patchgan.hinge_d_loss(rl, fl)
-                return d, (upd['batch_stats'], sum(jnp.mean(o) for o in rl), sum(jnp.mean(o) for o in fl))
-
-            (d_loss, (stats, d_real, d_fake)), d_grads = jax.value_and_grad(d_loss_fn, has_aux=True)(
-                disc['params'])
-            d_updates, d_opt = self.disc_tx.update(d_grads, extra['disc_opt'], disc['params'])
-            new_disc = {'params': optax.apply_updates(disc['params'], d_updates), 'batch_stats': stats}
-
-            def g_loss_fn(f):
-                rec = self.rec_loss(f, target)
-                outs, _ = self.disc_logits(new_disc, self.normalise(f), r_g, update_stats=False)
-                adv = patchgan.hinge_g_loss(outs)
-                total = self.rec_weight * rec + self.adv_weight * adv
-                perc = zero
-                if self.perc is not None:
-                    perc = self.perceptual_loss(f, target, extra['perceptual'])
-                    total = total + self.perc_weight * perc
-                return total, {'loss': total, 'rec_loss': rec, 'adv_loss': adv, self.perc_name: perc}
-
-            (_, m), g = jax.value_and_grad(g_loss_fn, has_aux=True)(fake)
-            m = dict(m, d_loss=d_loss, d_real=d_real, d_fake=d_fake)
-            return g, new_disc, d_opt, m
-
-        warm = state.step < self.warmup_steps
-        if self.warmup_steps <= 0:
-            g_fake, disc, disc_opt, metrics = gan_branch(None)
-        else:
-            g_fake, disc, disc_opt, metrics = jax.lax.cond(warm, warm_branch, gan_branch, None)
-        (grads,) = pullback(g_fake)
-        updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        new_extra = dict(extra, disc=disc, disc_opt=disc_opt)
-
-        grad_norm = tree_l2(grads)
-        new_state, finite = guard_nonfinite(
-            state, state.replace(step=state.step + 1, params=params, opt_state=opt_state, extra=new_extra),
-            metrics['loss'], metrics['d_loss'], grad_norm, updates)
-        metrics = dict(metrics, l2_grads=grad_norm, l2_params=tree_l2(new_state.params), lr=self.schedule(state.step),
-                       gan_phase=1.0 - warm.astype(jnp.float32), nonfinite=1.0 - finite.astype(jnp.float32))
-        return new_state, metrics
+        warm = ctx.state.step < self.warmup_steps
+        adv, perc = jax.lax.cond(warm, lambda f: (zero, zero), gan_terms, fake) if self.warmup_steps > 0 else (
+            gan_terms(fake))
+        total = self.rec_weight * rec + self.adv_weight * adv + self.perc_weight * perc
+        metrics = {'loss': total, 'rec_loss': rec, 'adv_loss': adv, self.perc_name: perc,
+                   'gan_phase': 1.0 - warm.astype(jnp.float32)}
+        return total, (metrics, model_state)
 
     def predict(self, state: TrainState, batch: dict) -> dict:
         """{'outpainted': the full image (centre = input), 'prediction': the PSM output before the centre copy}."""

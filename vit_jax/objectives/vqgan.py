@@ -6,9 +6,11 @@ Generator loss (per step):
   + codebook_weight * (|sg[z_e] - e|^2 + beta |z_e - sg[e]|^2)  (beta = 0.25)
   + [step >= disc.start_step] * lambda * disc.weight * (-mean D(x_rec))     (optional PatchGAN, hinge)
 with VQGAN's adaptive lambda = |grad_last nll| / (|grad_last g| + 1e-4) at the decoder's last layer. The
-PatchGAN discriminator has its own Adam (disc.lr, betas 0.5/0.9) and is trained with the hinge loss on the same
-batch; it and its optimizer state live in `TrainState.extra`, with the frozen perceptual net's weights and the
-running code usage.
+PatchGAN discriminator is a second trainable group ('disc', in `TrainState.extra['disc']`) with its own Adam
+(disc.lr, betas 0.5/0.9); from `disc.start_step` on it is trained after the generator on every step, with the hinge
+loss on the batch and the updated generator's reconstructions (as taming's two-optimizer step; before it, the
+discriminator and its Adam state are left untouched). The running code usage is in `TrainState.extra['usage_ema']`;
+the frozen perceptual net is an input of the step (`frozen['perceptual']`).
 
 Codebook health: every step logs the batch perplexity of the codes, the fraction of the codebook used by the
 batch (`usage`) and by the running average (`live_codes`); every `dead_codes.every` steps the codes whose running
@@ -33,12 +35,11 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import optax
 
 from vit_jax import objectives
 from vit_jax.models.vqgan import PatchGAN
 from vit_jax.objectives import frozen
-from vit_jax.objectives.base import Objective, TrainState, guard_nonfinite, tree_l2
+from vit_jax.objectives.base import MODEL, Group, Objective, StepContext, TrainState
 
 
 def _cfg(c: Any, key: str, default: Any) -> Any:
@@ -59,8 +60,6 @@ class VQGANObjective(Objective):
                              f'{type(model).__name__}.')
         cfg = config.objective
         self.cfg = cfg
-        if int(config.optimizer.get('accum_steps', 1) or 1) != 1:
-            raise ValueError("objective.type='vqgan' does not support optimizer.accum_steps > 1.")
         image_size = tuple(model.image_size) if not isinstance(model.image_size, int) else (model.image_size,) * 2
         value_range = tuple(config.get('data', {}).get('value_range', (-1.0, 1.0)))
         pcfg = cfg.get('perceptual', None)
@@ -69,34 +68,36 @@ class VQGANObjective(Objective):
             self.perc = frozen.load_frozen(pcfg, 'perceptual net', image_size=image_size, value_range=value_range)
             self.perc_layers = tuple(int(i) for i in _cfg(pcfg, 'layers', (2, 5, 8, 11)))
             self.perc_weight = float(_cfg(pcfg, 'weight', 1.0))
+            self.frozen['perceptual'] = self.perc.variables
         self.perc_name = ('perceptual_loss_random_features' if self.perc is not None and self.perc.frozen_random
                           else 'perceptual_loss')
         dcfg = cfg.get('disc', None)
+        self.dcfg = dcfg
         self.disc_on = bool(_cfg(dcfg, 'enabled', False))
         self.disc = PatchGAN(ndf=int(_cfg(dcfg, 'ndf', 64)), n_layers=int(_cfg(dcfg, 'n_layers', 3)),
                              norm=str(_cfg(dcfg, 'norm', 'group')))
         self.disc_start = int(_cfg(dcfg, 'start_step', 0))
         self.disc_weight = float(_cfg(dcfg, 'weight', 0.8))
         self.disc_adaptive = bool(_cfg(dcfg, 'adaptive', True))
-        self.disc_tx = optax.adam(float(_cfg(dcfg, 'lr', 1e-4)), b1=float(_cfg(dcfg, 'b1', 0.5)),
-                                  b2=float(_cfg(dcfg, 'b2', 0.9)))
         kcfg = cfg.get('dead_codes', None)
         self.dead_every = int(_cfg(kcfg, 'every', 100))
         self.dead_decay = float(_cfg(kcfg, 'decay', 0.99))
         self.dead_threshold = float(_cfg(kcfg, 'threshold', 0.03))
 
-    # ----------------------------------------------------------------------------------------------------------
-    def init_state(self, rng: jax.Array, batch: dict) -> TrainState:
-        state = super().init_state(rng, batch)
+    def groups(self) -> tuple[Group, ...]:
+        model = Group(MODEL, self.generator_loss)
+        if not self.disc_on:
+            return (model,)
+        dcfg = self.dcfg
+        lr = float(_cfg(dcfg, 'lr', 1e-4))
+        disc = Group('disc', self.disc_loss, init=lambda rng, batch: self.disc.init(rng, *self.init_inputs(batch)),
+                     optimizer=dict(name='adam', b1=float(_cfg(dcfg, 'b1', 0.5)), b2=float(_cfg(dcfg, 'b2', 0.9))),
+                     schedule=lambda step: lr, start_step=self.disc_start)
+        return model, disc
+
+    def init_extra(self, batch: dict) -> dict:
         k = int(self.model.num_codes)
-        extra = {'usage_ema': jnp.full((k,), 1.0 / k, jnp.float32),
-                 'perceptual': self.perc.device_variables() if self.perc is not None else {}}
-        if self.disc_on:
-            x = jnp.zeros(batch['image'].shape[1:], jnp.float32)[None]
-            disc_params = self.disc.init(jax.random.fold_in(rng, 7), x)['params']
-            extra['disc'] = disc_params
-            extra['disc_opt'] = self.disc_tx.init(disc_params)
-        return state.replace(extra=extra)
+        return {'usage_ema': jnp.full((k,), 1.0 / k, jnp.float32)}
 
     # ----------------------------------------------------------------------------------------------------------
     def _pixel(self, x: jax.Array, y: jax.Array) -> jax.Array:
@@ -124,20 +125,18 @@ class VQGANObjective(Objective):
         _, vjp = jax.vjp(lambda k: conv.apply({'params': {'kernel': k, 'bias': p['bias']}}, h), p['kernel'])
         return jnp.sqrt(jnp.sum(vjp(dloss_dxrec)[0] ** 2))
 
-    def loss(self, params: Any, model_state: Any, batch: dict, rng: jax.Array, train: bool = True,
-             extra: Any = None, step: Any = 0):
+    def generator_loss(self, params: Any, model_state: Any, batch: dict, rng: jax.Array, ctx: StepContext):
         x = batch['image']
-        extra = extra or {}
-        (xrec, out), model_state = self.apply_model(params, model_state, x, train=train, rng=rng)
-        perc_vars = extra.get('perceptual', {})
+        (xrec, out), model_state = self.apply_model(params, model_state, x, train=True, rng=rng)
+        perc_vars = ctx.frozen.get('perceptual', {})
         nll, metrics = self._nll(x, xrec, perc_vars)
         beta = float(_cfg(self.cfg, 'beta', 0.25))
         vq = out['codebook_loss'] + beta * out['commitment_loss']
         total = nll + float(_cfg(self.cfg, 'codebook_weight', 1.0)) * vq
         if self.disc_on:
-            disc_params = jax.lax.stop_gradient(extra['disc'])
+            disc_params = jax.lax.stop_gradient(ctx.state.extra['disc']['params'])
             g_loss = -jnp.mean(self.disc.apply({'params': disc_params}, xrec))
-            factor = (jnp.asarray(step) >= self.disc_start).astype(jnp.float32)
+            factor = (ctx.state.step >= self.disc_start).astype(jnp.float32)
             if self.disc_adaptive:
                 xs, hs = jax.lax.stop_gradient(xrec), jax.lax.stop_gradient(out['decoder_last_input'])
                 g_nll = jax.grad(lambda r: self._nll(x, r, perc_vars)[0])(xs)
@@ -150,70 +149,46 @@ class VQGANObjective(Objective):
             d_weight = d_weight * self.disc_weight
             total = total + factor * d_weight * g_loss
             metrics.update(g_loss=g_loss, d_weight=d_weight, disc_factor=factor)
+        counts = out['code_counts']
         metrics.update(loss=total, codebook_loss=out['codebook_loss'], commitment_loss=out['commitment_loss'],
-                       perplexity=out['perplexity'], usage=out['usage'])
-        aux = {'xrec': xrec, 'code_counts': out['code_counts'], 'z_e_flat': out['z_e_flat']}
-        return total, (metrics, model_state, aux)
+                       perplexity=out['perplexity'], usage=out['usage'],
+                       code_freq=counts / jnp.maximum(counts.sum(), 1.0))  # Used (and dropped) by `after_update`.
+        return total, (metrics, model_state)
 
-    # ----------------------------------------------------------------------------------------------------------
-    def train_step(self, state: TrainState, batch: dict) -> tuple[TrainState, dict]:
-        rng = jax.random.fold_in(state.rng, state.step)
-        r_gen, r_dead = jax.random.split(rng)
-        grad_fn = jax.grad(lambda p: self.loss(p, state.model_state, batch, r_gen, True, state.extra, state.step),
-                           has_aux=True)
-        grads, (metrics, model_state, aux) = grad_fn(state.params)
-        updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        extra = dict(state.extra)
+    def disc_loss(self, params: Any, model_state: Any, batch: dict, rng: jax.Array, ctx: StepContext):
+        """Hinge loss on the batch and the (updated) generator's reconstructions of it."""
+        (xrec, _), _ = self.apply_model(ctx.state.params, ctx.state.model_state, batch['image'], train=True, rng=rng)
+        real_logits = self.disc.apply({'params': params}, batch['image'])
+        fake_logits = self.disc.apply({'params': params}, jax.lax.stop_gradient(xrec))
+        loss = 0.5 * (jnp.mean(jax.nn.relu(1.0 - real_logits)) + jnp.mean(jax.nn.relu(1.0 + fake_logits)))
+        return loss, ({'d_loss': loss, 'logits_real': jnp.mean(real_logits), 'logits_fake': jnp.mean(fake_logits)},
+                      model_state)
 
-        # Discriminator step (hinge) on the same batch, once it is switched on.
-        if self.disc_on:
-            factor = (state.step >= self.disc_start).astype(jnp.float32)
-            fake = jax.lax.stop_gradient(aux['xrec'])
-
-            def d_loss_fn(dp):
-                real_logits = self.disc.apply({'params': dp}, batch['image'])
-                fake_logits = self.disc.apply({'params': dp}, fake)
-                loss = 0.5 * (jnp.mean(jax.nn.relu(1.0 - real_logits)) + jnp.mean(jax.nn.relu(1.0 + fake_logits)))
-                return factor * loss, (loss, jnp.mean(real_logits), jnp.mean(fake_logits))
-
-            d_grads, (d_loss, lr_, lf_) = jax.grad(d_loss_fn, has_aux=True)(extra['disc'])
-            d_updates, d_opt = self.disc_tx.update(d_grads, extra['disc_opt'], extra['disc'])
-            extra['disc'] = optax.apply_updates(extra['disc'], d_updates)
-            extra['disc_opt'] = d_opt
-            metrics = dict(metrics, d_loss=d_loss, logits_real=lr_, logits_fake=lf_)
-
-        # Codebook usage and dead-code restarts.
+    def after_update(self, state: TrainState, metrics: dict, batch: dict, rng: jax.Array) -> tuple[TrainState, dict]:
+        """Running code usage, and every `dead_codes.every` steps dead codes re-initialised from encoder outputs."""
         k = int(self.model.num_codes)
-        counts = aux['code_counts']
-        freq = counts / jnp.maximum(counts.sum(), 1.0)
-        usage = self.dead_decay * state.extra['usage_ema'] + (1.0 - self.dead_decay) * freq
+        metrics = dict(metrics)
+        usage = self.dead_decay * state.extra['usage_ema'] + (1.0 - self.dead_decay) * metrics.pop('code_freq')
         dead = usage < self.dead_threshold / k
-        metrics = dict(metrics, live_codes=1.0 - jnp.mean(dead.astype(jnp.float32)))
+        metrics['live_codes'] = 1.0 - jnp.mean(dead.astype(jnp.float32))
+        params = state.params
         if self.dead_every > 0:
-            restart = ((state.step + 1) % self.dead_every == 0) & jnp.any(dead)
-            z = jax.lax.stop_gradient(aux['z_e_flat'])
-            idx = jax.random.randint(r_dead, (k,), 0, z.shape[0])
-            cb = params['quantize']['embedding']
-            replace = restart & dead
-            new_cb = jnp.where(replace[:, None], z[idx].astype(cb.dtype), cb)
-            params = {**params, 'quantize': {**params['quantize'], 'embedding': new_cb}}
+            replace = (state.step % self.dead_every == 0) & dead
+
+            def restart(params):
+                variables = {'params': params, **state.model_state}
+                z = self.model.apply(variables, batch['image'],
+                                     method=lambda m, x: m.quant_conv(m.encoder(x.astype(m.dtype), False)))
+                z = z.reshape(-1, z.shape[-1])
+                idx = jax.random.randint(jax.random.fold_in(rng, 1), (k,), 0, z.shape[0])
+                cb = params['quantize']['embedding']
+                new_cb = jnp.where(replace[:, None], z[idx].astype(cb.dtype), cb)
+                return {**params, 'quantize': {**params['quantize'], 'embedding': new_cb}}
+
+            params = jax.lax.cond(jnp.any(replace), restart, lambda p: p, params)
             usage = jnp.where(replace, 1.0 / k, usage)
             metrics['restarted_codes'] = jnp.sum(replace.astype(jnp.float32))
-        extra['usage_ema'] = usage
-
-        grad_norm = tree_l2(grads)
-        ema = state.ema_params
-        if ema is not None:
-            decay = float(self.config.optimizer.ema_decay)
-            ema = jax.tree_util.tree_map(lambda e, p: decay * e + (1 - decay) * p, ema, params)
-        new_state, finite = guard_nonfinite(
-            state, state.replace(step=state.step + 1, params=params, opt_state=opt_state, model_state=model_state,
-                                 ema_params=ema, extra=extra),
-            metrics['loss'], metrics.get('d_loss', 0.0), grad_norm, updates)
-        metrics.update(l2_grads=grad_norm, l2_params=tree_l2(new_state.params), lr=self.schedule(state.step),
-                       nonfinite=1.0 - finite.astype(jnp.float32))
-        return new_state, metrics
+        return state.replace(params=params, extra={**state.extra, 'usage_ema': usage}), metrics
 
     def predict(self, state: TrainState, batch: dict) -> dict:
         (xrec, out), _ = self.apply_model(self.eval_params(state), state.model_state, batch['image'], train=False,
