@@ -79,6 +79,15 @@ def _load(tmp_path, model, variables, cls_name, **kw):
     return getattr(transformers, cls_name).from_pretrained(str(out), **kw).eval()
 
 
+def _exported(tmp_path, model, x, cls_name, **kw):
+    """(our logits, our out, HF outputs on `x`) for random variables of `model` exported as `cls_name`."""
+    v = _init(model, x)
+    y, out = _apply(model, v, x)
+    hf = _load(tmp_path, model, v, cls_name, **kw)
+    with torch.no_grad():
+        return y, out, hf(_nchw(x))
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # ViT / DeiT.
 # ----------------------------------------------------------------------------------------------------------------
@@ -110,45 +119,28 @@ def test_vit_headless_with_pooler_and_sincos(tmp_path):
     model = models.get_model('ViT-B/16', num_classes=None, representation_size=24, image_size=(16, 32),
                              patch_size=8, hidden_size=40, num_heads=5, mlp_dim=52, num_layers=2, posemb='sincos2d',
                              activation='gelu_exact', norm_eps=1e-12)
-    x = _images(2, 16, 32, 3)
-    v = _init(model, x)
-    _, out = _apply(model, v, x)
-    hf = _load(tmp_path, model, v, 'ViTModel')
-    with torch.no_grad():
-        o = hf(_nchw(x))
+    _, out, o = _exported(tmp_path, model, _images(2, 16, 32, 3), 'ViTModel')
     _close(out['encoded'], o.last_hidden_state.numpy(), 'last_hidden_state')
     _close(out['pre_logits'], o.pooler_output.numpy(), 'pooler_output')
 
 
 def test_vit_headless_without_pooler(tmp_path):
     model = models.get_model('ViT-testing', num_classes=None)
-    x = _images(2, 32, 32, 3)
-    v = _init(model, x)
-    _, out = _apply(model, v, x)
-    hf = _load(tmp_path, model, v, 'ViTModel', add_pooling_layer=False)
-    with torch.no_grad():
-        _close(out['encoded'], hf(_nchw(x)).last_hidden_state.numpy(), 'last_hidden_state')
+    _, out, o = _exported(tmp_path, model, _images(2, 32, 32, 3), 'ViTModel', add_pooling_layer=False)
+    _close(out['encoded'], o.last_hidden_state.numpy(), 'last_hidden_state')
 
 
 def test_vit_scanned_layers(tmp_path):
     model = models.get_model('ViT-testing', num_classes=4, scan=True, num_layers=3)  # encoderblock/block stacked.
-    x = _images(2, 32, 32, 3)
-    v = _init(model, x)
-    y, _ = _apply(model, v, x)
-    hf = _load(tmp_path, model, v, 'ViTForImageClassification')
-    with torch.no_grad():
-        _close(y, hf(_nchw(x)).logits.numpy(), 'logits')
+    y, _, o = _exported(tmp_path, model, _images(2, 32, 32, 3), 'ViTForImageClassification')
+    _close(y, o.logits.numpy(), 'logits')
 
 
 def test_deit_distilled(tmp_path):
     model = models.get_model('DeiT-Ti/16-distilled', num_classes=5, image_size=32, hidden_size=48, num_heads=3,
                              mlp_dim=96, num_layers=2)
-    x = _images(2, 32, 32, 3)
-    v = _init(model, x)
-    y, _ = _apply(model, v, x)
-    hf = _load(tmp_path, model, v, 'DeiTForImageClassificationWithTeacher')
-    with torch.no_grad():
-        _close(y, hf(_nchw(x)).logits.numpy(), 'logits')
+    y, _, o = _exported(tmp_path, model, _images(2, 32, 32, 3), 'DeiTForImageClassificationWithTeacher')
+    _close(y, o.logits.numpy(), 'logits')
 
 
 @pytest.mark.parametrize('overrides, option', [
@@ -175,13 +167,8 @@ def _cvt(**kw):
 @pytest.mark.parametrize('num_classes', [6, None])
 def test_cvt(tmp_path, num_classes):
     model = _cvt(num_classes=num_classes)
-    x = _images(2, 32, 32, 3)
-    v = _init(model, x)
-    y, out = _apply(model, v, x)
-    hf = _load(tmp_path, model, v, 'CvtForImageClassification')
-    with torch.no_grad():
-        theirs = hf(_nchw(x)).logits.numpy()
-    _close(y if num_classes else out['pre_logits'], theirs, 'logits')
+    y, out, o = _exported(tmp_path, model, _images(2, 32, 32, 3), 'CvtForImageClassification')
+    _close(y if num_classes else out['pre_logits'], o.logits.numpy(), 'logits')
 
 
 def test_cvt_refuses_quick_gelu():
@@ -197,25 +184,15 @@ def test_cvt_refuses_quick_gelu():
 def test_beit_classifier_mean_pooling(tmp_path, image_size, overrides):
     model = models.get_model('BEiT-testing', num_classes=5, image_size=image_size, patch_size=4, hidden_size=36,
                              num_heads=3, mlp_dim=50, classifier='gap', **overrides)
-    x = _images(2, *image_size, 3)
-    v = _init(model, x)
-    y, _ = _apply(model, v, x)
-    hf = _load(tmp_path, model, v, 'BeitForImageClassification')
-    with torch.no_grad():
-        _close(y, hf(_nchw(x)).logits.numpy(), 'logits')
+    y, _, o = _exported(tmp_path, model, _images(2, *image_size, 3), 'BeitForImageClassification')
+    _close(y, o.logits.numpy(), 'logits')
 
 
 def test_beit_backbone_and_mim(tmp_path):
-    x = _images(2, 16, 16, 3)
     model = models.get_model('BEiT-testing', num_classes=None, abs_posemb=True)  # Shared table, class token.
-    v = _init(model, x)
-    _, out = _apply(model, v, x)
-    hf = _load(tmp_path / 'a', model, v, 'BeitModel')
-    with torch.no_grad():
-        o = hf(_nchw(x))
+    _, out, o = _exported(tmp_path / 'a', model, _images(2, 16, 16, 3), 'BeitModel')
     _close(out['encoded'], o.last_hidden_state.numpy(), 'last_hidden_state')
     _close(out['pre_logits'], o.pooler_output.numpy(), 'pooler_output')
-
 
 
 def _beit_mim():
