@@ -63,6 +63,17 @@ class RandomStateDict(dict):
         self.mlp(f'{prefix}.mlp', d, d_ff)
 
 
+def timm_block_renames(block: str, layer: str, *, qkv, proj: str, mlp=('intermediate.dense', 'output.dense'),
+                       norms=('layernorm_before', 'layernorm_after')) -> tuple:
+    """`rename` rows from timm Blocks to HuggingFace layers: `block` is a regex of a block's prefix (its number the
+    group 1, ending in '\\.'), `layer` HuggingFace's (with '\\1', ending in '.'); norm1 / norm2 -> `norms`,
+    attn.qkv -> `qkv` (one name, or three to split the fused tensor), attn.proj -> `proj`, mlp.fc1 / fc2 -> `mlp`."""
+    hf_qkv = f'{layer}{qkv}.' if isinstance(qkv, str) else tuple(f'{layer}{n}.' for n in qkv)
+    return ((block + r'norm1\.', f'{layer}{norms[0]}.'), (block + r'norm2\.', f'{layer}{norms[1]}.'),
+            (block + r'attn\.qkv\.', hf_qkv), (block + r'attn\.proj\.', f'{layer}{proj}.'),
+            (block + r'mlp\.fc1\.', f'{layer}{mlp[0]}.'), (block + r'mlp\.fc2\.', f'{layer}{mlp[1]}.'))
+
+
 def rename(sd: dict, table) -> dict:
     """Each key renamed by the first (pattern, replacement) of `table` that changes it; a key none matches fails.
 

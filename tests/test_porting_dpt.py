@@ -6,7 +6,7 @@ R50-hybrid depth model, all small (16-px patches as the official code hard-codes
 import jax
 import numpy as np
 import pytest
-from _porting_common import RandomStateDict, rename
+from _porting_common import RandomStateDict, rename, timm_block_renames
 
 from vit_jax import convert
 from vit_jax.models import dpt
@@ -102,13 +102,9 @@ _TO_HF = (
     (r'^pretrained\.model\.patch_embed\.backbone\.stem\.norm\.', 'dpt.embeddings.backbone.bit.embedder.norm.'),
     (r'^pretrained\.model\.patch_embed\.backbone\.stages\.(\d+)\.blocks\.(\d+)\.',
      r'dpt.embeddings.backbone.bit.encoder.stages.\1.layers.\2.'),
-    (r'^pretrained\.model\.blocks\.(\d+)\.norm1\.', r'dpt.encoder.layer.\1.layernorm_before.'),
-    (r'^pretrained\.model\.blocks\.(\d+)\.norm2\.', r'dpt.encoder.layer.\1.layernorm_after.'),
-    (r'^pretrained\.model\.blocks\.(\d+)\.attn\.qkv\.',
-     tuple(rf'dpt.encoder.layer.\1.attention.attention.{n}.' for n in ('query', 'key', 'value'))),
-    (r'^pretrained\.model\.blocks\.(\d+)\.attn\.proj\.', r'dpt.encoder.layer.\1.attention.output.dense.'),
-    (r'^pretrained\.model\.blocks\.(\d+)\.mlp\.fc1\.', r'dpt.encoder.layer.\1.intermediate.dense.'),
-    (r'^pretrained\.model\.blocks\.(\d+)\.mlp\.fc2\.', r'dpt.encoder.layer.\1.output.dense.'),
+    *timm_block_renames(r'^pretrained\.model\.blocks\.(\d+)\.', r'dpt.encoder.layer.\1.',
+                        qkv=[f'attention.attention.{n}' for n in ('query', 'key', 'value')],
+                        proj='attention.output.dense'),
     (r'^pretrained\.model\.norm\.', 'dpt.layernorm.'),
     (r'^pretrained\.act_postprocess(\d)\.0\.project\.0\.', lambda m: f'neck.reassemble_stage.readout_projects.'
                                                                      f'{int(m[1]) - 1}.0.'),

@@ -7,7 +7,7 @@ small unusual config (non-square 12x20 input, 3 heads of 8, a 2-head decoder).""
 import jax
 import numpy as np
 import pytest
-from _porting_common import RandomStateDict, rename
+from _porting_common import RandomStateDict, rename, timm_block_renames
 
 from vit_jax import convert
 from vit_jax.models import segmenter
@@ -56,12 +56,8 @@ _ENC_TO_HF = (
     (r'^encoder\.dist_token$', 'embeddings.distillation_token'),
     (r'^encoder\.pos_embed$', 'embeddings.position_embeddings'),
     (r'^encoder\.patch_embed\.proj\.', 'embeddings.patch_embeddings.projection.'),
-    (r'^encoder\.blocks\.(\d+)\.norm1\.', r'layers.\1.layernorm_before.'),
-    (r'^encoder\.blocks\.(\d+)\.norm2\.', r'layers.\1.layernorm_after.'),
-    (r'^encoder\.blocks\.(\d+)\.attn\.qkv\.',
-     tuple(rf'layers.\1.attention.{n}.' for n in ('q_proj', 'k_proj', 'v_proj'))),
-    (r'^encoder\.blocks\.(\d+)\.attn\.proj\.', r'layers.\1.attention.o_proj.'),
-    (r'^encoder\.blocks\.(\d+)\.mlp\.', r'layers.\1.mlp.'),
+    *timm_block_renames(r'^encoder\.blocks\.(\d+)\.', r'layers.\1.', qkv=[f'attention.{n}_proj' for n in 'qkv'],
+                        proj='attention.o_proj', mlp=('mlp.fc1', 'mlp.fc2')),
     (r'^encoder\.norm\.', 'layernorm.'),
 )
 

@@ -5,7 +5,7 @@ for the three official attention types on a small unusual config."""
 
 import numpy as np
 import pytest
-from _porting_common import RandomStateDict, rename
+from _porting_common import RandomStateDict, rename, timm_block_renames
 
 from vit_jax import convert
 from vit_jax.models import timesformer
@@ -50,16 +50,11 @@ _TO_HF = (
     (r'^pos_embed$', 'timesformer.embeddings.position_embeddings'),
     (r'^time_embed$', 'timesformer.embeddings.time_embeddings'),
     (r'^patch_embed\.proj\.', 'timesformer.embeddings.patch_embeddings.projection.'),
-    (r'^blocks\.(\d+)\.norm1\.', _LAYER + 'layernorm_before.'),
-    (r'^blocks\.(\d+)\.attn\.qkv\.', _LAYER + 'attention.attention.qkv.'),
-    (r'^blocks\.(\d+)\.attn\.proj\.', _LAYER + 'attention.output.dense.'),
+    *timm_block_renames(r'^blocks\.(\d+)\.', _LAYER, qkv='attention.attention.qkv', proj='attention.output.dense'),
     (r'^blocks\.(\d+)\.temporal_norm1\.', _LAYER + 'temporal_layernorm.'),
     (r'^blocks\.(\d+)\.temporal_attn\.qkv\.', _LAYER + 'temporal_attention.attention.qkv.'),
     (r'^blocks\.(\d+)\.temporal_attn\.proj\.', _LAYER + 'temporal_attention.output.dense.'),
     (r'^blocks\.(\d+)\.temporal_fc\.', _LAYER + 'temporal_dense.'),
-    (r'^blocks\.(\d+)\.norm2\.', _LAYER + 'layernorm_after.'),
-    (r'^blocks\.(\d+)\.mlp\.fc1\.', _LAYER + 'intermediate.dense.'),
-    (r'^blocks\.(\d+)\.mlp\.fc2\.', _LAYER + 'output.dense.'),
     (r'^norm\.', 'timesformer.layernorm.'),
     (r'^head\.', 'classifier.'),
 )
