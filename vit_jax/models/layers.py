@@ -282,9 +282,12 @@ class MultiHeadAttention(nn.Module):
         x_k = x_v = x_kv
         if self.qkv_transform is not None:
             x_q, x_k, x_v = self.qkv_transform(name='qkv_transform')(x_q, x_kv, deterministic=deterministic)
-        q = proj(name='query')(x_q)
-        k = proj(name='key')(x_k)
-        v = proj(name='value')(x_v)
+        if x_k is x_q and x_v is x_q:
+            q, k, v = self._fused_qkv(x_q, head_dim)
+        else:
+            q = proj(name='query')(x_q)
+            k = proj(name='key')(x_k)
+            v = proj(name='value')(x_v)
         scale = self.scale if self.scale is not None else head_dim**-0.5
         want_weights = self.is_mutable_collection('intermediates')
         rng = None
@@ -298,6 +301,41 @@ class MultiHeadAttention(nn.Module):
             self.sow('intermediates', 'attention_weights', weights)
         return nn.DenseGeneral(features=out_features, axis=(-2, -1), dtype=self.dtype,
                                kernel_init=self.kernel_init, use_bias=self.out_bias, name='out')(out)
+
+    def _fused_qkv(self, x: Array, head_dim: int) -> tuple[Array, Array, Array]:
+        """Self-attention's q, k, v as ONE matmul on the concatenated query/key/value kernels.
+
+        The parameters are those of three `nn.DenseGeneral`s (same names, shapes and initialisation). One matmul is
+        one larger GEMM, and its backward has a single input-gradient dot: with three projections the input gradient
+        is dot + dot + dot, which jaxlib 0.10.2's oneDNN dot fusion (`vit_jax.xla_flags` 'onednn') cannot compile.
+        """
+        ws = [_ProjectionParams(features=(self.num_heads, head_dim), kernel_init=self.kernel_init,
+                                use_bias=self.qkv_bias, name=n)(x.shape[-1]) for n in ('query', 'key', 'value')]
+        kernel = jnp.concatenate([w for w, _ in ws], axis=1).astype(self.dtype)  # [D, 3 * heads, head_dim]
+        y = jnp.einsum('...d,dhk->...hk', x.astype(self.dtype), kernel)
+        if self.qkv_bias:
+            y = y + jnp.concatenate([b for _, b in ws], axis=0).astype(self.dtype)
+        return tuple(jnp.split(y, 3, axis=-2))
+
+
+class _ProjectionParams(nn.Module):
+    """The `kernel` [D, *features] and `bias` [*features] of an `nn.DenseGeneral` (same initialisation: the kernel
+    initialiser sees the flat [D, prod(features)] shape), returned instead of applied."""
+
+    features: tuple[int, ...]  # Output feature dims.
+    kernel_init: Initializer  # Applied to the flat [D, prod(features)] kernel, as nn.DenseGeneral does.
+    use_bias: bool = True  # Whether a (zero-initialised) bias exists.
+
+    @nn.compact
+    def __call__(self, in_features: int) -> tuple[Array, Optional[Array]]:
+        flat = int(np.prod(self.features))
+
+        def kernel_init(rng, shape, dtype=jnp.float32):
+            return jnp.reshape(self.kernel_init(rng, (in_features, flat), dtype), shape)
+
+        kernel = self.param('kernel', kernel_init, (in_features, *self.features))
+        bias = self.param('bias', nn.initializers.zeros, self.features) if self.use_bias else None
+        return kernel, bias
 
 
 # ----------------------------------------------------------------------------------------------------------------
