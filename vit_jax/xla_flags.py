@@ -11,6 +11,15 @@ computation (import-time JAX calls included). The flags used here exist in jax/j
   half of PyTorch's oneDNN sgemm throughput.
 
 Numerics: only the matmul library changes (float32 accumulation either way); results differ by float32 round-off.
+
+Why 'onednn' is opt-in (jaxlib 0.10.2; benchmarks/README.md "The CPU train step"):
+- XLA fuses `dot(a, W1) + dot(b, W2)` into one oneDNN partition that oneDNN cannot compile ("partition compile
+  failed", then SIGILL). That sum is the input gradient of any tensor read by several Dense layers. vit_jax's
+  self-attention computes q/k/v with one matmul (`layers.MultiHeadAttention._fused_qkv`), so ViT train steps run
+  (tests/test_xla_flags.py), but other graphs still contain the pattern (e.g. cross-attention, CvT's projections).
+- The oneDNN runtime intermittently aborts at interpreter exit (`object_pool.h: Check failed: available_.size() ==
+  num_created_`; about 1 process in 8 here), after the program's work is done, which fails the exit status.
+- The gain is modest: ViT-S/16 train step (batch 16) 3.16 s vs 3.35 s with XLA's default dots.
 """
 
 from __future__ import annotations
