@@ -7,6 +7,7 @@ BeitForMaskedImageModeling, an independent implementation: logits compared."""
 import jax
 import numpy as np
 import pytest
+from _porting_common import RandomStateDict
 
 from vit_jax import models
 from vit_jax.models import beit
@@ -22,41 +23,35 @@ NUM_REL = (2 * GRID[0] - 1) * (2 * GRID[1] - 1) + 3
 
 def _unilm_sd(*, rel, abs_pos, gamma, head, seed=0):
     """head: 'mean' (fc_norm + head), 'token' (norm + head) or 'mim' (mask_token, norm + lm_head)."""
-    rng = np.random.RandomState(seed)
-
-    def r(*s, scale=0.3):
-        return (rng.randn(*s) * scale).astype(np.float32)
-
-    sd = {'patch_embed.proj.weight': r(D, 3, P, P, scale=0.2), 'patch_embed.proj.bias': r(D),
-          'cls_token': r(1, 1, D)}
+    sd = RandomStateDict(seed)
+    sd.conv('patch_embed.proj', D, 3, P)
+    sd.add('cls_token', (1, 1, D))
     index = beit.relative_position_index(GRID).astype(np.int64)
     if abs_pos:
-        sd['pos_embed'] = r(1, 1 + GRID[0] * GRID[1], D)
+        sd.add('pos_embed', (1, 1 + GRID[0] * GRID[1], D))
     if rel == 'shared':
-        sd['rel_pos_bias.relative_position_bias_table'] = r(NUM_REL, H)
+        sd.add('rel_pos_bias.relative_position_bias_table', (NUM_REL, H))
         sd['rel_pos_bias.relative_position_index'] = index
     for i in range(L):
         p = f'blocks.{i}'
-        sd[f'{p}.norm1.weight'], sd[f'{p}.norm1.bias'] = 1 + r(D), r(D)
-        sd[f'{p}.attn.qkv.weight'], sd[f'{p}.attn.q_bias'], sd[f'{p}.attn.v_bias'] = r(3 * D, D), r(D), r(D)
+        sd.ln(f'{p}.norm1', D)
+        sd.linear(f'{p}.attn.qkv', 3 * D, D, bias=False)
+        sd.add(f'{p}.attn.q_bias', (D,))
+        sd.add(f'{p}.attn.v_bias', (D,))
         if rel == 'per_layer':
-            sd[f'{p}.attn.relative_position_bias_table'] = r(NUM_REL, H)
+            sd.add(f'{p}.attn.relative_position_bias_table', (NUM_REL, H))
             sd[f'{p}.attn.relative_position_index'] = index
-        sd[f'{p}.attn.proj.weight'], sd[f'{p}.attn.proj.bias'] = r(D, D), r(D)
-        sd[f'{p}.norm2.weight'], sd[f'{p}.norm2.bias'] = 1 + r(D), r(D)
-        sd[f'{p}.mlp.fc1.weight'], sd[f'{p}.mlp.fc1.bias'] = r(MLP, D), r(MLP)
-        sd[f'{p}.mlp.fc2.weight'], sd[f'{p}.mlp.fc2.bias'] = r(D, MLP), r(D)
+        sd.linear(f'{p}.attn.proj', D, D)
+        sd.ln(f'{p}.norm2', D)
+        sd.mlp(f'{p}.mlp', D, MLP)
         if gamma:
-            sd[f'{p}.gamma_1'], sd[f'{p}.gamma_2'] = 1 + r(D), 1 + r(D)
-    if head == 'mean':
-        sd['fc_norm.weight'], sd['fc_norm.bias'] = 1 + r(D), r(D)
-    else:
-        sd['norm.weight'], sd['norm.bias'] = 1 + r(D), r(D)
+            sd[f'{p}.gamma_1'], sd[f'{p}.gamma_2'] = 1 + sd.r(D), 1 + sd.r(D)
+    sd.ln('fc_norm' if head == 'mean' else 'norm', D)
     if head == 'mim':
-        sd['mask_token'] = r(1, 1, D)
-        sd['lm_head.weight'], sd['lm_head.bias'] = r(VOCAB, D), r(VOCAB)
+        sd.add('mask_token', (1, 1, D))
+        sd.linear('lm_head', VOCAB, D)
     else:
-        sd['head.weight'], sd['head.bias'] = r(NC, D), r(NC)
+        sd.linear('head', NC, D)
     return sd
 
 

@@ -4,6 +4,7 @@ written from the official code (DTN from `normkit/norms/dtn.py`, restated in tes
 import jax
 import numpy as np
 import pytest
+from _porting_common import RandomStateDict
 
 from vit_jax import models
 from vit_jax.porting import registry
@@ -16,32 +17,24 @@ D, H, DEPTH, LOCAL, MLP, P, IMG, NC = 20, 4, 3, 2, 30, 8, 32, 7
 
 
 def _official_sd(seed=0, norm='dtn', qkv_bias=False, pos=True):
-    rng = np.random.RandomState(seed)
-
-    def r(*s, scale=0.3):
-        return (rng.randn(*s) * scale).astype(np.float32)
-
-    sd = {'patch_embed.proj.weight': r(D, 3, P, P, scale=0.1), 'patch_embed.proj.bias': r(D),
-          'cls_token': r(1, 1, D), 'norm.weight': 1 + r(D), 'norm.bias': r(D), 'head.weight': r(NC, D),
-          'head.bias': r(NC)}
+    sd = RandomStateDict(seed)
+    sd.conv('patch_embed.proj', D, 3, P, scale=0.1)
+    sd.add('cls_token', (1, 1, D))
+    sd.ln('norm', D)
+    sd.linear('head', NC, D)
     if pos:
-        sd['pos_embed'] = r(1, (IMG // P) ** 2, D)
+        sd.add('pos_embed', (1, (IMG // P) ** 2, D))
     for i in range(DEPTH):
         p = f'blocks.{i}'
         for n in ('norm1', 'norm2'):
-            sd[f'{p}.{n}.weight'], sd[f'{p}.{n}.bias'] = 1 + r(D), r(D)
+            sd.ln(f'{p}.{n}', D)
             if i < LOCAL and norm != 'layer':
                 if norm != 'dtn_var':
-                    sd[f'{p}.{n}.mean_norm_weight'] = r(H, scale=1.0)
-                sd[f'{p}.{n}.var_norm_weight'] = r(H, scale=1.0)
-                sd[f'{p}.{n}.pos_proj.weight'] = r(H, 3)
-                sd[f'{p}.{n}.pos_proj.bias'] = r(H)
-        sd[f'{p}.attn.qkv.weight'] = r(3 * D, D)
-        if qkv_bias:
-            sd[f'{p}.attn.qkv.bias'] = r(3 * D)
-        sd[f'{p}.attn.proj.weight'], sd[f'{p}.attn.proj.bias'] = r(D, D), r(D)
-        sd[f'{p}.mlp.fc1.weight'], sd[f'{p}.mlp.fc1.bias'] = r(MLP, D), r(MLP)
-        sd[f'{p}.mlp.fc2.weight'], sd[f'{p}.mlp.fc2.bias'] = r(D, MLP), r(D)
+                    sd.add(f'{p}.{n}.mean_norm_weight', (H,), scale=1.0)
+                sd.add(f'{p}.{n}.var_norm_weight', (H,), scale=1.0)
+                sd.linear(f'{p}.{n}.pos_proj', H, 3)
+        sd.attention(f'{p}.attn', D, qkv_bias)
+        sd.mlp(f'{p}.mlp', D, MLP)
     return sd
 
 
