@@ -5,6 +5,7 @@ outputs compared with a torch forward written from the official `models_milan.py
 import jax
 import numpy as np
 import pytest
+from _porting_common import RandomStateDict
 
 from vit_jax import models
 from vit_jax.models import layers
@@ -19,21 +20,17 @@ IMG, P, D, H, L, DD, DH, DL, T, NC = 16, 4, 24, 3, 2, 16, 2, 2, 12, 5
 N = (IMG // P) ** 2
 
 
-def _rand(rng, *s, scale=0.3):
-    return (rng.randn(*s) * scale).astype(np.float32)
-
-
-def _block(sd, rng, p, d, kind='qkv'):
-    sd[f'{p}.norm1.weight'], sd[f'{p}.norm1.bias'] = 1 + _rand(rng, d), _rand(rng, d)
+def _block(sd: RandomStateDict, p, d, kind='qkv'):
+    """timm Block (kind 'qkv'), or MILAN's Block_fordecoder ('q_kv': attn.q and attn.kv = [k; v]); MLP ratio 2."""
     if kind == 'qkv':
-        sd[f'{p}.attn.qkv.weight'], sd[f'{p}.attn.qkv.bias'] = _rand(rng, 3 * d, d), _rand(rng, 3 * d)
-    else:
-        sd[f'{p}.attn.q.weight'], sd[f'{p}.attn.q.bias'] = _rand(rng, d, d), _rand(rng, d)
-        sd[f'{p}.attn.kv.weight'], sd[f'{p}.attn.kv.bias'] = _rand(rng, 2 * d, d), _rand(rng, 2 * d)
-    sd[f'{p}.attn.proj.weight'], sd[f'{p}.attn.proj.bias'] = _rand(rng, d, d), _rand(rng, d)
-    sd[f'{p}.norm2.weight'], sd[f'{p}.norm2.bias'] = 1 + _rand(rng, d), _rand(rng, d)
-    sd[f'{p}.mlp.fc1.weight'], sd[f'{p}.mlp.fc1.bias'] = _rand(rng, 2 * d, d), _rand(rng, 2 * d)
-    sd[f'{p}.mlp.fc2.weight'], sd[f'{p}.mlp.fc2.bias'] = _rand(rng, d, 2 * d), _rand(rng, d)
+        sd.vit_block(p, d, 2 * d)
+        return
+    sd.ln(f'{p}.norm1', d)
+    sd.linear(f'{p}.attn.q', d, d)
+    sd.linear(f'{p}.attn.kv', 2 * d, d)
+    sd.linear(f'{p}.attn.proj', d, d)
+    sd.ln(f'{p}.norm2', d)
+    sd.mlp(f'{p}.mlp', d, 2 * d)
 
 
 def _mae_table(d):
@@ -51,17 +48,19 @@ def _mae_table(d):
 
 
 def _pretrain_sd(seed=0, decoder='prompt'):
-    rng = np.random.RandomState(seed)
-    sd = {'patch_embed.proj.weight': _rand(rng, D, 3, P, P, scale=0.2), 'patch_embed.proj.bias': _rand(rng, D),
-          'cls_token': _rand(rng, 1, 1, D), 'pos_embed': _mae_table(D), 'norm.weight': 1 + _rand(rng, D),
-          'norm.bias': _rand(rng, D), 'decoder_embed.weight': _rand(rng, DD, D), 'decoder_embed.bias': _rand(rng, DD),
-          'mask_token': _rand(rng, 1, 1, DD), 'decoder_pos_embed': _mae_table(DD),
-          'decoder_norm.weight': 1 + _rand(rng, DD), 'decoder_norm.bias': _rand(rng, DD),
-          'decoder_pred.weight': _rand(rng, T, DD), 'decoder_pred.bias': _rand(rng, T)}
+    sd = RandomStateDict(seed)
+    sd.conv('patch_embed.proj', D, 3, P)
+    sd.add('cls_token', (1, 1, D))
+    sd['pos_embed'], sd['decoder_pos_embed'] = _mae_table(D), _mae_table(DD)
+    sd.ln('norm', D)
+    sd.linear('decoder_embed', DD, D)
+    sd.add('mask_token', (1, 1, DD))
+    sd.ln('decoder_norm', DD)
+    sd.linear('decoder_pred', T, DD)
     for i in range(L):
-        _block(sd, rng, f'blocks.{i}', D)
+        _block(sd, f'blocks.{i}', D)
     for i in range(DL):
-        _block(sd, rng, f'decoder_blocks.{i}', DD, 'qkv' if decoder == 'mae' else 'q_kv')
+        _block(sd, f'decoder_blocks.{i}', DD, 'qkv' if decoder == 'mae' else 'q_kv')
     return sd
 
 
@@ -167,14 +166,14 @@ def test_fixed_tables_are_verified_not_loaded():
 
 # --- fine-tuned classifiers (models_vit.VisionTransformer) --------------------------------------------------------
 def _finetuned_sd(global_pool, seed=4):
-    rng = np.random.RandomState(seed)
-    sd = {'patch_embed.proj.weight': _rand(rng, D, 3, P, P, scale=0.2), 'patch_embed.proj.bias': _rand(rng, D),
-          'cls_token': _rand(rng, 1, 1, D), 'pos_embed': _rand(rng, 1, 1 + N, D), 'head.weight': _rand(rng, NC, D),
-          'head.bias': _rand(rng, NC)}
-    norm = 'fc_norm' if global_pool else 'norm'
-    sd[f'{norm}.weight'], sd[f'{norm}.bias'] = 1 + _rand(rng, D), _rand(rng, D)
+    sd = RandomStateDict(seed)
+    sd.conv('patch_embed.proj', D, 3, P)
+    sd.add('cls_token', (1, 1, D))
+    sd.add('pos_embed', (1, 1 + N, D))
+    sd.linear('head', NC, D)
+    sd.ln('fc_norm' if global_pool else 'norm', D)
     for i in range(L):
-        _block(sd, rng, f'blocks.{i}', D)
+        _block(sd, f'blocks.{i}', D)
     return sd
 
 
