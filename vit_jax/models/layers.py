@@ -23,6 +23,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vit_jax import registry
+
 Array = jax.Array
 Dtype = Any
 Initializer = Callable[..., Array]
@@ -56,8 +58,8 @@ def get_activation(name: str | Callable[[Array], Array]) -> Callable[[Array], Ar
     return ACTIVATIONS[name]
 
 
-# Registry of token normalisers usable wherever a block asks for `norm`. DTN registers itself here.
-NORMS: dict[str, Callable[..., nn.Module]] = {}
+# Token normalisers usable wherever a block asks for `norm`. DTN's module registers 'dtn', 'dtn_var', 'dtn_pool'.
+NORMS: registry.Registry[Callable[..., nn.Module]] = registry.Registry('norm', modules=('vit_jax.models.dtn',))
 
 
 def register_norm(name: str):
@@ -66,12 +68,7 @@ def register_norm(name: str):
     Blocks pass `num_heads` (the attention heads of the block) in `kw`; a factory that has no use for it must accept
     and ignore it (as 'layernorm' does).
     """
-
-    def wrap(fn):
-        NORMS[name] = fn
-        return fn
-
-    return wrap
+    return NORMS.register(name)
 
 
 @register_norm('layernorm')
@@ -81,17 +78,7 @@ def _layernorm(eps: float = 1e-6, dtype: Dtype = jnp.float32, name: Optional[str
 
 def make_norm(norm: str, *, eps: float, dtype: Dtype, name: Optional[str], **kw) -> nn.Module:
     """Builds a token normaliser by registered name ('layernorm', 'dtn', ...)."""
-    if norm not in NORMS:
-        # Late registration: importing a module registers its norm (e.g. vit_jax.models.dtn registers 'dtn').
-        import importlib
-
-        try:
-            importlib.import_module(f'vit_jax.models.{norm}')
-        except ImportError:
-            pass
-    if norm not in NORMS:
-        raise ValueError(f'Unknown norm {norm!r}; choose one of {sorted(NORMS)}.')
-    return NORMS[norm](eps=eps, dtype=dtype, name=name, **kw)
+    return NORMS.get(norm)(eps=eps, dtype=dtype, name=name, **kw)
 
 
 # ----------------------------------------------------------------------------------------------------------------
