@@ -88,18 +88,38 @@ def test_loop_params_load_into_the_scanned_model_and_back(tmp_path, name, kw, sh
         _assert_same_tree(back, state[c])
 
 
-def test_milan_encoder_and_mae_decoder_scan():
-    kw = dict(decoder='mae', num_layers=3, decoder_depth=2)
-    loop, scan = models.get_model('MILAN-testing', **kw), models.get_model('MILAN-testing', scan=True, **kw)
-    x = jax.random.uniform(jax.random.PRNGKey(1), (2, 16, 16, 3), minval=-1.0, maxval=1.0)
-    ids = jnp.stack([jax.random.permutation(jax.random.PRNGKey(i), 16) for i in range(2)])
-    params = _perturb(jax.jit(loop.init)(jax.random.PRNGKey(0), x, ids_shuffle=ids)['params'])
-    scan_init = jax.jit(scan.init)(jax.random.PRNGKey(0), x, ids_shuffle=ids)['params']
-    assert 'encoderblock' in scan_init['Transformer'] and 'encoderblock' in scan_init['decoder_blocks']
+# Encoder-decoder families: name, overrides, input shape, call keywords (built from x), the scanned scopes expected at
+# the top level of the parameters (the decoders keep their release names at the model's top level).
+DECODERS = [
+    ('MILAN-testing', dict(decoder='mae', num_layers=3, decoder_depth=2), (2, 16, 16, 3), 'ids', ['decoder_blocks']),
+    ('MILAN-testing', dict(decoder='prompt', num_layers=3, decoder_depth=3), (2, 16, 16, 3), 'ids',
+     ['decoder_block']),
+    ('QueryOTR-testing', dict(num_layers=3, decoder_layers=3), (2, 32, 32, 3), None, ['decoder']),
+]
+
+
+@pytest.mark.parametrize('name, kw, shape, call, scanned', DECODERS, ids=['milan-mae', 'milan-prompt', 'queryotr'])
+def test_encoder_decoder_families_scan_encoder_and_decoder(name, kw, shape, call, scanned):
+    """MILAN's MAE and prompting decoders, QueryOTR's cross-attention decoder (blocks reading the Encoder's
+    `context`): looped weights -> scanned model -> same outputs, decoder blocks included, and back exactly."""
+    loop, scan = models.get_model(name, **kw), models.get_model(name, scan=True, **kw)
+    x = jax.random.uniform(jax.random.PRNGKey(1), shape, minval=-1.0, maxval=1.0)
+    n = (shape[1] // 4) ** 2
+    call_kw = {'ids_shuffle': jnp.stack([jax.random.permutation(jax.random.PRNGKey(i), n) for i in range(2)])
+               } if call == 'ids' else {}
+    v = jax.jit(lambda k: loop.init(k, x, **call_kw))(jax.random.PRNGKey(0))
+    params = _perturb(v['params'])
+    scan_init = jax.jit(lambda k: scan.init(k, x, **call_kw))(jax.random.PRNGKey(0))['params']
+    assert 'encoderblock' in scan_init['Transformer']
+    assert [k for k in scanned if k in scan_init] == scanned
+    assert not any(k.startswith(('decoder_block_', 'decoder_0')) for k in scan_init)
     scan_params = checkpoint.load_pretrained(scan_init, params)
-    y, _ = loop.apply({'params': params}, x, ids_shuffle=ids)
-    ys, _ = scan.apply({'params': scan_params}, x, ids_shuffle=ids)
+    y, out = jax.jit(lambda p: loop.apply({'params': p}, x, **call_kw))(params)
+    ys, outs = jax.jit(lambda p: scan.apply({'params': p}, x, **call_kw))(scan_params)
     np.testing.assert_allclose(ys, y, atol=2e-5, rtol=2e-5)
+    for k in (k for k in out if 'block_' in k):
+        np.testing.assert_allclose(outs[k], out[k], atol=2e-5, rtol=2e-5, err_msg=k)
+    _assert_same_tree(checkpoint.load_pretrained(v['params'], scan_params), params)
 
 
 @pytest.mark.parametrize('remat', [pytest.param(None, marks=pytest.mark.slow), 'nothing_saveable',

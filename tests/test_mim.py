@@ -9,7 +9,8 @@ import numpy as np
 import optax
 import pytest
 
-from vit_jax import config_utils, models, objectives, optim
+from vit_jax import checkpoint, config_utils, models, objectives, optim
+from vit_jax.models import layers
 
 
 def _config(tokenizer):
@@ -82,6 +83,28 @@ def test_layer_decay():
         -0.5)
     assert float(upd['head']['kernel'].ravel()[0]) == pytest.approx(-1.0)
 
+
+
+@pytest.mark.parametrize('name, kw', [
+    ('BEiT-testing', dict(num_layers=3, rel_pos_bias='per_layer')),  # `encoderblock/`, a scanned per-layer bias.
+    ('TimeSformer-testing', dict(num_layers=3, num_frames=2)),  # Segments `encoderblock_0-0`, `encoderblock_1-2`.
+])
+def test_layer_decay_scales_are_the_same_for_scanned_layers(name, kw):
+    """Layer-wise lr decay gives each layer of a scanned segment its own scale: the scanned model's scales,
+    unstacked, equal the looped model's, and L is the depth (a segment is not one layer)."""
+    loop_shapes = models.init_shapes(models.get_model(name, **kw))['params']
+    scan_shapes = models.init_shapes(models.get_model(name, scan=True, **kw))['params']
+    assert any(layers.is_scanned_key(k) for k in optim.flat_names(scan_shapes))
+    (loop_ids, loop_num), (scan_ids, scan_num) = optim.layer_ids(loop_shapes), optim.layer_ids(scan_shapes)
+    assert loop_num == scan_num == 3
+    loop_flat = checkpoint.flatten(jax.tree_util.tree_map(np.asarray, loop_ids))
+    scan_flat = checkpoint.flatten(jax.tree_util.tree_map(
+        lambda i, s: np.broadcast_to(np.asarray(i), s.shape), scan_ids, scan_shapes))
+    unscanned = layers.unscan_params(scan_flat)
+    assert sorted(unscanned) == sorted(loop_flat)
+    for k, i in loop_flat.items():
+        assert np.all(unscanned[k] == i), k
+    assert {int(i) for k, i in loop_flat.items() if 'encoderblock_' in k} == {1, 2, 3}
 
 SEEDS = (0, 1, 2)  # Classifier seeds: one fine-tune vs scratch comparison swings by 4-6 points between seeds.
 

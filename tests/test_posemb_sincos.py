@@ -106,7 +106,8 @@ def test_milan_encoder_and_decoder_use_mae_table():
     dec_ref = _mae_2d(16, 4, 4)
     enc_in = np.asarray(seen['encoderblock_0'][0])[0]  # [1 + keep, 32]: cls, then the visible patches.
     np.testing.assert_allclose(enc_in[1:], enc_ref[1:][np.asarray(ids[0, :keep])], atol=1e-6)
-    queries, prompts = (np.asarray(a)[0] for a in seen['decoder_block_0'])
+    queries, _, prompts = seen['decoder_block_0']  # The block is called as (queries, train, prompts).
+    queries, prompts = np.asarray(queries)[0], np.asarray(prompts)[0]
     np.testing.assert_allclose(queries, dec_ref[1:][np.asarray(ids[0, keep:])], atol=1e-6)
     np.testing.assert_allclose(prompts[1:], dec_ref[1:][np.asarray(ids[0, :keep])], atol=1e-6)
     # Not big_vision's table: it differs by more than the tolerance at these widths.

@@ -23,6 +23,8 @@ import numpy as np
 import optax
 from flax import traverse_util
 
+from vit_jax.models import layers
+
 OPTIMIZERS = ('sgd', 'adam', 'adamw', 'lamb')  # config.optimizer.name
 DECAYS = ('cosine', 'linear', 'constant', 'rsqrt', 'poly')  # config.lr.decay
 LR_KEYS = ('base', 'warmup_steps', 'decay', 'end', 'power')  # Every key of config.lr that `lr_schedule` reads.
@@ -200,24 +202,30 @@ def layer_ids(params: Any) -> tuple[Any, int]:
     """(tree of layer ids, number of blocks L) for layer-wise lr decay (BEiT / MAE fine-tuning).
 
     Id 0: the embeddings (`embedding`, `cls`, `mask_token`, position embeddings, a shared relative-position table);
-    id i + 1: everything in encoder block i (`encoderblock_{i}...`; a scanned `encoderblock` gets an id vector
-    1..L along its stacked axis); id L + 1: the rest (final norm, heads).
+    id i + 1: everything in encoder block i (`encoderblock_{i}...`, its per-layer bias `encoderblock_{i}_{bias}`; a
+    scanned segment `encoderblock[_{a}-{b}]/...` gets the id vector a+1..b+1 along its stacked axis, see
+    `layers.encoder_layer`); id L + 1: the rest (final norm, heads).
     """
-    names = [_path_str(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
-    blocks = [int(m.group(1)) for n in names for m in [re.search(r'encoderblock_(\d+)', n)] if m]
-    scanned = [leaf.shape[0] for p, leaf in jax.tree_util.tree_flatten_with_path(params)[0]
-               if re.search(r'(^|/)encoderblock/', _path_str(p))]
-    num = max(blocks) + 1 if blocks else (scanned[0] if scanned else 0)
+    def layer_of(name: str, leaf: Any) -> Optional[np.ndarray]:
+        hit = layers.encoder_layer(name) if re.search(r'(^|/)encoderblock[_/]', name) else None
+        if hit is None:
+            return None
+        first, stacked = hit
+        if not stacked:
+            return np.asarray(first + 1)
+        return np.arange(first + 1, first + 1 + leaf.shape[0]).reshape((-1,) + (1,) * (len(leaf.shape) - 1))
+
+    flat = [(_path_str(p), leaf) for p, leaf in jax.tree_util.tree_flatten_with_path(params)[0]]
+    hits = [h for h in (layer_of(n, leaf) for n, leaf in flat) if h is not None]
+    num = max(int(h.max()) for h in hits) if hits else 0
     embed = re.compile(r'(^|/)(embedding|cls|mask_token|pos_embedding|posembed_input|rel_pos_bias|stem|conv_stem)'
                        r'(/|$)')
 
     def lid(path, leaf):
         name = _path_str(path)
-        m = re.search(r'encoderblock_(\d+)', name)
-        if m:
-            return int(m.group(1)) + 1
-        if re.search(r'(^|/)encoderblock/', name):
-            return np.arange(1, leaf.shape[0] + 1).reshape((-1,) + (1,) * (len(leaf.shape) - 1))
+        hit = layer_of(name, leaf)
+        if hit is not None:
+            return int(hit) if hit.ndim == 0 else hit
         if embed.search(name):
             return 0
         return num + 1

@@ -463,8 +463,8 @@ class _ScanLayer(nn.Module):
     remat_policy: Optional[str] = None  # jax.checkpoint_policies name, or None for no remat.
 
     @nn.compact
-    def __call__(self, x: Array, rate: Array, bias: Optional[Array], train: bool):
-        args = (x, train) if bias is None else (x, train, bias)
+    def __call__(self, x: Array, rate: Array, bias: Optional[Array], context: Optional[Array], train: bool):
+        args = (x, train) + (() if bias is None else (bias,)) + (() if context is None else (context,))
         x = remat(self.block_cls, self.remat_policy, prevent_cse=False)(drop_path_rate=rate, name='block',
                                                                          **self.kwargs)(*args)
         return x, x
@@ -493,7 +493,8 @@ class Encoder(nn.Module):
 
     Hooks and per-layer arguments:
       - `block_cls` (default `Encoder1DBlock`) is built per layer as `block_cls(**kw)` and called as
-        `(x, train)`, or `(x, train, bias)` when there is an attention bias. `kw` = the fields below that the class
+        `(x, train)`, then the attention bias when there is one, then the `context` when it is given
+        (`(x, train, bias)`, `(x, train, context)`, `(x, train, bias, context)`). `kw` = the fields below that the class
         declares (for a class other than Encoder1DBlock only those that are not None), then `block_kwargs`, then
         `layer_kwargs(i)`, and `drop_path_rate` (layer i's rate: a number ramps linearly from 0, a sequence gives
         each layer's).
@@ -502,6 +503,10 @@ class Encoder(nn.Module):
         `attn_bias_per_layer`, one per block.
       - `__call__(x, train, hooks={i: hook})`: `hook(encoder, x) -> x` runs before block i (0: embeddings, e.g.
         `position_embedding(...)`; i = num_layers: after the last block, before the final norm), inside this scope.
+      - `__call__(x, train, context=c)`: an input every block reads and none updates (a decoder's memory: the
+        encoder tokens QueryOTR's decoder cross-attends to, the prompts of MILAN's decoder).
+      - A model that must keep the block names at its own top level (`decoder_{i}`, not `scope/decoder_{i}`) builds
+        the Encoder and calls `nn.share_scope(self, encoder)` before calling it.
 
     `scan=True` runs the layers under `nn.scan` (one compiled block; `remat_policy` applies either way). Layers are
     scanned in segments of consecutive layers with equal `layer_kwargs` and no hook in between; a segment holds its
@@ -572,8 +577,8 @@ class Encoder(nn.Module):
         return list(zip(starts, starts[1:] + [self.num_layers]))
 
     @nn.compact
-    def __call__(self, x: Array, train: bool = False, *, hooks: Optional[Mapping[int, EncoderHook]] = None
-                 ) -> tuple[Array, dict[str, Array]]:
+    def __call__(self, x: Array, train: bool = False, *, hooks: Optional[Mapping[int, EncoderHook]] = None,
+                 context: Optional[Array] = None) -> tuple[Array, dict[str, Array]]:
         hooks = dict(hooks or {})
         if any(not 0 <= i <= self.num_layers for i in hooks):
             raise ValueError(f'Encoder hooks go before layers 0..{self.num_layers}, got {sorted(hooks)}.')
@@ -590,7 +595,8 @@ class Encoder(nn.Module):
                 bias = shared
                 if self.attn_bias is not None and self.attn_bias_per_layer:
                     bias = self.attn_bias(name=f'{self.block_name}_{i}_{self.attn_bias_name}')()
-                args = (x, train) if bias is None else (x, train, bias.astype(_dtype(x)))
+                args = (x, train) + (() if bias is None else (bias.astype(_dtype(x)),))
+                args += () if context is None else (context,)
                 x = remat(block_cls, self.remat_policy)(
                     drop_path_rate=float(rates[i]), name=f'{self.block_name}_{i}', **self.block_args(i))(*args)
                 out[f'block_{i:02d}'] = x
@@ -610,9 +616,9 @@ class Encoder(nn.Module):
                     bias = bias.astype(_dtype(x))
                 scanned = nn.scan(_ScanLayer, variable_axes={'params': 0, 'intermediates': 0, 'batch_stats': 0},
                                   split_rngs={'params': True, 'dropout': True},
-                                  in_axes=(0, bias_axis, nn.broadcast), length=b - a)
+                                  in_axes=(0, bias_axis, nn.broadcast, nn.broadcast), length=b - a)
                 x, per_layer = scanned(block_cls, self.block_args(a), self.remat_policy, name=name)(
-                    x, jnp.asarray(rates[a:b], jnp.float32), bias, train)
+                    x, jnp.asarray(rates[a:b], jnp.float32), bias, context, train)
                 for j in range(b - a):
                     out[f'block_{a + j:02d}'] = jax.tree_util.tree_map(lambda v, j=j: v[j], per_layer)
         if self.num_layers in hooks:

@@ -35,6 +35,8 @@ from vit_jax.data import masking
 from vit_jax.models import layers, register
 from vit_jax.models.vit import to_2tuple
 
+layers.register_layer_names(block_name='decoder_block')  # The prompting decoder's blocks (loop <-> scan layouts).
+
 Array = jax.Array
 
 
@@ -46,7 +48,7 @@ class PromptDecoderBlock(nn.Module):
 
     X <- X + Attn(LN1(X), [F, LN1(X)]);  X <- X + MLP(LN2(X)).  The prompts F are inputs only, never updated. The
     order of the key/value tokens is irrelevant (no position bias inside attention), so [F, LN1(X)] gives the same
-    result as the official code's restored image order.
+    result as the official code's restored image order. A `layers.Encoder` block: called as (X, train, F).
     """
 
     num_heads: int  # Attention heads.
@@ -55,17 +57,19 @@ class PromptDecoderBlock(nn.Module):
     activation: str = 'gelu_exact'  # MLP activation (PyTorch nn.GELU).
     dtype: Any = jnp.float32  # Compute dtype.
     attention_impl: str = 'auto'  # Attention kernel (layers.resolve_attention_impl).
+    drop_path_rate: float | Array = 0.0  # Stochastic depth of both residual branches (0 in MILAN).
 
     @nn.compact
-    def __call__(self, x: Array, prompts: Array) -> Array:
+    def __call__(self, x: Array, train: bool, prompts: Array) -> Array:
         h = nn.LayerNorm(epsilon=self.norm_eps, dtype=self.dtype, name='LayerNorm_0')(x)
         kv = jnp.concatenate([prompts.astype(h.dtype), h], axis=1)
-        x = x + layers.MultiHeadAttention(num_heads=self.num_heads, dtype=self.dtype,
-                                          attention_impl=self.attention_impl,
-                                          name='MultiHeadDotProductAttention_1')(h, kv)
+        y = layers.MultiHeadAttention(num_heads=self.num_heads, dtype=self.dtype, attention_impl=self.attention_impl,
+                                      name='MultiHeadDotProductAttention_1')(h, kv)
+        x = x + layers.DropPath(self.drop_path_rate)(y, not train)
         h = nn.LayerNorm(epsilon=self.norm_eps, dtype=self.dtype, name='LayerNorm_2')(x)
-        return x + layers.MlpBlock(mlp_dim=self.mlp_dim, activation=self.activation, dtype=self.dtype,
-                                   bias_init=nn.initializers.zeros, name='MlpBlock_3')(h)
+        y = layers.MlpBlock(mlp_dim=self.mlp_dim, activation=self.activation, dtype=self.dtype,
+                            bias_init=nn.initializers.zeros, name='MlpBlock_3')(h)
+        return x + layers.DropPath(self.drop_path_rate)(y, not train)
 
 
 class MILAN(nn.Module):
@@ -87,7 +91,7 @@ class MILAN(nn.Module):
     mask_ratio: float = 0.75  # Fraction of masked patches (49 of 196 visible).
     norm_eps: float = 1e-6  # LayerNorm epsilon.
     activation: str = 'gelu_exact'  # MLP activation (PyTorch nn.GELU).
-    scan: bool = False  # Scan over the encoder's and the MAE decoder's layers (layers.Encoder).
+    scan: bool = False  # Scan over the encoder's and the decoder's layers (layers.Encoder).
     remat_policy: Optional[str] = None  # Rematerialise every encoder and decoder block (jax.checkpoint_policies).
     dtype: Any = jnp.float32  # Compute dtype.
     attention_impl: str = 'auto'  # Attention kernel: 'auto', 'xla', 'cudnn' or 'cpu' (layers.resolve_attention_impl).
@@ -145,10 +149,13 @@ class MILAN(nn.Module):
         mlp = dd * self.decoder_mlp_ratio
         if self.decoder == 'prompt':
             prompts = jnp.concatenate([cls_f, vis_f], axis=1)
-            for i in range(self.decoder_depth):
-                queries = PromptDecoderBlock(self.decoder_heads, mlp, self.norm_eps, self.activation, self.dtype,
-                                             attention_impl=self.attention_impl,
-                                             name=f'decoder_block_{i}')(queries, prompts)
+            decoder = layers.Encoder(num_layers=self.decoder_depth, num_heads=self.decoder_heads, mlp_dim=mlp,
+                                     norm_eps=self.norm_eps, activation=self.activation, final_norm=False,
+                                     block_cls=PromptDecoderBlock, block_name='decoder_block', scan=self.scan,
+                                     remat_policy=self.remat_policy, dtype=self.dtype,
+                                     attention_impl=self.attention_impl, name='prompt_decoder')
+            nn.share_scope(self, decoder)  # The blocks stay `decoder_block_{i}` (the release's names).
+            queries, _ = decoder(queries, train, context=prompts)
             full = jnp.concatenate([vis_f, queries], axis=1)
             seq = jnp.concatenate([cls_f, jnp.take_along_axis(full, ids_restore[..., None], axis=1)], axis=1)
         elif self.decoder == 'mae':

@@ -45,6 +45,8 @@ import numpy as np
 
 from vit_jax.models import layers, register
 
+layers.register_layer_names(block_name='decoder')  # The decoder's blocks `decoder_{i}` (loop <-> scan layouts).
+
 Array = jax.Array
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -222,7 +224,10 @@ class QueryExpansion(nn.Module):
 # Decoder.
 # ----------------------------------------------------------------------------------------------------------------
 class CrossAttnBlock(nn.Module):
-    """x += SelfAttn(LN x); x += CrossAttn(LN x, memory); x += MLP(LN x) (official `CorssAttnBlock`)."""
+    """x += SelfAttn(LN x); x += CrossAttn(LN x, memory); x += MLP(LN x) (official `CorssAttnBlock`).
+
+    A `layers.Encoder` block: called as (x, train, memory), the memory being the Encoder's `context`.
+    """
 
     num_heads: int  # Attention heads.
     mlp_dim: int  # MLP hidden width.
@@ -231,21 +236,22 @@ class CrossAttnBlock(nn.Module):
     dropout_rate: float = 0.0  # Dropout inside the MLP and after attention (0 in the paper).
     dtype: Any = jnp.float32  # Compute dtype.
     attention_impl: str = 'auto'  # Attention kernel (layers.resolve_attention_impl).
+    drop_path_rate: float | Array = 0.0  # Stochastic depth of the three residual branches (0 in the paper).
 
     @nn.compact
-    def __call__(self, x: Array, memory: Array, train: bool = False) -> Array:
+    def __call__(self, x: Array, train: bool, memory: Array) -> Array:
         det = not train
         ln = lambda name: nn.LayerNorm(epsilon=self.norm_eps, dtype=self.dtype, name=name)  # noqa: E731
         attn = lambda name: layers.MultiHeadAttention(num_heads=self.num_heads, dtype=self.dtype,  # noqa: E731
                                                       attention_impl=self.attention_impl, name=name)
-        y = attn('attn')(ln('norm1')(x), deterministic=det)
-        x = x + nn.Dropout(self.dropout_rate)(y, deterministic=det)
-        y = attn('cross_attn')(ln('norm2')(x), memory, deterministic=det)
-        x = x + nn.Dropout(self.dropout_rate)(y, deterministic=det)
+        branch = lambda y: layers.DropPath(self.drop_path_rate)(  # noqa: E731
+            nn.Dropout(self.dropout_rate)(y, deterministic=det), det)
+        x = x + branch(attn('attn')(ln('norm1')(x), deterministic=det))
+        x = x + branch(attn('cross_attn')(ln('norm2')(x), memory, deterministic=det))
         y = layers.MlpBlock(mlp_dim=self.mlp_dim, dropout_rate=self.dropout_rate, activation=self.activation,
                             dtype=self.dtype, bias_init=nn.initializers.zeros, name='mlp')(ln('norm3')(x),
                                                                                            deterministic=det)
-        return x + y
+        return x + layers.DropPath(self.drop_path_rate)(y, det)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -346,7 +352,8 @@ class QueryOTR(nn.Module):
     dropout_rate: float = 0.0  # Dropout (0 in the paper).
     drop_path_rate: float = 0.0  # Encoder stochastic depth (0 in the paper).
     noise_seed: int = 0  # Seed of the QEM noise when no 'noise'/'dropout' rng is given (deterministic eval).
-    remat_policy: Optional[str] = None  # Rematerialise encoder blocks (jax.checkpoint_policies name).
+    scan: bool = False  # Scan over the encoder's and the decoder's layers (layers.Encoder).
+    remat_policy: Optional[str] = None  # Rematerialise encoder and decoder blocks (jax.checkpoint_policies name).
     dtype: Any = jnp.float32  # Compute dtype.
     attention_impl: str = 'auto'  # Attention kernel: 'auto', 'xla', 'cudnn' or 'cpu' (layers.resolve_attention_impl).
 
@@ -425,7 +432,7 @@ class QueryOTR(nn.Module):
         src, enc = layers.Encoder(num_layers=self.num_layers, num_heads=self.num_heads, mlp_dim=self.mlp_dim,
                                   dropout_rate=self.dropout_rate, drop_path_rate=self.drop_path_rate,
                                   norm_eps=self.encoder_norm_eps, activation=self.activation,
-                                  remat_policy=self.remat_policy, dtype=self.dtype,
+                                  scan=self.scan, remat_policy=self.remat_policy, dtype=self.dtype,
                                   attention_impl=self.attention_impl, name='Transformer')(tokens, train)
         out.update({f'encoder/{k}': v for k, v in enc.items()})
         out['encoder'] = src
@@ -442,11 +449,14 @@ class QueryOTR(nn.Module):
         outer_idx = np.flatnonzero(outer.reshape(-1))
         pe = layers.posemb_sincos_1d(g * g, d)[:, outer_idx]
         y = queries[:, outer_idx] + jnp.asarray(pe, queries.dtype)
-        for i in range(self.decoder_layers):
-            y = CrossAttnBlock(num_heads=self.decoder_heads, mlp_dim=self.decoder_mlp_dim, norm_eps=self.norm_eps,
-                               activation=self.activation, dropout_rate=self.dropout_rate, dtype=self.dtype,
-                               attention_impl=self.attention_impl, name=f'decoder_{i}')(y, src, train)
-            out[f'decoder/block_{i:02d}'] = y
+        decoder = layers.Encoder(num_layers=self.decoder_layers, num_heads=self.decoder_heads,
+                                 mlp_dim=self.decoder_mlp_dim, dropout_rate=self.dropout_rate, norm_eps=self.norm_eps,
+                                 activation=self.activation, final_norm=False, block_cls=CrossAttnBlock,
+                                 block_name='decoder', scan=self.scan, remat_policy=self.remat_policy,
+                                 dtype=self.dtype, attention_impl=self.attention_impl, name='decoder_stack')
+        nn.share_scope(self, decoder)  # The blocks stay `decoder_{i}` (the names the converter writes).
+        y, dec = decoder(y, train, context=src)
+        out.update({f'decoder/{k}': v for k, v in dec.items()})
 
         # ---- Patch Smoothing Module, back to the input's value space, centre copied from the input.
         tgt = jnp.zeros((b, g * g, d), y.dtype).at[:, outer_idx].set(y).reshape(b, g, g, d)
