@@ -345,7 +345,7 @@ def test_timm_round_trip(tmp_path, name, overrides):
     from safetensors.numpy import load_file
 
     model = models.get_model(name, num_classes=5, num_layers=2, activation='gelu_exact', **overrides)
-    x = _images(2, *model.input_shape(1)[1:])
+    x = _images(2, *models.input_shape(model)[1:])
     v = _init(model, x)
     y, _ = _apply(model, v, x)
     path = str(tmp_path / 'vit.safetensors')

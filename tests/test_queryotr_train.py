@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vit_jax import config_utils, data, evaluators, objectives, sharding, train
+from vit_jax import config_utils, data, evaluators, models, objectives, sharding, train
 from vit_jax.evaluators.base import Context
 from vit_jax.tools import outpaint_grid
 
@@ -38,7 +38,7 @@ def test_queryotr_trains_with_the_gan_objective(tmp_path):
     # The untrained model (the trainer's initial state: same seed, same init).
     model = train.build_model(c)
     objective = objectives.build(c, model)
-    size = tuple(model.input_shape(1)[1:3])
+    size = tuple(models.input_shape(model)[1:3])
     state0 = jax.jit(objective.init_state)(jax.random.PRNGKey(c.seed), {'image': jnp.zeros((1, *size, 3))})
 
     def make_dataset(split, *, batch_size, train=False, dataset=None, data_config=None, **kw):

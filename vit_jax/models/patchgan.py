@@ -22,6 +22,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from vit_jax.models import layers
+
 Array = jax.Array
 
 
@@ -40,7 +42,7 @@ class PatchDiscriminator(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array, update_stats: bool = False) -> Array:
-        init = nn.initializers.variance_scaling(1.0 / 3.0, 'fan_in', 'uniform')  # PyTorch's default conv init.
+        init = layers.torch_kernel_init  # PyTorch's default conv init.
         h = nn.Conv(self.ndf, (4, 4), strides=(2, 2), padding='VALID', kernel_init=init, dtype=self.dtype,
                     name='conv_0')(_reflect_pad(x, 1))
         h = nn.leaky_relu(h, 0.2)

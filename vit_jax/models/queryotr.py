@@ -55,20 +55,6 @@ SCENERY_MEAN = 0.5044838  # The official default --patch_mean (Scenery).
 SCENERY_STD = 0.1355051  # The official default --patch_std (Scenery).
 
 
-def torch_default_init(scale: float = 1.0 / 3.0):
-    """PyTorch's default Conv/Linear weight init (kaiming_uniform with a=sqrt(5): U(+-1/sqrt(fan_in)))."""
-    return nn.initializers.variance_scaling(scale, 'fan_in', 'uniform')
-
-
-def uniform_symmetric(bound: float):
-    """U(-bound, bound) initializer."""
-
-    def init(key, shape, dtype=jnp.float32):
-        return jax.random.uniform(key, shape, dtype, -bound, bound)
-
-    return init
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # Deformable convolution (DCNv2).
 # ----------------------------------------------------------------------------------------------------------------
@@ -155,7 +141,7 @@ class DeformConv(nn.Module):
                      bias_init=nn.initializers.zeros, dtype=self.dtype, name='conv_offset_mask')(x)
         o1, o2, m = jnp.split(om, 3, axis=-1)
         offset = jnp.concatenate([o1, o2], axis=-1)
-        kernel = self.param('kernel', torch_default_init(), (k, k, x.shape[-1], self.features))
+        kernel = self.param('kernel', layers.torch_kernel_init, (k, k, x.shape[-1], self.features))
         bias = self.param('bias', nn.initializers.zeros, (self.features,)) if self.use_bias else None
         return deform_conv2d(x, offset, jax.nn.sigmoid(m), kernel, padding=pad, bias=bias).astype(self.dtype)
 
@@ -175,13 +161,13 @@ class QEMBlock(nn.Module):
         c = x.shape[-1]
         y = nn.InstanceNorm(epsilon=self.norm_eps, dtype=self.dtype, name='norm1')(x)
         y = nn.leaky_relu(y, 0.2)
-        y = nn.Conv(c, (3, 3), padding=1, kernel_init=torch_default_init(), dtype=self.dtype, name='conv1')(y)
+        y = nn.Conv(c, (3, 3), padding=1, kernel_init=layers.torch_kernel_init, dtype=self.dtype, name='conv1')(y)
         y = nn.InstanceNorm(epsilon=self.norm_eps, dtype=self.dtype, name='norm2')(y)
         y = nn.leaky_relu(y, 0.2)
         if self.deform:
             y = DeformConv(c, dtype=self.dtype, name='conv2')(y)
         else:
-            y = nn.Conv(c, (3, 3), padding=1, use_bias=False, kernel_init=torch_default_init(), dtype=self.dtype,
+            y = nn.Conv(c, (3, 3), padding=1, use_bias=False, kernel_init=layers.torch_kernel_init, dtype=self.dtype,
                         name='conv2')(y)
         return x + y
 
@@ -307,8 +293,8 @@ class PatchSmoothing(nn.Module):
         b, g, _, d = tokens.shape
         s, o, c = self.patch_size, self.overlap, self.out_channels
         k = s + 2 * o
-        bound = 1.0 / np.sqrt(c * k * k)  # PyTorch ConvTranspose2d default (fan_in from the weight's dim 1).
-        kernel = self.param('kernel', uniform_symmetric(bound), (d, k, k, c))
+        # PyTorch ConvTranspose2d's default weight: U(+-1/sqrt(fan_in)), fan_in from the weight's dim 1 (C k k).
+        kernel = self.param('kernel', layers.torch_bias_init(c * k * k), (d, k, k, c))
         patches = jnp.einsum('bijd,duvc->bijuvc', tokens, kernel.astype(self.dtype))
         if self.use_bias:
             patches = patches + self.param('bias', nn.initializers.zeros, (k, k, c)).astype(self.dtype)
@@ -394,9 +380,6 @@ class QueryOTR(nn.Module):
         m = np.ones((1, h, h, 1), np.float32)
         m[:, p:p + self.image_size, p:p + self.image_size] = 0.0
         return m
-
-    def input_shape(self, batch: int) -> tuple[int, ...]:
-        return (batch, self.image_size, self.image_size, 3)
 
     # ---- Forward. ---------------------------------------------------------------------------------------------
     def _noise(self, shape: tuple[int, ...]) -> Array:

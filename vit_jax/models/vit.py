@@ -82,10 +82,6 @@ class VisionTransformer(nn.Module):
             return s
         return ph
 
-    def input_shape(self, batch: int = 1) -> tuple[int, ...]:
-        """Shape of a batch this model accepts at its configured resolution."""
-        return (batch, *to_2tuple(self.image_size), 3)
-
     @nn.compact
     def __call__(self, images: Array, *, train: bool = False) -> tuple[Array, dict[str, Array]]:
         layers.check_images(images, name=f'{type(self).__name__}', multiple_of=(self.total_stride,) * 2)
