@@ -1,5 +1,6 @@
-"""Helpers several test modules share (so that no test module imports another); tests/conftest.py also offers them
-as fixtures. Not a test module itself (no test_ prefix).
+"""Helpers several test modules share (so that no test module imports another); tests/conftest.py also offers
+tiny_config, run_worker and torch_dtn as fixtures, and tests/scale_worker.py (a script) imports it too. Not a test
+module itself (no test_ prefix).
 
     from _helpers import tiny_config   # or take the `tiny_config` fixture
 """
@@ -13,21 +14,32 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKER = os.path.join(ROOT, 'tests', 'scale_worker.py')
 
 
-def tiny_config(steps=120):
-    """A very small ViT on 8x8 digits that trains in well under a minute on 2 CPU cores."""
+def quickstart_config(**model):
+    """configs/quickstart.py with the `model` fields given set (in that order): the base of the tiny test runs."""
     from vit_jax import config_utils
 
     c = config_utils.load(os.path.join(ROOT, 'configs/quickstart.py'))
-    c.model.hidden_size = 32
-    c.model.mlp_dim = 64
-    c.model.num_layers = 2
-    c.model.num_heads = 2
-    c.batch_size = 64
+    for k, v in model.items():
+        c.model[k] = v
+    return c
+
+
+def short_run(c, *, batch_size, steps, log_every):
+    """Sets `c` to a short test run: `steps` steps at `batch_size`, a log line every `log_every` steps, and no
+    intermediate evaluations, no checkpoints, no TensorBoard. Returns `c`."""
+    c.batch_size = batch_size
     c.total_steps = steps
-    c.log_every = 20
+    c.log_every = log_every
     c.eval_every = 0
     c.checkpoint_every = 0
     c.tensorboard = False
+    return c
+
+
+def tiny_config(steps=120):
+    """A very small ViT on 8x8 digits that trains in well under a minute on 2 CPU cores."""
+    c = quickstart_config(hidden_size=32, mlp_dim=64, num_layers=2, num_heads=2)
+    short_run(c, batch_size=64, steps=steps, log_every=20)
     c.lr.warmup_steps = 10
     c.lr.base = 3e-3
     return c

@@ -17,22 +17,12 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from _helpers import quickstart_config, short_run  # noqa: E402  (tests/ is on sys.path: the script's folder.)
+
 
 def tiny_config(steps: int):
-    from vit_jax import config_utils
-
-    c = config_utils.load(os.path.join(ROOT, 'configs/quickstart.py'))
-    c.model.image_size = 8
-    c.model.hidden_size = 64
-    c.model.mlp_dim = 128
-    c.model.num_layers = 2
-    c.model.num_heads = 2
-    c.batch_size = 32
-    c.total_steps = steps
-    c.log_every = 1
-    c.eval_every = 0
-    c.checkpoint_every = 0
-    c.tensorboard = False
+    c = quickstart_config(image_size=8, hidden_size=64, mlp_dim=128, num_layers=2, num_heads=2)
+    short_run(c, batch_size=32, steps=steps, log_every=1)
     c.evals = {}
     # SGD with momentum, not Adam: Adam divides each update by the gradient's own scale, so parameters whose gradient
     # is pure float noise (e.g. the attention key bias, to which softmax is invariant) get updates of the size of the

@@ -5,6 +5,7 @@ import os
 
 import numpy as np
 import pytest
+from _helpers import short_run
 from PIL import Image
 
 from vit_jax import checkpoint, config_utils, predict, train
@@ -216,12 +217,7 @@ def _run_config(base, image_size, steps, *, lr, optimizer, warmup, init_from=Non
     c.data.eval_pp = SMOOTH_PP
     c.data.flip = False
     c.data.shuffle_buffer = 2000
-    c.batch_size = 64
-    c.total_steps = steps
-    c.log_every = 10
-    c.eval_every = 0
-    c.checkpoint_every = 0
-    c.tensorboard = False
+    short_run(c, batch_size=64, steps=steps, log_every=10)
     if optimizer == 'adamw':
         c.optimizer = dict(c.optimizer.to_dict(), name='adamw', weight_decay=0.05, wd_mask='no_bias_norm',
                            accumulator_dtype=None)
