@@ -45,6 +45,49 @@ def tiny_config(steps=120):
     return c
 
 
+def uniform_images(shape, seed=0):
+    """A float32 jax array of `shape` uniform in [-1, 1) from numpy's `default_rng(seed)`: a batch of test images."""
+    import jax.numpy as jnp
+    import numpy as np
+
+    return jnp.asarray(np.random.default_rng(seed).uniform(-1, 1, shape), jnp.float32)
+
+
+def init_model(name, x, seed=0, **kw):
+    """`(model, variables, x)`: `models.get_model(name, **kw)` initialised (jitted) on the batch `x` with
+    PRNGKey(seed); the tiny-model fixtures of the family test modules."""
+    import jax
+
+    from vit_jax import models
+
+    model = models.get_model(name, **kw)
+    return model, jax.jit(model.init)(jax.random.PRNGKey(seed), x), x
+
+
+def check_posemb_resized_like_torch(num_prefix_tokens):
+    """`layers.AddPositionEmbs` stored at an 8x8 grid, used at 12x10: the grid rows equal PyTorch's bilinear
+    `interpolate` (as rstrudel/segmenter's `resize_pos_embed`). Returns the stored and the resized tables (numpy) for
+    the caller's checks of the `num_prefix_tokens` leading rows."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    import torch
+
+    from vit_jax.models import layers
+
+    n = num_prefix_tokens
+    pe_mod = layers.AddPositionEmbs(stored_grid=(8, 8), grid=(12, 10), num_prefix_tokens=n)
+    x = jnp.zeros((1, n + 120, 16))
+    v = jax.jit(pe_mod.init)(jax.random.PRNGKey(0), x)
+    pe = np.asarray(v['params']['pos_embedding'])
+    assert pe.shape == (1, n + 64, 16)
+    got = np.asarray(pe_mod.apply(v, x))
+    grid = torch.tensor(pe[0, n:]).reshape(1, 8, 8, 16).permute(0, 3, 1, 2)
+    ref = torch.nn.functional.interpolate(grid, size=(12, 10), mode='bilinear').permute(0, 2, 3, 1).reshape(120, 16)
+    np.testing.assert_allclose(got[0, n:], ref.numpy(), atol=1e-6)
+    return pe, got
+
+
 def run_worker(out, jobs, devices=1, distributed=None, wait=True):
     """Runs tests/scale_worker.py on `jobs` with `devices` simulated CPU devices (a Popen when not `wait`)."""
     env = dict(os.environ)

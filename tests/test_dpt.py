@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
+from _helpers import init_model
 
 from vit_jax import convert, models
 from vit_jax.models import layers
@@ -58,9 +59,7 @@ def test_align_corners_resize_matches_torch():
 
 @pytest.fixture(scope='module')
 def tiny():
-    model = models.get_model('DPT-testing')
-    x = jax.random.normal(jax.random.PRNGKey(0), (2, 32, 64, 3))
-    return model, jax.jit(model.init)(jax.random.PRNGKey(1), x), x
+    return init_model('DPT-testing', jax.random.normal(jax.random.PRNGKey(0), (2, 32, 64, 3)), seed=1)
 
 
 def test_shapes_taps_and_input_resolution(tiny):

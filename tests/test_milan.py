@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _helpers import init_model, uniform_images
 
 from vit_jax import checkpoint, convert, models
 from vit_jax.models import milan
@@ -62,10 +63,7 @@ def test_clip_parity_and_teacher_outputs():
 
 @pytest.fixture(scope='module')
 def tiny():
-    m = models.get_model('MILAN-testing')
-    x = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (2, 16, 16, 3)), jnp.float32)
-    v = jax.jit(m.init)(jax.random.PRNGKey(0), x)
-    return m, v, x
+    return init_model('MILAN-testing', uniform_images((2, 16, 16, 3)))
 
 
 def test_prompt_decoder_keeps_visible_tokens_fixed(tiny):
@@ -157,7 +155,7 @@ def test_feature_teacher_interface_and_mae_decoder():
     teacher = milan_obj.FeatureTeacher(dict(model='ViT-testing', overrides=dict(num_classes=0, image_size=16)),
                                        image_size=(16, 16), value_range=(-1.0, 1.0))
     assert teacher.frozen_random and teacher.tokens_key == 'encoded'
-    x = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (2, 16, 16, 3)), jnp.float32)
+    x = uniform_images((2, 16, 16, 3))
     variables = jax.tree_util.tree_map(jnp.asarray, teacher.net.variables)
     tokens, attn = jax.jit(teacher)(variables, x)
     assert tokens.shape == (2, 17, 32) and attn.shape == (2, 16)

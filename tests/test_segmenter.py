@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import torch
+from _helpers import check_posemb_resized_like_torch, init_model
 
 from vit_jax import models
 from vit_jax.models import layers, segmenter
@@ -35,9 +35,7 @@ def test_paper_headline_counts():
 
 @pytest.fixture(scope='module')
 def tiny():
-    model = models.get_model('Seg-testing')
-    x = jax.random.normal(jax.random.PRNGKey(0), (2, 32, 32, 3))
-    return model, jax.jit(model.init)(jax.random.PRNGKey(1), x), x
+    return init_model('Seg-testing', jax.random.normal(jax.random.PRNGKey(0), (2, 32, 32, 3)), seed=1)
 
 
 def test_mask_transformer_structure(tiny):
@@ -90,15 +88,7 @@ def test_linear_decoder_and_padding():
 
 
 def test_position_embedding_resized_like_torch():
-    pe_mod = layers.AddPositionEmbs(stored_grid=(8, 8), grid=(12, 10), num_prefix_tokens=1)
-    x = jnp.zeros((1, 1 + 120, 16))
-    v = jax.jit(pe_mod.init)(jax.random.PRNGKey(0), x)
-    pe = np.asarray(v['params']['pos_embedding'])
-    assert pe.shape == (1, 65, 16)
-    got = np.asarray(pe_mod.apply(v, x))
-    grid = torch.tensor(pe[0, 1:]).reshape(1, 8, 8, 16).permute(0, 3, 1, 2)
-    ref = torch.nn.functional.interpolate(grid, size=(12, 10), mode='bilinear').permute(0, 2, 3, 1).reshape(120, 16)
-    np.testing.assert_allclose(got[0, 1:], ref.numpy(), atol=1e-6)
+    pe, got = check_posemb_resized_like_torch(num_prefix_tokens=1)
     np.testing.assert_allclose(got[0, 0], pe[0, 0])  # The class token keeps its embedding.
 
 

@@ -7,10 +7,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import torch
+from _helpers import check_posemb_resized_like_torch
 
 from vit_jax import models
-from vit_jax.models import layers
 from vit_jax.models.vit import VisionTransformer
 
 
@@ -85,15 +84,7 @@ def test_dist_token_dropped_before_the_decoder(decoder):
 
 def test_two_prefix_rows_kept_when_resizing_like_the_official_code():
     """segm/model/utils.py resize_pos_embed with num_extra_tokens = 2: both rows kept, grid resized bilinearly."""
-    pe_mod = layers.AddPositionEmbs(stored_grid=(8, 8), grid=(12, 10), num_prefix_tokens=2)
-    x = jnp.zeros((1, 2 + 120, 16))
-    v = pe_mod.init(jax.random.PRNGKey(0), x)
-    pe = np.asarray(v['params']['pos_embedding'])
-    assert pe.shape == (1, 66, 16)
-    got = np.asarray(pe_mod.apply(v, x))
-    grid = torch.tensor(pe[0, 2:]).reshape(1, 8, 8, 16).permute(0, 3, 1, 2)
-    ref = torch.nn.functional.interpolate(grid, size=(12, 10), mode='bilinear').permute(0, 2, 3, 1).reshape(120, 16)
-    np.testing.assert_allclose(got[0, 2:], ref.numpy(), atol=1e-6)
+    pe, got = check_posemb_resized_like_torch(num_prefix_tokens=2)
     np.testing.assert_array_equal(got[0, :2], pe[0, :2])
     # End to end: a distilled Segmenter on a non-square input of another size.
     m = models.get_model('Seg-testing', distilled=True, decoder='linear')

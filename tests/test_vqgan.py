@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _helpers import init_model, uniform_images
 
 from vit_jax import models
 from vit_jax.models import vqgan
@@ -26,10 +27,7 @@ def test_registry_and_peco_shape():
 
 @pytest.fixture(scope='module')
 def tiny():
-    m = models.get_model('VQGAN-testing')
-    x = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (2, 16, 16, 3)), jnp.float32)
-    v = jax.jit(m.init)(jax.random.PRNGKey(0), x)
-    return m, v, x
+    return init_model('VQGAN-testing', uniform_images((2, 16, 16, 3)))
 
 
 def test_encode_decode_consistent(tiny):
@@ -76,7 +74,7 @@ def test_patchgan_shapes():
 def test_perceptual_loss_frozen_net_gradients():
     net = frozen.load_frozen(dict(model='ViT-testing', overrides=dict(num_classes=0, image_size=16)), 'perceptual net')
     assert net.frozen_random
-    x = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (2, 16, 16, 3)), jnp.float32)
+    x = uniform_images((2, 16, 16, 3))
     y = x + 0.1
     variables = jax.tree_util.tree_map(jnp.asarray, net.variables)
 
