@@ -64,6 +64,19 @@ def init_model(name, x, seed=0, **kw):
     return model, jax.jit(model.init)(jax.random.PRNGKey(seed), x), x
 
 
+def assert_trees_equal(a, b):
+    """Two parameter trees with the same flattened names, values (exactly) and dtypes."""
+    import numpy as np
+
+    from vit_jax import checkpoint
+
+    fa, fb = checkpoint.flatten(a), checkpoint.flatten(b)
+    assert sorted(fa) == sorted(fb)
+    for k in fa:
+        np.testing.assert_array_equal(np.asarray(fa[k]), np.asarray(fb[k]), err_msg=k)
+        assert np.asarray(fa[k]).dtype == np.asarray(fb[k]).dtype, k
+
+
 def check_posemb_resized_like_torch(num_prefix_tokens):
     """`layers.AddPositionEmbs` stored at an 8x8 grid, used at 12x10: the grid rows equal PyTorch's bilinear
     `interpolate` (as rstrudel/segmenter's `resize_pos_embed`). Returns the stored and the resized tables (numpy) for

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import scipy.ndimage
+from _helpers import assert_trees_equal
 
 from vit_jax import checkpoint, models
 from vit_jax.models import layers
@@ -24,14 +25,6 @@ def _flat(tree):
     return checkpoint.flatten(tree)
 
 
-def _assert_trees_equal(a, b):
-    fa, fb = _flat(a), _flat(b)
-    assert sorted(fa) == sorted(fb)
-    for k in fa:
-        np.testing.assert_array_equal(np.asarray(fa[k]), np.asarray(fb[k]), err_msg=k)
-        assert np.asarray(fa[k]).dtype == np.asarray(fb[k]).dtype, k
-
-
 @pytest.fixture(scope='module')
 def tiny():
     return _init(num_classes=10)
@@ -45,7 +38,7 @@ def test_npz_round_trip_is_exact(tiny, tmp_path):
     params = dict(params, extra={'ints': np.arange(5, dtype=np.int32), 'f64': np.linspace(0, 1, 3)})
     path = str(tmp_path / 'p.npz')
     checkpoint.save_npz(path, params)
-    _assert_trees_equal(checkpoint.load_npz(path), params)
+    assert_trees_equal(checkpoint.load_npz(path), params)
     # The file holds flat '/'-joined release names.
     with np.load(path, allow_pickle=False) as f:
         assert 'Transformer/encoderblock_0/MultiHeadDotProductAttention_1/query/kernel' in f.files
@@ -107,10 +100,10 @@ def test_release_and_linen_names_load_the_same(tiny, tmp_path):
     assert 'Transformer/encoderblock_1/LayerNorm_1/scale' in linen
     np.savez(tmp_path / 'linen.npz', **linen)
     np.savez(tmp_path / 'release.npz', **flat)
-    _assert_trees_equal(checkpoint.load_npz(str(tmp_path / 'linen.npz')), params)
-    _assert_trees_equal(checkpoint.load_npz(str(tmp_path / 'release.npz')), params)
+    assert_trees_equal(checkpoint.load_npz(str(tmp_path / 'linen.npz')), params)
+    assert_trees_equal(checkpoint.load_npz(str(tmp_path / 'release.npz')), params)
     # load_pretrained accepts the linen-named tree directly too.
-    _assert_trees_equal(checkpoint.load_pretrained(params, checkpoint.unflatten(linen)), params)
+    assert_trees_equal(checkpoint.load_pretrained(params, checkpoint.unflatten(linen)), params)
 
 
 def test_map_head_names_are_not_renamed():
@@ -133,14 +126,14 @@ def test_big_vision_scanned_layout_loads_into_loop_and_scan_models(tiny):
         else:
             bv[k] = v
     bv = {k: np.stack([v[i] for i in sorted(v)]) if isinstance(v, dict) else v for k, v in bv.items()}
-    _assert_trees_equal(checkpoint.load_pretrained(params, bv), params)
+    assert_trees_equal(checkpoint.load_pretrained(params, bv), params)
     scan_model, scan_params = _init(num_classes=10, scan=True)
     loaded = checkpoint.load_pretrained(scan_params, bv)
     x = jax.random.normal(jax.random.PRNGKey(1), (2, 32, 32, 3))
     np.testing.assert_allclose(scan_model.apply({'params': loaded}, x)[0], model.apply({'params': params}, x)[0],
                                atol=1e-5)
     # And back: a scanned checkpoint into the loop model.
-    _assert_trees_equal(checkpoint.load_pretrained(params, loaded), params)
+    assert_trees_equal(checkpoint.load_pretrained(params, loaded), params)
 
 
 def test_hybrid_groupnorm_with_singleton_axes_is_squeezed(tmp_path):
@@ -151,7 +144,7 @@ def test_hybrid_groupnorm_with_singleton_axes_is_squeezed(tmp_path):
     assert gn, sorted(flat)
     old = {k: (v.reshape(1, 1, 1, -1) if k in gn else v) for k, v in flat.items()}
     np.savez(tmp_path / 'hybrid.npz', **old)
-    _assert_trees_equal(checkpoint.load_npz(str(tmp_path / 'hybrid.npz')), params)
+    assert_trees_equal(checkpoint.load_npz(str(tmp_path / 'hybrid.npz')), params)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -290,7 +283,7 @@ def test_orbax_workdir_params_subtrees_and_errors(tiny, tmp_path):
     wd = tmp_path / 'run'
     _write_run(wd, params, {'name': 'ViT-testing', 'num_classes': 10}, ema=True)
     for p in (wd, wd / 'checkpoints', wd / 'checkpoints' / '3'):
-        _assert_trees_equal(checkpoint.load_params(str(p)), params)
+        assert_trees_equal(checkpoint.load_params(str(p)), params)
     ema = checkpoint.load_params(f'{wd}:ema_params')
     np.testing.assert_array_equal(ema['cls'], params['cls'] + 1)
     np.testing.assert_array_equal(checkpoint.load_params(f'{wd}:Transformer/encoder_norm')['scale'],
@@ -311,7 +304,7 @@ def test_orbax_workdir_params_subtrees_and_errors(tiny, tmp_path):
         checkpoint.load_params(f'{wd2}:ema_params')
     # .npz subtrees.
     checkpoint.save_npz(str(tmp_path / 'two.npz'), {'img': params, 'txt': {'w': np.zeros(3)}})
-    _assert_trees_equal(checkpoint.load_params(f'{tmp_path}/two.npz:img'), params)
+    assert_trees_equal(checkpoint.load_params(f'{tmp_path}/two.npz:img'), params)
     with pytest.raises(KeyError, match='img, txt'):
         checkpoint.load_params(f'{tmp_path}/two.npz:image')
 

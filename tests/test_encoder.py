@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _helpers import assert_trees_equal as _assert_same_tree
 
 from vit_jax import checkpoint, models
 from vit_jax.models import beit, layers
@@ -24,13 +25,6 @@ def _perturb(tree, seed=0, positive=False):
 
 def _flat(tree):
     return checkpoint.flatten(tree)
-
-
-def _assert_same_tree(a, b):
-    fa, fb = _flat(a), _flat(b)
-    assert sorted(fa) == sorted(fb)
-    for k in fa:
-        np.testing.assert_array_equal(np.asarray(fa[k]), np.asarray(fb[k]), err_msg=k)
 
 
 # name, overrides, input shape, the scanned block scopes expected under `Transformer`.
