@@ -101,6 +101,28 @@ def check_posemb_resized_like_torch(num_prefix_tokens):
     return pe, got
 
 
+def unilm_block(sd, prefix, d, d_ff, *, rel_pos=None, gamma=False):
+    """One microsoft/unilm BEiT `Block` (`beit/modeling_finetune.py`; QueryOTR's `models/VIT.py` encoder block is the
+    same) into the `_porting_common.RandomStateDict` `sd`, in the official order: norm1, attn.{qkv (no bias), q_bias,
+    v_bias, [relative_position_bias_table, relative_position_index], proj}, norm2, mlp.{fc1, fc2}, [gamma_1, gamma_2].
+
+    `rel_pos`: `(table_shape, index)` of a per-layer relative position bias; `gamma`: layer scale (around 1).
+    """
+    sd.ln(f'{prefix}.norm1', d)
+    sd.linear(f'{prefix}.attn.qkv', 3 * d, d, bias=False)
+    sd.add(f'{prefix}.attn.q_bias', (d,))
+    sd.add(f'{prefix}.attn.v_bias', (d,))
+    if rel_pos is not None:
+        table_shape, index = rel_pos
+        sd.add(f'{prefix}.attn.relative_position_bias_table', table_shape)
+        sd[f'{prefix}.attn.relative_position_index'] = index
+    sd.linear(f'{prefix}.attn.proj', d, d)
+    sd.ln(f'{prefix}.norm2', d)
+    sd.mlp(f'{prefix}.mlp', d, d_ff)
+    if gamma:
+        sd[f'{prefix}.gamma_1'], sd[f'{prefix}.gamma_2'] = 1 + sd.r(d), 1 + sd.r(d)
+
+
 def run_worker(out, jobs, devices=1, distributed=None, wait=True):
     """Runs tests/scale_worker.py on `jobs` with `devices` simulated CPU devices (a Popen when not `wait`)."""
     env = dict(os.environ)

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _helpers import unilm_block
 from _porting_common import RandomStateDict
 
 from vit_jax import checkpoint, convert, models
@@ -30,6 +31,17 @@ def _rand(shape, seed=[0]):
 # ----------------------------------------------------------------------------------------------------------------
 # Official layouts (tiny configurations).
 # ----------------------------------------------------------------------------------------------------------------
+def _cct_block(sd, prefix, d, ffn):
+    """One `TransformerEncoderLayer` of CCT and ViT-Lite (Compact-Transformers): pre_norm, self_attn.qkv (no bias),
+    self_attn.proj, linear1 (D -> ffn), norm1, linear2."""
+    sd.ln(f'{prefix}.pre_norm', d)
+    sd.linear(f'{prefix}.self_attn.qkv', 3 * d, d, bias=False)
+    sd.linear(f'{prefix}.self_attn.proj', d, d)
+    sd.linear(f'{prefix}.linear1', ffn, d)
+    sd.ln(f'{prefix}.norm1', d)
+    sd.linear(f'{prefix}.linear2', d, ffn)
+
+
 def _official_cct(d=32, layers=1, classes=10, ffn=64):
     """SHI-Labs/Compact-Transformers `src/cct.py` CCT(kernel 3, 2 convs, seq_pool, learnable): `Tokenizer` ->
     `tokenizer.conv_layers.{i}.0` (Conv2d, no bias; widths 3 -> in_planes=64 -> D), `TransformerClassifier` ->
@@ -41,13 +53,7 @@ def _official_cct(d=32, layers=1, classes=10, ffn=64):
     sd.linear('classifier.attention_pool', 1, d)
     sd.add('classifier.positional_emb', (1, 64, d))
     for i in range(layers):
-        b = f'classifier.blocks.{i}'
-        sd.ln(f'{b}.pre_norm', d)
-        sd.linear(f'{b}.self_attn.qkv', 3 * d, d, bias=False)
-        sd.linear(f'{b}.self_attn.proj', d, d)
-        sd.linear(f'{b}.linear1', ffn, d)
-        sd.ln(f'{b}.norm1', d)
-        sd.linear(f'{b}.linear2', d, ffn)
+        _cct_block(sd, f'classifier.blocks.{i}', d, ffn)
     sd.ln('classifier.norm', d)
     sd.linear('classifier.fc', classes, d)
     model = models.get_model('CCT-7/3x2', hidden_size=d, num_heads=2, mlp_ratio=ffn / d, num_layers=layers,
@@ -63,13 +69,7 @@ def _official_vit_lite(d=32, classes=10):
     sd.conv('tokenizer.conv_layers.0.0', d, 3, 4)
     sd.add('classifier.class_emb', (1, 1, d))
     sd.add('classifier.positional_emb', (1, 65, d))
-    b = 'classifier.blocks.0'
-    sd.ln(f'{b}.pre_norm', d)
-    sd.linear(f'{b}.self_attn.qkv', 3 * d, d, bias=False)
-    sd.linear(f'{b}.self_attn.proj', d, d)
-    sd.linear(f'{b}.linear1', 2 * d, d)
-    sd.ln(f'{b}.norm1', d)
-    sd.linear(f'{b}.linear2', d, 2 * d)
+    _cct_block(sd, 'classifier.blocks.0', d, 2 * d)
     sd.ln('classifier.norm', d)
     sd.linear('classifier.fc', classes, d)
     model = models.get_model('ViT-Lite-7/4', hidden_size=d, num_heads=2, mlp_ratio=2.0, num_layers=1,
@@ -209,15 +209,7 @@ def _official_queryotr(d=32, mlp=64, layers=2, dec_layers=1, qem_blocks=1, patch
     e = 'transformer_encoder'
     sd.conv(f'{e}.patch_embed.proj', d, 3, patch)
     for i in range(layers):
-        b = f'{e}.blocks.{i}'
-        sd.ln(f'{b}.norm1', d)
-        sd.linear(f'{b}.attn.qkv', 3 * d, d, bias=False)
-        sd.add(f'{b}.attn.q_bias', (d,))
-        sd.add(f'{b}.attn.v_bias', (d,))
-        sd.linear(f'{b}.attn.proj', d, d)
-        sd.ln(f'{b}.norm2', d)
-        sd.linear(f'{b}.mlp.fc1', mlp, d)
-        sd.linear(f'{b}.mlp.fc2', d, mlp)
+        unilm_block(sd, f'{e}.blocks.{i}', d, mlp)
     sd.ln(f'{e}.norm', d)
     sd.linear(f'{e}.head', 1000, d)
     for j, (o, i) in ((0, (d // 4, d // 8)), (3, (d // 2, d // 4)), (6, (d, d // 2))):

@@ -7,6 +7,7 @@ BeitForMaskedImageModeling, an independent implementation: logits compared."""
 import jax
 import numpy as np
 import pytest
+from _helpers import unilm_block
 from _porting_common import RandomStateDict
 
 from vit_jax import models
@@ -33,19 +34,8 @@ def _unilm_sd(*, rel, abs_pos, gamma, head, seed=0):
         sd.add('rel_pos_bias.relative_position_bias_table', (NUM_REL, H))
         sd['rel_pos_bias.relative_position_index'] = index
     for i in range(L):
-        p = f'blocks.{i}'
-        sd.ln(f'{p}.norm1', D)
-        sd.linear(f'{p}.attn.qkv', 3 * D, D, bias=False)
-        sd.add(f'{p}.attn.q_bias', (D,))
-        sd.add(f'{p}.attn.v_bias', (D,))
-        if rel == 'per_layer':
-            sd.add(f'{p}.attn.relative_position_bias_table', (NUM_REL, H))
-            sd[f'{p}.attn.relative_position_index'] = index
-        sd.linear(f'{p}.attn.proj', D, D)
-        sd.ln(f'{p}.norm2', D)
-        sd.mlp(f'{p}.mlp', D, MLP)
-        if gamma:
-            sd[f'{p}.gamma_1'], sd[f'{p}.gamma_2'] = 1 + sd.r(D), 1 + sd.r(D)
+        unilm_block(sd, f'blocks.{i}', D, MLP, rel_pos=((NUM_REL, H), index) if rel == 'per_layer' else None,
+                    gamma=gamma)
     sd.ln('fc_norm' if head == 'mean' else 'norm', D)
     if head == 'mim':
         sd.add('mask_token', (1, 1, D))
