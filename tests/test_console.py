@@ -169,7 +169,10 @@ def test_kill_and_resume_records_each_step_once(tmp_path):
     while time.time() < deadline and proc.poll() is None:
         if (ckpt_dir / '20').exists() and (wd / 'metrics.jsonl').exists():
             seen = max([r['step'] for r in _rows(wd) if r.get('train/loss') is not None] + [0])
-            if seen >= 22:
+            # Kill once both records hold a row past the checkpoint: a row's TensorBoard event is written after its
+            # JSON line, so a kill right after JSON row 22 (seen under load) can leave TensorBoard at 20; JSON row 24
+            # means event 22 was written and flushed.
+            if seen >= 24:
                 break
         time.sleep(0.01)
     proc.send_signal(signal.SIGKILL)
