@@ -145,6 +145,72 @@ def test_resample_rel_pos_table():
     new = beit.resample_rel_pos_table(t, (4, 4), (6, 6))
     assert new.shape == ((2 * 6 - 1) ** 2 + 3, 2)
     np.testing.assert_array_equal(new[-3:], t[-3:])
+    with pytest.raises(ValueError, match='not one of a 5x5 grid'):
+        beit.resample_rel_pos_table(t, (5, 5), (6, 6))
+
+
+def test_offsets_spread_is_beits_geometric_rule():
+    # 224 -> 384 at patch 16: offsets -13..13 spread to reach +-23, the nearest ones kept one apart.
+    x = beit._offsets_spread(14, 24)
+    assert x.shape == (27,) and x[13] == 0.0 and x[14] == 1.0
+    np.testing.assert_array_equal(x, -x[::-1])
+    gaps = np.diff(x[13:])
+    q = gaps[1] / gaps[0]
+    np.testing.assert_allclose(gaps[1:] / gaps[:-1], q, rtol=1e-9)  # Geometric: each gap q times the last.
+    assert 1.01 < q < 1.5 and abs(x[-1] - 23.0) < 1e-4
+    np.testing.assert_array_equal(beit._offsets_spread(1, 3), [0.0])
+
+
+def test_resample_rel_pos_table_is_the_bicubic_interpolating_spline():
+    import scipy.interpolate
+
+    rng = np.random.default_rng(0)
+    old, new = (6, 5), (9, 7)  # Non-square: each axis spread on its own.
+    ys, xs = beit._offsets_spread(old[0], new[0]), beit._offsets_spread(old[1], new[1])
+    ty, tx = np.arange(1 - new[0], new[0]), np.arange(1 - new[1], new[1])
+    # (a) Random tables: the tensor-product cubic spline with FITPACK's interpolating knots (s=0), which is what
+    # scipy's removed interp2d(kind='cubic') built for the unilm loaders, read at the new integer offsets.
+    t = rng.normal(size=(len(ys) * len(xs) + 3, 3)).astype(np.float32)
+    got = beit.resample_rel_pos_table(t, old, new)
+    sub = t[:-3].reshape(len(ys), len(xs), 3).astype(np.float64)
+    want = np.stack([scipy.interpolate.RectBivariateSpline(ys, xs, sub[..., h], kx=3, ky=3, s=0)(ty, tx)
+                     for h in range(3)], -1)
+    np.testing.assert_allclose(got[:-3].reshape(want.shape), want, atol=1e-5)
+    # (b) A cubic in the offsets is reproduced exactly: the values at the spread old offsets give the cubic's
+    # values at the new integer ones.
+    f = lambda y, x: 0.5 + 0.1 * y - 0.02 * x * y + 1e-3 * y ** 3 - 2e-3 * x ** 2  # noqa: E731
+    t = np.concatenate([f(ys[:, None], xs[None]).reshape(-1, 1), [[7.0], [8.0], [9.0]]]).astype(np.float32)
+    got = beit.resample_rel_pos_table(t, old, new)
+    np.testing.assert_allclose(got[:-3, 0], f(ty[:, None], tx[None]).reshape(-1), atol=1e-5)
+    np.testing.assert_array_equal(got[-3:, 0], [7.0, 8.0, 9.0])
+
+
+@pytest.mark.parametrize('scan', [False, True])
+def test_load_pretrained_expands_the_shared_table_and_resamples_it(scan):
+    """BEiT pretraining -> fine-tuning at another resolution (the unilm loaders' two rules): the shared table goes
+    into every layer's, resampled from the 4x4 to the 6x6 patch grid; everything else loads as it is."""
+    from vit_jax import checkpoint
+
+    pre = models.get_model('BEiT-testing', rel_pos_bias='shared', num_classes=0, vocab_size=50, classifier='gap')
+    v = jax.jit(pre.init)(jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 3)))
+    flat = checkpoint.flatten(v['params'])
+    key = 'Transformer/rel_pos_bias/relative_position_bias_table'
+    flat[key] = np.random.default_rng(1).normal(size=flat[key].shape).astype(np.float32)
+    ft = models.get_model('BEiT-testing', rel_pos_bias='per_layer', image_size=24, num_classes=10, classifier='gap',
+                          scan=scan)
+    init = jax.jit(ft.init)(jax.random.PRNGKey(1), jnp.zeros((1, 24, 24, 3)))['params']
+    with pytest.raises(checkpoint.CheckpointMismatchError, match='mim_head'):
+        checkpoint.load_pretrained(init, flat, dont_load=('head/.*',))
+    params = checkpoint.load_pretrained(init, flat, dont_load=('head/.*', 'mim_.*'))
+    got = models.layers.unscan_params(checkpoint.flatten(params))
+    want = beit.resample_rel_pos_table(flat[key], (4, 4), (6, 6))
+    for i in range(2):
+        np.testing.assert_array_equal(got[f'Transformer/encoderblock_{i}_rel_pos_bias/relative_position_bias_table'],
+                                      want)
+        np.testing.assert_array_equal(got[f'Transformer/encoderblock_{i}/LayerNorm_0/scale'],
+                                      flat[f'Transformer/encoderblock_{i}/LayerNorm_0/scale'])
+    assert key not in got
+    jax.jit(ft.apply)({'params': params}, jnp.zeros((1, 24, 24, 3)))
 
 
 def test_shared_to_per_layer():
@@ -160,3 +226,17 @@ def test_shared_to_per_layer():
     _, a = jax.jit(shared.apply)({'params': params}, x)
     _, b = jax.jit(per_layer.apply)({'params': beit.shared_to_per_layer(params)}, x)
     np.testing.assert_allclose(np.asarray(a['encoded']), np.asarray(b['encoded']), atol=1e-6)
+
+
+def test_load_pretrained_names_a_table_it_cannot_resample():
+    from vit_jax import checkpoint
+
+    model = models.get_model('BEiT-testing', rel_pos_bias='shared')
+    init = jax.jit(model.init)(jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 3)))['params']
+    flat = checkpoint.flatten(init)
+    key = 'Transformer/rel_pos_bias/relative_position_bias_table'
+    flat[key] = np.zeros(((2 * 4 - 1) * (2 * 5 - 1) + 3, 2), np.float32)  # A 4x5 grid's table.
+    with pytest.raises(checkpoint.CheckpointMismatchError, match='not resampled.*pass old_grid/new_grid'):
+        checkpoint.load_pretrained(init, flat)
+    params = checkpoint.load_pretrained(init, flat, old_grid=(4, 5), new_grid=(4, 4))
+    assert params['Transformer']['rel_pos_bias']['relative_position_bias_table'].shape == (52, 2)

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import re
 import time
@@ -523,6 +524,47 @@ def _is_posemb(k: str) -> bool:
     return k.rsplit('/', 1)[-1] in ('pos_embedding', 'pos_embed', 'posemb')
 
 
+def _is_rel_pos_table(k: str) -> bool:
+    return k.rsplit('/', 1)[-1] == 'relative_position_bias_table'
+
+
+def _resample_rel_pos_tables(flat: dict[str, np.ndarray], init_flat: dict[str, Any], old_grid: Any, new_grid: Any,
+                             problems: list[str]) -> dict[str, np.ndarray]:
+    """`flat` (the per-layer layout) with its BEiT relative-position tables resampled to the model's grid where
+    their row counts differ; a table that cannot be (its grid unknown) is kept and `problems` says why."""
+    from vit_jax.models import layers
+
+    like = layers.unscan_params({k: np.broadcast_to(np.zeros((), np.int8), np.shape(v)) for k, v in init_flat.items()})
+    out = dict(flat)
+    for k, v in flat.items():
+        shape = like[k].shape if k in like else None
+        if (_is_rel_pos_table(k) and shape is not None and len(shape) == v.ndim == 2 and v.shape != shape
+                and v.shape[1] == shape[1]):
+            try:
+                out[k] = _resample_rel_pos_table(k, v, shape[0], old_grid, new_grid)
+            except ValueError as e:
+                problems.append(f'{k}: {e}')
+    return out
+
+
+def _resample_rel_pos_table(k: str, v: np.ndarray, rows: int, old_grid: Any, new_grid: Any) -> np.ndarray:
+    """A BEiT relative-position table `v` resampled to `rows` rows ((2h-1)(2w-1)+3 of the model's grid)."""
+    from vit_jax.models import beit
+
+    def grid(n: int, g: Any) -> tuple[int, int]:
+        g = _as_grid(g)
+        if g is not None and (2 * g[0] - 1) * (2 * g[1] - 1) + 3 == n:
+            return g
+        side = (math.isqrt(n - 3) + 1) // 2 if n > 3 else 0
+        if side < 1 or (2 * side - 1) ** 2 + 3 != n:
+            raise ValueError(f'{n} rows are not the (2h-1)(2w-1)+3 of a square grid; pass old_grid/new_grid')
+        return side, side
+
+    og, ng = grid(v.shape[0], old_grid), grid(rows, new_grid)
+    log.info('Resampling %s from grid %s to %s (BEiT rule).', k, og, ng)
+    return beit.resample_rel_pos_table(v, og, ng)
+
+
 def _as_grid(g: Any) -> Optional[tuple[int, int]]:
     if g is None:
         return None
@@ -603,7 +645,10 @@ def load_pretrained(init_params: Any, path: str | dict, dont_load: Sequence[str]
         keep their fresh init value (a new zero-initialised head), and such checkpoint entries may be absent from
         the model (e.g. 'pre_logits/.*' when the new model has no pre-logits layer).
       resample_posemb: resample position embeddings whose token count differs (the ViT release's rule:
-        `scipy.ndimage.zoom` order 1 on the grid, prefix tokens such as the class token kept).
+        `scipy.ndimage.zoom` order 1 on the grid, prefix tokens such as the class token kept), and BEiT
+        relative-position tables (`relative_position_bias_table`) of another grid (the unilm BEiT loaders' rule,
+        `beit.resample_rel_pos_table`). A checkpoint's shared attention-bias table (BEiT pretraining's
+        `Transformer/rel_pos_bias`) is copied into every layer of a model with one per layer (BEiT fine-tuning).
       old_grid, new_grid: (h, w) token grids of the checkpoint and the model, for non-square grids. When omitted
         they are taken from the run's config.json (Orbax workdirs) or inferred (square, or the other grid's
         aspect ratio).
@@ -626,7 +671,13 @@ def load_pretrained(init_params: Any, path: str | dict, dont_load: Sequence[str]
         loaded, where = path, '<params>'
     flat_loaded = flatten(loaded)  # Nested or already '/'-flat.
     init_flat = flatten(init_params)
-    flat = _scan_to_loop(normalise_keys({k: np.asarray(v) for k, v in flat_loaded.items()}), init_flat)
+    flat = normalise_keys({k: np.asarray(v) for k, v in flat_loaded.items()})
+    # A shared attention-bias table into a model with one per layer (BEiT pretraining -> BEiT fine-tuning).
+    flat = layers.shared_bias_to_per_layer_like(flat, init_flat)  # In the per-layer layout.
+    rel_pos_problems = []
+    if resample_posemb:
+        flat = _resample_rel_pos_tables(flat, init_flat, old_grid, new_grid, rel_pos_problems)
+    flat = _scan_to_loop(flat, init_flat)
     patterns = [re.compile(p) for p in dont_load]
     skip = lambda k: any(p.match(k) for p in patterns)  # noqa: E731
     for p in patterns:
@@ -673,6 +724,7 @@ def load_pretrained(init_params: Any, path: str | dict, dont_load: Sequence[str]
         if mismatched:
             lines.append(f'  shape mismatch ({len(mismatched)}):')
             lines += [f'    {k}' for k in mismatched]
+            lines += [f'    (not resampled: {p})' for p in rel_pos_problems]
         lines.append("Check the model name and options (width, depth, patch size, classifier, representation_size) "
                      "against the checkpoint. Parameters the new model should keep freshly initialised, or checkpoint "
                      "entries it has no use for, go in dont_load=(regex, ...), e.g. ('head/.*', 'pre_logits/.*') for "

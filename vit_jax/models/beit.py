@@ -73,17 +73,54 @@ class RelativePositionBias(nn.Module):
         return jnp.transpose(bias, (2, 0, 1))[None]
 
 
-def resample_rel_pos_table(table: np.ndarray, old_grid: Sequence[int], new_grid: Sequence[int]) -> np.ndarray:
-    """Resamples a relative-position table to another grid (bilinear on the (2h-1)x(2w-1) offsets, cls rows kept)."""
-    import scipy.ndimage
+def _offsets_spread(old: int, new: int) -> np.ndarray:
+    """Where BEiT puts one axis's 2*old-1 relative offsets of a table resampled to 2*new-1 offsets.
 
+    The unilm BEiT fine-tuning loaders keep the nearest offsets one apart and stretch the far ones geometrically:
+    offsets 0, +-1, +-(1+q), +-(1+q+q^2), ... with the ratio q found by bisection in [1.01, 1.5] so that the
+    farthest one lands at about new-1 (where the new table's integer offsets end).
+    """
+    lo, hi = 1.01, 1.5
+    while hi - lo > 1e-6:
+        q = (lo + hi) / 2.0
+        if (1.0 - q ** (old - 1)) / (1.0 - q) > new - 1:  # 1 + q + ... + q^(old-2): the farthest offset.
+            hi = q
+        else:
+            lo = q
+    far = np.cumsum(q ** np.arange(old - 1))  # 1, 1+q, 1+q+q^2, ...
+    return np.concatenate([-far[::-1], [0.0], far])
+
+
+def _spline_along(z: np.ndarray, x: np.ndarray, t: np.ndarray, axis: int) -> np.ndarray:
+    """The interpolating spline through values `z` at points `x` along `axis` (cubic, not-a-knot: FITPACK's s=0
+    knots), read at `t`, which is clipped to [x[0], x[-1]] as FITPACK clips (the edge values beyond the old
+    offsets); lower degree for 2-3 points, constant for one."""
+    import scipy.interpolate
+
+    if len(x) == 1:
+        return np.repeat(z, len(t), axis=axis)
+    return scipy.interpolate.make_interp_spline(x, z, k=min(3, len(x) - 1), axis=axis)(np.clip(t, x[0], x[-1]))
+
+
+def resample_rel_pos_table(table: np.ndarray, old_grid: Sequence[int], new_grid: Sequence[int]) -> np.ndarray:
+    """A BEiT relative-position table [(2h-1)(2w-1)+3, heads] for another patch grid (fine-tuning at another
+    resolution), by the unilm BEiT loaders' rule: per head, the bicubic interpolating spline through the old offsets
+    placed as `_offsets_spread` says (scipy's `interp2d(kind='cubic')` there; the same tensor-product spline here,
+    one axis after the other), read at the new integer offsets; the three class-token rows are kept.
+
+    The loaders handle square grids; here each axis is spread on its own, which is their rule when h == w.
+    """
     table = np.asarray(table, np.float32)
-    oh, ow = 2 * old_grid[0] - 1, 2 * old_grid[1] - 1
-    nh, nw = 2 * new_grid[0] - 1, 2 * new_grid[1] - 1
-    sub = table[:oh * ow].reshape(oh, ow, -1)
-    if (oh, ow) != (nh, nw):
-        sub = scipy.ndimage.zoom(sub, (nh / oh, nw / ow, 1), order=1)
-    return np.concatenate([sub.reshape(nh * nw, -1), table[oh * ow:]], axis=0)
+    (oh, ow), (nh, nw) = tuple(old_grid), tuple(new_grid)
+    if table.ndim != 2 or table.shape[0] != (2 * oh - 1) * (2 * ow - 1) + 3:
+        raise ValueError(f'A relative-position table of shape {table.shape} is not one of a {oh}x{ow} grid '
+                         f'([{(2 * oh - 1) * (2 * ow - 1) + 3}, heads]).')
+    if (oh, ow) == (nh, nw):
+        return table
+    sub = table[:-3].reshape(2 * oh - 1, 2 * ow - 1, -1).astype(np.float64)
+    sub = _spline_along(sub, _offsets_spread(oh, nh), np.arange(1 - nh, nh, dtype=np.float64), axis=0)
+    sub = _spline_along(sub, _offsets_spread(ow, nw), np.arange(1 - nw, nw, dtype=np.float64), axis=1)
+    return np.concatenate([sub.reshape((2 * nh - 1) * (2 * nw - 1), -1).astype(np.float32), table[-3:]], axis=0)
 
 
 class BEiT(nn.Module):
@@ -132,7 +169,7 @@ class BEiT(nn.Module):
         if tuple(images.shape[1:3]) != to_2tuple(self.image_size):
             raise ValueError(f'This BEiT was built for image_size={to_2tuple(self.image_size)} but got images of '
                              f'{tuple(images.shape[1:3])}; build it with image_size={tuple(images.shape[1:3])} '
-                             '(beit.resample_rel_pos_table resamples relative-position tables).')
+                             '(checkpoint.load_pretrained resamples the relative-position tables).')
         out = {}
         x = layers.patch_embed(images.astype(self.dtype), self.hidden_size, to_2tuple(self.patch_size),
                                dtype=self.dtype)
@@ -214,7 +251,8 @@ def rescale_init(params: Any, num_layers: Optional[int] = None) -> Any:
 
 
 def shared_to_per_layer(params: Any) -> Any:
-    """Copies a shared relative-position table into one table per layer (BEiT fine-tuning's `--rel_pos_bias`)."""
+    """Copies a shared relative-position table into one table per layer (BEiT fine-tuning's `--rel_pos_bias`;
+    `checkpoint.load_pretrained` does this when a per-layer model loads a shared-table checkpoint)."""
     tr = dict(params['Transformer'])
     if 'rel_pos_bias' not in tr:
         raise ValueError('These parameters have no shared relative-position table (Transformer/rel_pos_bias).')

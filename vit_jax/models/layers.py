@@ -732,6 +732,27 @@ def scan_params_like(flat: Mapping[str, Any], like: Mapping[str, Any]) -> dict[s
     return out
 
 
+def shared_bias_to_per_layer_like(flat: Mapping[str, Any], like: Mapping[str, Any]) -> dict[str, Any]:
+    """'/'-flat parameters with a shared attention-bias module `{scope}/{bias}/...` (e.g. BEiT pretraining's
+    `Transformer/rel_pos_bias/...`) copied into every layer's `{scope}/{block}_{i}_{bias}/...` where `like` (a
+    model's flat parameters, or their shapes, in either layout) has per-layer biases and no shared one: the rule of
+    BEiT's fine-tuning loaders. Everything else, and a `flat` the rule does not apply to, is returned as it is."""
+    flat = unscan_params(flat)
+    loop_like = unscan_params({k: np.broadcast_to(np.zeros((), np.int8), v.shape) for k, v in like.items()})
+    out, shared_used = dict(flat), set()
+    for k in loop_like:
+        m = _loop_key_match(k)
+        if m is None or m.group(4) is None or k in flat:
+            continue
+        shared = k[:m.start()] + m.group(1) + m.group(4) + '/' + k[m.end():]
+        if shared in flat and shared not in loop_like:
+            out[k] = flat[shared]
+            shared_used.add(shared)
+    for k in shared_used:
+        del out[k]
+    return out
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Position embeddings.
 # ----------------------------------------------------------------------------------------------------------------
