@@ -23,6 +23,12 @@ def test_param_counts(name):
     assert models.count_params(name) == PINNED[name]
 
 
+def test_finetune_model_param_count():
+    # MAE / MILAN's fine-tuning ViT-B/16 (timm vit_base_patch16_224, global_pool='avg', fc_norm): 86,567,656, the
+    # same as the release ViT-B/16 (fc_norm replaces the final norm).
+    assert models.count_params('ViT-B/16', class_token=True, classifier='gap', fc_norm=True) == 86_567_656
+
+
 def _hf_clip():
     import torch
     import transformers
@@ -94,6 +100,72 @@ def test_encoder_loads_into_plain_vit(tiny):
                                         dont_load=('head/.*', 'decoder.*', 'mask_token'))
     _, out = jax.jit(vit.apply)({'params': params}, x)
     np.testing.assert_allclose(np.asarray(out['pre_logits']), np.asarray(feats), atol=1e-5)
+
+
+def test_finetune_config_loads_a_milan_checkpoint(tiny):
+    """`milan_b16.py:finetune` (MAE's fine-tuning model, sizes shrunk to MILAN-testing's): the pretrained class token
+    and blocks load, the learned position embedding starts from MAE's sin-cos table (what MAE's fine-tuning loads),
+    the encoder norm is dropped for `fc_norm` on the mean of the patch tokens."""
+    from vit_jax import config_utils
+
+    m, v, x = tiny
+    cfg = config_utils.load('configs/milan_b16.py:finetune')
+    opts = {k: val for k, val in cfg.model.to_dict().items() if k not in ('name', 'num_classes', 'drop_path_rate')}
+    vit = models.get_model('ViT-testing', **opts, image_size=16, patch_size=4, num_classes=3)
+    init = jax.jit(vit.init)(jax.random.PRNGKey(1), x)['params']
+    params = checkpoint.load_pretrained(init, jax.device_get(v['params']), dont_load=cfg.init_from.dont_load)
+    np.testing.assert_array_equal(params['cls'], v['params']['cls'])
+    table = models.layers.posemb_sincos_2d(4, 4, 32, convention='mae')
+    np.testing.assert_array_equal(params['Transformer']['posembed_input']['pos_embedding'],
+                                  np.concatenate([np.zeros((1, 1, 32)), table], axis=1))
+    _, ref = jax.jit(m.apply)(v, x)
+    _, out = jax.jit(vit.apply)({'params': params}, x)
+    last = np.asarray(ref[f'encoder/block_{m.num_layers - 1:02d}'])
+    np.testing.assert_allclose(np.asarray(out['encoded']), last, atol=1e-5)
+    pooled = last[:, 1:].mean(1)
+    pooled = (pooled - pooled.mean(-1, keepdims=True)) / np.sqrt(pooled.var(-1, keepdims=True) + 1e-6)
+    np.testing.assert_allclose(np.asarray(out['pre_logits']), pooled, atol=1e-4)
+
+
+def test_mae_finetune_head_matches_hf_mean_pooling():
+    """ViT(class_token=True, classifier='gap', fc_norm=True) = MAE's fine-tuning model (timm's global_pool='avg' with
+    fc_norm): checked against HuggingFace's BEiT with that head and BEiT's extras off (absolute position embedding,
+    no relative bias, no layer scale; BEiT has no key bias: zero here)."""
+    import torch
+    import transformers
+
+    cfg = transformers.BeitConfig(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=48, image_size=24, patch_size=4,
+        use_relative_position_bias=False, use_shared_relative_position_bias=False,
+        use_absolute_position_embeddings=True, use_mean_pooling=True, layer_scale_init_value=0.0, num_labels=5,
+        layer_norm_eps=1e-6, attn_implementation='eager')
+    hf = transformers.BeitForImageClassification(cfg).eval()
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for _, p in hf.named_parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * (0.2 if p.ndim > 1 else 0.5))
+    _, variables = convert.from_transformers(hf)
+    params = {k: val for k, val in variables['params'].items() if k != 'mask_token'}
+    vit = models.get_model('ViT-testing', image_size=24, patch_size=4, hidden_size=32, mlp_dim=48, num_heads=4,
+                           num_layers=2, num_classes=5, class_token=True, classifier='gap', fc_norm=True,
+                           activation='gelu_exact')
+    images = np.random.default_rng(0).normal(size=(2, 24, 24, 3)).astype(np.float32)
+    logits, _ = jax.jit(vit.apply)({'params': params}, jnp.asarray(images))
+    with torch.no_grad():
+        ref = hf(torch.from_numpy(images.transpose(0, 3, 1, 2))).logits.numpy()
+    np.testing.assert_allclose(np.asarray(logits), ref, atol=1e-4)
+
+
+def test_class_token_and_fc_norm_options_are_checked():
+    x = jnp.zeros((1, 16, 16, 3))
+    for kw, msg in [(dict(class_token=False, classifier='token'), 'reads the class token'),
+                    (dict(class_token=True, classifier='map'), "goes with classifier='gap'"),
+                    (dict(fc_norm=True, classifier='token'), "needs classifier='gap'")]:
+        with pytest.raises(ValueError, match=msg):
+            models.get_model('ViT-testing', image_size=16, patch_size=4, **kw).init(jax.random.PRNGKey(0), x)
+    with pytest.raises(ValueError, match="posemb_init must be"):
+        models.get_model('ViT-testing', image_size=16, patch_size=4, posemb_init='sincos').init(
+            jax.random.PRNGKey(0), x)
 
 
 def test_cosine_loss():

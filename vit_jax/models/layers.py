@@ -421,6 +421,27 @@ EncoderHook = Callable[['Encoder', Array], Array]
 POSEMB_KINDS = ('learn', 'sincos2d', 'sincos2d_mae', 'sincos1d', 'none')
 
 
+def posemb_initializer(kind: str, grid: Sequence[int], num_prefix: int = 0) -> Initializer:
+    """Init of a learned [1, num_prefix + h*w, D] position embedding: 'normal' (N(0, 0.02), the ViT release) or
+    a fixed table's values ('sincos2d_mae' / 'sincos2d' of `posemb_sincos_2d` on `grid`, zeros for the prefix
+    tokens), as MAE / MILAN fine-tuning starts its learned embedding from the pretraining's fixed table."""
+    if kind == 'normal':
+        return nn.initializers.normal(stddev=0.02)
+    if kind not in ('sincos2d', 'sincos2d_mae'):
+        raise ValueError(f"posemb_init must be 'normal', 'sincos2d' or 'sincos2d_mae', got {kind!r}.")
+
+    def init(key: Array, shape: Sequence[int], dtype: Any = jnp.float32) -> Array:
+        del key
+        pe = posemb_sincos_2d(*grid, shape[-1], convention='mae' if kind == 'sincos2d_mae' else 'big_vision')
+        pe = np.concatenate([np.zeros((1, num_prefix, shape[-1]), np.float32), pe], axis=1)
+        if pe.shape != tuple(shape):
+            raise ValueError(f'A {kind} table for grid {tuple(grid)} + {num_prefix} prefix tokens has shape '
+                             f'{pe.shape}, not the embedding\'s {tuple(shape)}.')
+        return jnp.asarray(pe, dtype)
+
+    return init
+
+
 def position_embedding(kind: str, *, init: Initializer = nn.initializers.normal(stddev=0.02),
                        grid: Optional[Sequence[int]] = None, stored_grid: Optional[Sequence[int]] = None,
                        num_prefix: int = 0, dropout_rate: float = 0.0, train: bool = False) -> EncoderHook:

@@ -37,7 +37,15 @@ class VisionTransformer(nn.Module):
     conv_channels: Sequence[int] = (48, 96, 192, 384)  # ViT_C 3x3 conv widths (stem='conv').
     conv_strides: Sequence[int] = (2, 2, 2, 2)  # ViT_C 3x3 conv strides (stem='conv').
     classifier: str = 'token'  # 'token', 'gap', 'map', 'unpooled' or 'token_unpooled'.
+    # A class token with classifier='gap' (MAE / MILAN fine-tuning: it goes through the blocks, the mean is over the
+    # patch tokens only). None: a class token exactly when the classifier reads it ('token', 'token_unpooled').
+    class_token: Optional[bool] = None
+    # MAE's `global_pool` head: no final encoder norm, a LayerNorm `fc_norm` on the pooled features ('gap' only).
+    fc_norm: bool = False
     posemb: str = 'learn'  # 'learn', 'sincos2d' (big_vision's table), 'sincos2d_mae' (MAE/MILAN's) or 'none'.
+    # Init of a learned position embedding: 'normal' (N(0, 0.02), the release) or a fixed table's values, zeros for
+    # the class token ('sincos2d_mae': what MAE / MILAN fine-tuning starts from, 'sincos2d').
+    posemb_init: str = 'normal'
     representation_size: Optional[int] = None  # Width of the tanh `pre_logits` layer (pre-training head).
     dropout_rate: float = 0.0  # Dropout after the position embedding and inside blocks.
     attention_dropout_rate: float = 0.0  # Dropout on attention probabilities.
@@ -111,6 +119,16 @@ class VisionTransformer(nn.Module):
         out['stem'] = x
 
         use_cls = self.classifier in ('token', 'token_unpooled')
+        if self.class_token is not None:
+            if not self.class_token and use_cls:
+                raise ValueError(f"classifier={self.classifier!r} reads the class token: class_token=False "
+                                 "does not go with it.")
+            if self.class_token and self.classifier != 'gap' and not use_cls:
+                raise ValueError(f"class_token=True goes with classifier='gap' or 'token', not {self.classifier!r}.")
+            use_cls = self.class_token
+        if self.fc_norm and self.classifier != 'gap':
+            raise ValueError(f"fc_norm=True is the norm of the pooled tokens: it needs classifier='gap', got "
+                             f'{self.classifier!r}.')
         if use_cls:
             cls = self.param('cls', nn.initializers.zeros, (1, 1, d))
             x = jnp.concatenate([jnp.tile(cls.astype(x.dtype), [b, 1, 1]), x], axis=1)
@@ -126,13 +144,14 @@ class VisionTransformer(nn.Module):
             raise ValueError(f"posemb must be 'learn', 'sincos2d', 'sincos2d_mae' or 'none', got {self.posemb!r}.")
         embed = layers.position_embedding(
             self.posemb, grid=(h, w), num_prefix=num_prefix, dropout_rate=self.dropout_rate, train=train,
-            stored_grid=self.grid_size if self.dynamic_img_size else None)
+            stored_grid=self.grid_size if self.dynamic_img_size else None,
+            init=layers.posemb_initializer(self.posemb_init, self.grid_size, num_prefix))
         x, enc_out = layers.Encoder(
             num_layers=self.num_layers, num_heads=self.num_heads, mlp_dim=self.mlp_dim, dropout_rate=self.dropout_rate,
             attention_dropout_rate=self.attention_dropout_rate, drop_path_rate=self.drop_path_rate, norm=self.norm,
             norm_eps=self.norm_eps, activation=self.activation, qkv_bias=self.qkv_bias, scan=self.scan,
             remat_policy=self.remat_policy, dtype=self.dtype, attention_impl=self.attention_impl,
-            name='Transformer')(x, train, hooks={0: embed})
+            final_norm=not self.fc_norm, name='Transformer')(x, train, hooks={0: embed})
         out.update({f'encoder/{k}': v for k, v in enc_out.items()})
         out['encoded'] = x
         out['tokens_2d'] = x[:, num_prefix:].reshape(b, h, w, d)
@@ -141,7 +160,9 @@ class VisionTransformer(nn.Module):
         if self.classifier == 'token':
             x = x[:, 0]
         elif self.classifier == 'gap':
-            x = jnp.mean(x, axis=1)
+            x = jnp.mean(x[:, num_prefix:], axis=1)
+            if self.fc_norm:
+                x = nn.LayerNorm(epsilon=self.norm_eps, dtype=self.dtype, name='fc_norm')(x)
         elif self.classifier == 'map':
             x = layers.MAPHead(num_heads=self.num_heads, mlp_dim=self.mlp_dim, norm_eps=self.norm_eps,
                                dtype=self.dtype, name='MAPHead_0')(x)
