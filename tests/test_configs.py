@@ -229,3 +229,65 @@ def test_cli_finds_configs_from_another_working_directory(tmp_path):
                        timeout=600)
     assert r.returncode == 2, r.stderr[-3000:]
     assert 'Config error: config.total_steps must be a positive integer' in r.stderr, r.stderr[-3000:]
+
+
+def _documented_runs():
+    """Each `python -m vit_jax.main` command of a config's docstring: (config spec, workdir, {override: value})."""
+    import shlex
+
+    runs = []
+    for f in sorted(os.listdir(os.path.join(ROOT, 'configs'))):
+        if not f.endswith('.py'):
+            continue
+        with open(os.path.join(ROOT, 'configs', f)) as fh:
+            doc = ast.get_docstring(ast.parse(fh.read())) or ''
+        for line in doc.replace('\\\n', ' ').splitlines():
+            if 'vit_jax.main' not in line:
+                continue
+            args = shlex.split(line.split('#')[0])
+            opts = dict(a[2:].split('=', 1) for a in args if a.startswith('--') and '=' in a)
+            runs.append((opts.pop('config'), opts.pop('workdir', None), opts))
+    return runs
+
+
+def _fine_tune_pairs():
+    """(pretraining run, fine-tuning run) pairs: a documented command whose init_from.path is another's workdir."""
+    runs = _documented_runs()
+    by_workdir = {r[1]: r for r in runs if r[1]}
+    return [(by_workdir[r[2]['config.init_from.path']], r) for r in runs
+            if r[2].get('config.init_from.path') in by_workdir]
+
+
+def test_documented_fine_tune_pairs_are_found():
+    pairs = {(a[0], b[0]) for a, b in _fine_tune_pairs()}
+    for pair in [('configs/milan_b16.py', 'configs/milan_b16.py:finetune'),
+                 ('configs/peco_beit_b16.py', 'configs/peco_beit_b16.py:finetune'),
+                 ('configs/cct_14_7x2.py:imagenet', 'configs/cct_14_7x2.py:imagenet384'),
+                 ('configs/crossvit_s.py', 'configs/crossvit_s.py:imagenet384')]:
+        assert pair in pairs, sorted(pairs)
+
+
+@pytest.mark.parametrize('pre,fine', _fine_tune_pairs(), ids=lambda r: r[0].removeprefix('configs/'))
+def test_documented_fine_tunes_load_their_pretraining(pre, fine):
+    """Every fine-tune a config's docstring shows (`--config.init_from.path=<another documented run's workdir>`)
+    accepts that run's parameters under its own `init_from` settings, as `train.py` loads them (shapes only)."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from vit_jax import checkpoint, models, train
+
+    def params_of(run):
+        config = config_utils.load(run[0])
+        for k, v in run[2].items():
+            if k.startswith('config.') and k != 'config.init_from.path':
+                config_utils.override(config, k[len('config.'):], v)
+        model = train.build_model(config)
+        shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros(models.input_shape(model, 1))))
+        zeros = jax.tree_util.tree_map(lambda s: np.broadcast_to(np.zeros((), s.dtype), s.shape), shapes['params'])
+        return config, model, zeros
+
+    _, pre_model, pre_params = params_of(pre)
+    config, model, init = params_of(fine)
+    checkpoint.load_pretrained(init, pre_params, dont_load=tuple(config.init_from.get('dont_load', ()) or ()),
+                               old_grid=checkpoint.model_grid(pre_model), new_grid=checkpoint.model_grid(model))
