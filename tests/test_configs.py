@@ -4,6 +4,7 @@ parser (configs/common.py); configs import each other as a package, from any wor
 import ast
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -232,36 +233,45 @@ def test_cli_finds_configs_from_another_working_directory(tmp_path):
 
 
 def _documented_runs():
-    """Each `python -m vit_jax.main` command of a config's docstring: (config spec, workdir, {override: value})."""
-    import shlex
-
-    runs = []
+    """Each `python -m vit_jax.main` command of README.md and the configs' docstrings: (config spec, workdir,
+    {override: value})."""
+    texts = [open(os.path.join(ROOT, 'README.md')).read()]
     for f in sorted(os.listdir(os.path.join(ROOT, 'configs'))):
-        if not f.endswith('.py'):
-            continue
-        with open(os.path.join(ROOT, 'configs', f)) as fh:
-            doc = ast.get_docstring(ast.parse(fh.read())) or ''
-        for line in doc.replace('\\\n', ' ').splitlines():
-            if 'vit_jax.main' not in line:
+        if f.endswith('.py'):
+            with open(os.path.join(ROOT, 'configs', f)) as fh:
+                texts.append(ast.get_docstring(ast.parse(fh.read())) or '')
+    runs = []
+    for text in texts:
+        for line in text.replace('\\\n', ' ').splitlines():
+            if 'python -m vit_jax.main' not in line or '--config=' not in line:
                 continue
-            args = shlex.split(line.split('#')[0])
+            args = [a.strip('"\'`') for a in line.split('#')[0].split()]
             opts = dict(a[2:].split('=', 1) for a in args if a.startswith('--') and '=' in a)
             runs.append((opts.pop('config'), opts.pop('workdir', None), opts))
     return runs
 
 
 def _fine_tune_pairs():
-    """(pretraining run, fine-tuning run) pairs: a documented command whose init_from.path is another's workdir."""
+    """(pretraining run, fine-tuning run) pairs: a documented run that starts from another's workdir, by a
+    `--config.init_from.path=` override or by its config's own `init_from.path`."""
     runs = _documented_runs()
-    by_workdir = {r[1]: r for r in runs if r[1]}
-    return [(by_workdir[r[2]['config.init_from.path']], r) for r in runs
-            if r[2].get('config.init_from.path') in by_workdir]
+    by_workdir = {r[1]: r for r in runs if r[1] and '$' not in r[1] and '...' not in r[1]}
+    pairs = []
+    for r in runs:
+        path = r[2].get('config.init_from.path')
+        if path is None and not re.search(r'[\[{$]|NAME', r[0]):  # Not a placeholder (configs/NAME.py[:arg]).
+            path = (config_utils.load(r[0]).get('init_from') or {}).get('path')
+        if path in by_workdir and (by_workdir[path][0], r[0]) not in {(a[0], b[0]) for a, b in pairs}:
+            pairs.append((by_workdir[path], r))
+    return pairs
 
 
 def test_documented_fine_tune_pairs_are_found():
     pairs = {(a[0], b[0]) for a, b in _fine_tune_pairs()}
     for pair in [('configs/milan_b16.py', 'configs/milan_b16.py:finetune'),
                  ('configs/peco_beit_b16.py', 'configs/peco_beit_b16.py:finetune'),
+                 ('configs/peco_beit_b16.py:digits', 'configs/peco_beit_b16.py:digits_finetune'),
+                 ('configs/segmenter_digits.py:linear', 'configs/segmenter_digits.py'),
                  ('configs/cct_14_7x2.py:imagenet', 'configs/cct_14_7x2.py:imagenet384'),
                  ('configs/crossvit_s.py', 'configs/crossvit_s.py:imagenet384')]:
         assert pair in pairs, sorted(pairs)
@@ -291,3 +301,23 @@ def test_documented_fine_tunes_load_their_pretraining(pre, fine):
     config, model, init = params_of(fine)
     checkpoint.load_pretrained(init, pre_params, dont_load=tuple(config.init_from.get('dont_load', ()) or ()),
                                old_grid=checkpoint.model_grid(pre_model), new_grid=checkpoint.model_grid(model))
+
+
+def test_documented_commands_load_and_validate():
+    """Every `python -m vit_jax.main` command of README.md and the configs' docstrings: its config loads, its
+    `--config.*` overrides name real fields and parse, and the result validates."""
+    checked = 0
+    for spec, _, opts in _documented_runs():
+        if re.search(r'[\[{$]|NAME', spec):  # Placeholders (configs/NAME.py[:arg], folder:$PWD/...).
+            continue
+        config = config_utils.load(spec)
+        for k, v in opts.items():
+            if k.startswith('config.'):
+                config_utils.override(config, k[len('config.'):], v)
+        try:
+            config_utils.validate(config)
+        except config_utils.ConfigError as e:  # Multi-device meshes (README's FSDP lines) need their devices.
+            if not re.search(r'needs \d+ devices but 1 are available', str(e)):
+                raise
+        checked += 1
+    assert checked >= 100, checked
