@@ -247,22 +247,38 @@ def _documented_runs():
                 continue
             args = [a.strip('"\'`') for a in line.split('#')[0].split()]
             opts = dict(a[2:].split('=', 1) for a in args if a.startswith('--') and '=' in a)
-            runs.append((opts.pop('config'), opts.pop('workdir', None), opts))
+            spec = opts.pop('config').split('[')[0]  # configs/timesformer_k600.py[:hr|:l]: the base run.
+            runs.append((spec, opts.pop('workdir', None), opts))
     return runs
 
 
+# The released checkpoints the docs start from: the model (name, options) each file holds.
+RELEASES = {
+    'ViT-B_16.npz': ('ViT-B/16', dict(num_classes=21843, representation_size=768)),  # ImageNet-21k, pre-logits.
+    'ViT-B_32.npz': ('ViT-B/32', dict(num_classes=21843, representation_size=768)),
+    'ViT-L_16.npz': ('ViT-L/16', dict(num_classes=21843, representation_size=1024)),
+    'ViT-S_16.npz': ('ViT-S/16', dict(num_classes=21843)),  # AugReg: no pre-logits.
+    'ViT-Ti_16.npz': ('ViT-Ti/16', dict(num_classes=21843)),
+    'R50+ViT-B_16.npz': ('R50+ViT-B/16', dict(num_classes=21843, representation_size=768)),
+    'imagenet21k+imagenet2012_ViT-B_16-224.npz': ('ViT-B/16', dict(num_classes=1000)),
+}
+
+
 def _fine_tune_pairs():
-    """(pretraining run, fine-tuning run) pairs: a documented run that starts from another's workdir, by a
-    `--config.init_from.path=` override or by its config's own `init_from.path`."""
+    """(source, fine-tuning run) pairs: a documented run that starts (a `--config.init_from.path=` override or its
+    config's own `init_from.path`) from another documented run's workdir, or from a released file of RELEASES
+    (source ('release', file, {}))."""
     runs = _documented_runs()
     by_workdir = {r[1]: r for r in runs if r[1] and '$' not in r[1] and '...' not in r[1]}
     pairs = []
     for r in runs:
-        path = r[2].get('config.init_from.path')
-        if path is None and not re.search(r'[\[{$]|NAME', r[0]):  # Not a placeholder (configs/NAME.py[:arg]).
-            path = (config_utils.load(r[0]).get('init_from') or {}).get('path')
-        if path in by_workdir and (by_workdir[path][0], r[0]) not in {(a[0], b[0]) for a, b in pairs}:
-            pairs.append((by_workdir[path], r))
+        if re.search(r'[{$]|NAME', r[0]):  # Placeholders (configs/NAME.py, folder:$PWD/...).
+            continue
+        path = r[2].get('config.init_from.path') or (config_utils.load(r[0]).get('init_from') or {}).get('path')
+        source = by_workdir.get(path) or (('release', os.path.basename(path), {})
+                                          if path and os.path.basename(path) in RELEASES else None)
+        if source and (source[:2], r[0]) not in {(a[:2], b[0]) for a, b in pairs}:
+            pairs.append((source, r))
     return pairs
 
 
@@ -273,14 +289,16 @@ def test_documented_fine_tune_pairs_are_found():
                  ('configs/peco_beit_b16.py:digits', 'configs/peco_beit_b16.py:digits_finetune'),
                  ('configs/segmenter_digits.py:linear', 'configs/segmenter_digits.py'),
                  ('configs/cct_14_7x2.py:imagenet', 'configs/cct_14_7x2.py:imagenet384'),
-                 ('configs/crossvit_s.py', 'configs/crossvit_s.py:imagenet384')]:
+                 ('configs/crossvit_s.py', 'configs/crossvit_s.py:imagenet384'),
+                 ('release', 'configs/timesformer_k400.py'), ('release', 'configs/vit_b16.py:cifar10')]:
         assert pair in pairs, sorted(pairs)
 
 
-@pytest.mark.parametrize('pre,fine', _fine_tune_pairs(), ids=lambda r: r[0].removeprefix('configs/'))
+@pytest.mark.parametrize('pre,fine', _fine_tune_pairs(),
+                         ids=lambda r: (r[1] if r[0] == 'release' else r[0]).removeprefix('configs/'))
 def test_documented_fine_tunes_load_their_pretraining(pre, fine):
-    """Every fine-tune a config's docstring shows (`--config.init_from.path=<another documented run's workdir>`)
-    accepts that run's parameters under its own `init_from` settings, as `train.py` loads them (shapes only)."""
+    """Every fine-tune the docs show (README.md, config docstrings) accepts the parameters of the run or released
+    file it starts from under its own `init_from` settings, as `train.py` loads them (shapes only)."""
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -288,6 +306,12 @@ def test_documented_fine_tunes_load_their_pretraining(pre, fine):
     from vit_jax import checkpoint, models, train
 
     def params_of(run):
+        if run[0] == 'release':
+            name, kw = RELEASES[run[1]]
+            model = models.get_model(name, **kw)
+            zeros = jax.tree_util.tree_map(lambda s: np.broadcast_to(np.zeros((), s.dtype), s.shape),
+                                           models.init_shapes(model)['params'])
+            return None, model, zeros
         config = config_utils.load(run[0])
         for k, v in run[2].items():
             if k.startswith('config.') and k != 'config.init_from.path':
@@ -299,8 +323,8 @@ def test_documented_fine_tunes_load_their_pretraining(pre, fine):
 
     _, pre_model, pre_params = params_of(pre)
     config, model, init = params_of(fine)
-    checkpoint.load_pretrained(init, pre_params, dont_load=tuple(config.init_from.get('dont_load', ()) or ()),
-                               old_grid=checkpoint.model_grid(pre_model), new_grid=checkpoint.model_grid(model))
+    models.load_pretrained(model, init, pre_params, dont_load=tuple(config.init_from.get('dont_load', ()) or ()),
+                           old_grid=checkpoint.model_grid(pre_model), new_grid=checkpoint.model_grid(model))
 
 
 def test_documented_commands_load_and_validate():
@@ -308,7 +332,7 @@ def test_documented_commands_load_and_validate():
     `--config.*` overrides name real fields and parse, and the result validates."""
     checked = 0
     for spec, _, opts in _documented_runs():
-        if re.search(r'[\[{$]|NAME', spec):  # Placeholders (configs/NAME.py[:arg], folder:$PWD/...).
+        if re.search(r'[{$]|NAME', spec):  # Placeholders (configs/NAME.py, folder:$PWD/...).
             continue
         config = config_utils.load(spec)
         for k, v in opts.items():

@@ -61,6 +61,43 @@ def test_space_only_cannot_tell_direction(tmp_path):
     assert result['val/accuracy'] <= 0.6  # Measured: 0.250 (chance).
 
 
+def test_trainer_starts_from_an_image_vit_npz(tmp_path):
+    """`--config.init_from.path=<image ViT .npz>` (the Kinetics configs' ImageNet init) through the trainer: each
+    block's temporal attention and norm start as its spatial ones (`models.load_pretrained` -> the TimeSformer
+    rule), the spatial weights and the class token load as they are, the head keeps its init."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from vit_jax import checkpoint
+
+    image = models.get_model('ViT-testing', num_classes=10, image_size=32, patch_size=8, hidden_size=64, mlp_dim=128,
+                             num_heads=2, num_layers=2)
+    params = jax.jit(image.init)(jax.random.PRNGKey(3), jnp.zeros((1, 32, 32, 3)))['params']
+    params = jax.tree_util.tree_map(lambda a: np.asarray(a) + 0.01, params)  # Not an init value anywhere.
+    npz = str(tmp_path / 'vit.npz')
+    checkpoint.save_npz(npz, params)
+    c = _config('tiny')
+    c.total_steps = 1
+    c.lr.base = 0.0  # The step leaves the weights as loaded.
+    c.lr.warmup_steps = 0
+    c.lr.end = 0.0
+    c.evals = {}
+    c.data.moving_digits_train_size = 64
+    c.init_from = dict(path=npz, dont_load=('head/.*', 'pre_logits/.*'))
+    train.train_and_evaluate(c, str(tmp_path / 'run'))
+    got = checkpoint.load_params(str(tmp_path / 'run'))
+    for i in range(2):
+        block, src = got['Transformer'][f'encoderblock_{i}'], params['Transformer'][f'encoderblock_{i}']
+        for mine, theirs in [('temporal_attention', 'MultiHeadDotProductAttention_1'), ('temporal_norm', 'LayerNorm_0'),
+                             ('MultiHeadDotProductAttention_1', 'MultiHeadDotProductAttention_1')]:
+            for a, b in zip(jax.tree_util.tree_leaves(block[mine]), jax.tree_util.tree_leaves(src[theirs])):
+                np.testing.assert_allclose(a, b, atol=1e-6)
+        assert np.any(block['temporal_fc']['kernel']) == (i == 0)  # The official init: zeros but in block 0.
+    np.testing.assert_allclose(got['cls'], params['cls'], atol=1e-6)
+    assert got['head']['kernel'].shape == (64, 4)  # A new head (dont_load), the source's has 10 classes.
+
+
 @pytest.mark.parametrize('spec,name,frames,classes', [
     ('timesformer_k400.py', 'TimeSformer', 8, 400), ('timesformer_k400.py:hr', 'TimeSformer-HR', 16, 400),
     ('timesformer_k400.py:l', 'TimeSformer-L', 96, 400), ('timesformer_k600.py', 'TimeSformer', 8, 600),

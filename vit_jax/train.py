@@ -371,10 +371,10 @@ def _train_and_evaluate(config: Any, workdir: str, cleanup: list) -> dict[str, A
         state = init_fn(rng, {'image': jnp.zeros(fake_batch['image'].shape)})
         init_cfg = config.get('init_from', None)
         if init_cfg is not None and init_cfg.get('path', None):
-            params = checkpoint.load_pretrained(jax.device_get(state.params), init_cfg.path,
-                                                dont_load=tuple(init_cfg.get('dont_load', ()) or ()),
-                                                old_grid=init_cfg.get('old_grid', None),
-                                                new_grid=checkpoint.model_grid(model))
+            params = models.load_pretrained(model, jax.device_get(state.params), init_cfg.path,
+                                            dont_load=tuple(init_cfg.get('dont_load', ()) or ()),
+                                            old_grid=init_cfg.get('old_grid', None),
+                                            new_grid=checkpoint.model_grid(model))
             params = jax.device_put(params, state_sharding.params)
             if state.model_state:  # BatchNorm statistics / constants a converted .npz holds (model_state/...).
                 model_state = checkpoint.load_pretrained_model_state(

@@ -10,7 +10,8 @@
 
 A family module registers its variants at import time with `register(name, ModuleClass, **defaults)`; the
 module class must accept `num_classes` and `image_size` (video models also `num_frames`) and may define
-`input_shape(batch)` (default: (batch, H, W, 3) from `image_size`).
+`input_shape(batch)` (default: (batch, H, W, 3) from `image_size`) and `init_from_checkpoint(init_params, source,
+*, dont_load)` (its own rule for starting from another family's weights, see `load_pretrained`).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import flax.linen as nn
 import jax
@@ -137,6 +138,23 @@ def load(spec: Any, *, defaults: Optional[dict] = None, seed: int = 0) -> tuple[
     from vit_jax import model_loader
 
     return model_loader.load(spec, defaults=defaults, seed=seed)
+
+
+def load_pretrained(model: nn.Module, init_params: Any, path: Any, *, dont_load: Sequence[str] = (),
+                    old_grid: Any = None, new_grid: Any = None) -> dict:
+    """`config.init_from`: the weights at `path` (see `checkpoint.load_pretrained`) merged into `model`'s fresh
+    `init_params`. A family whose class defines `init_from_checkpoint(init_params, source, *, dont_load)` applies its
+    own rule first where it returns parameters (a TimeSformer from an image ViT checkpoint: temporal attentions copied
+    from the spatial ones); otherwise, and for every other family, `checkpoint.load_pretrained`."""
+    from vit_jax import checkpoint
+
+    hook = getattr(model, 'init_from_checkpoint', None)
+    if hook is not None:
+        source = checkpoint.load_params(path) if isinstance(path, str) else path
+        params = hook(init_params, source, dont_load=tuple(dont_load))
+        if params is not None:
+            return params
+    return checkpoint.load_pretrained(init_params, path, tuple(dont_load), old_grid=old_grid, new_grid=new_grid)
 
 
 def __getattr__(name: str) -> Any:

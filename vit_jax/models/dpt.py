@@ -187,6 +187,12 @@ class DPT(nn.Module):
     dtype: Any = jnp.float32  # Compute dtype.
     attention_impl: str = 'auto'  # Backbone attention kernel: 'auto', 'xla', 'cudnn' or 'cpu' (layers).
 
+    @property
+    def grid_size(self) -> tuple[int, int]:
+        """The stored position embedding's token grid (checkpoint.load_pretrained resamples a checkpoint's to it)."""
+        return VisionTransformer(image_size=self.image_size, patch_size=self.patch_size, stem=self.stem,
+                                 resnet_layers=self.resnet_layers, parent=None).grid_size
+
     def _backbone(self) -> VisionTransformer:
         return VisionTransformer(
             num_classes=self.backbone_classes, image_size=self.image_size, patch_size=self.patch_size,

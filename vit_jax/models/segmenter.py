@@ -108,6 +108,9 @@ class Segmenter(nn.Module):
     dtype: Any = jnp.float32  # Compute dtype.
     attention_impl: str = 'auto'  # Attention kernel of encoder and decoder: 'auto', 'xla', 'cudnn' or 'cpu'.
 
+    # The stored position embedding's token grid (checkpoint.load_pretrained resamples a checkpoint's to it).
+    grid_size = property(lambda self: layers.patch_grid(self.image_size, self.patch_size))
+
     @nn.compact
     def __call__(self, images: Array, *, train: bool = False) -> tuple[Array, dict[str, Array]]:
         layers.check_images(images, name='Segmenter')

@@ -262,6 +262,13 @@ class TimeSformer(nn.Module):
         """Shape of a clip batch this model accepts at its configured size: (batch, T, H, W, 3)."""
         return (batch, self.num_frames, *to_2tuple(self.image_size), 3)
 
+    def init_from_checkpoint(self, init_params: Any, source: Any, *, dont_load: Sequence[str] = ()) -> Any:
+        """`config.init_from` (`models.load_pretrained`) from an image ViT checkpoint, the paper's ImageNet init:
+        `init_from_image_vit`. None for a video checkpoint (the generic loader then merges it)."""
+        if not is_image_to_video(init_params, source):
+            return None
+        return init_from_image_vit(init_params, source, dont_load=tuple(dont_load))
+
     @nn.compact
     def __call__(self, images: Array, *, train: bool = False) -> tuple[Array, dict[str, Array]]:
         layers.check_images(images, ndim=5, what='video clips', multiple_of=to_2tuple(self.patch_size),
