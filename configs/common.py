@@ -213,7 +213,7 @@ def label_scarce_digits(c: ml_collections.ConfigDict, *, lr: float, dont_load: S
     return c
 
 
-DPT_DECODER = ('neck/.*', 'depth_head/.*', 'seg_head/.*', 'aux_head/.*')
+DPT_DEPTH_DECODER = ('neck/.*', 'depth_head/.*')  # What a DPT depth model adds to its ViT backbone.
 
 
 def dpt_depth_finetune(variant: str, *, init: str | None, dataset: str, image_size: tuple[int, int], data: dict,
@@ -244,7 +244,7 @@ def dpt_depth_finetune(variant: str, *, init: str | None, dataset: str, image_si
                        max_depth=max_depth)
     c.evals = dict(val=dict(dict(type='depth', every=5_000, prediction='inverse_depth', align='scale_shift',
                                  min_depth=1e-3, max_depth=max_depth), **evals))
-    c.init_from = dict(path=init, dont_load=DPT_DECODER + ('head/.*', 'pre_logits/.*'))
+    c.init_from = dict(path=init, dont_load=DPT_DEPTH_DECODER + ('head/.*', 'pre_logits/.*'))
     return c
 
 

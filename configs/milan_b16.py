@@ -7,6 +7,8 @@
         --config.objective.teacher.weights=clip_b16.npz
     python -m vit_jax.main --config=configs/milan_b16.py:finetune --workdir=workdirs/milan_b16_ft \
         --config.init_from.path=workdirs/milan_b16
+    python -m vit_jax.main --config=configs/milan_b16.py:linprobe --workdir=workdirs/milan_b16_lin \
+        --config.init_from.path=workdirs/milan_b16
 
     # On the built-in digits (CPU, minutes; a STAND-IN teacher: a frozen random-init CLIP-architecture network, not
     # CLIP, so not MILAN's language-assisted targets; metrics say `loss_random_teacher`):
@@ -14,6 +16,7 @@
     python -m vit_jax.main --config=configs/milan_b16.py:digits_finetune --workdir=workdirs/milan_digits_ft \
         --config.init_from.path=workdirs/milan_digits
     python -m vit_jax.main --config=configs/milan_b16.py:digits_scratch --workdir=workdirs/milan_digits_scratch
+    python -m vit_jax.main --config=configs/milan_b16.py:digits_linprobe --workdir=workdirs/milan_digits_lin
     # ... or with a trained ViT teacher from a workdir (trained with the digits labels: it shows the teacher path end
     # to end; fine-tuning gains from it would be label distillation, so it is never used for a comparison):
     python -m vit_jax.main --config=configs/milan_b16.py:digits_scratch --workdir=workdirs/milan_teacher_digits \
@@ -48,6 +51,13 @@ blocks, `fc_norm` on the mean of the patch tokens, no final encoder norm), a lea
 from the sin-cos table. Left out: MAE's head init N(0, 2e-5) (here zeros). Mixup/CutMix/RandAugment/random erasing
 are left to the data config (`train_pp` / `train_batch_pp` ops where available). The digits fine-tune below keeps
 the earlier head (the mean of the final-norm patch tokens, no class token; its figures were measured so).
+
+Linear probing (MAE's main_linprobe.py, which MILAN uses): the encoder frozen (`optimizer.freeze`: all but the
+head), the class token after the final norm, a BatchNorm without scale or offset then the linear head (init
+N(0, 0.01^2)), LARS (momentum 0.9, trust coefficient 0.001, no weight decay), lr 0.05 x 2048 / 256 = 0.4 for
+batch 2048, 10 warm-up epochs then cosine to 0 over 100 epochs, random-resized-crop + flip, no label smoothing.
+The BatchNorm takes statistics over the global batch (MAE's: per GPU); every encoder gradient is computed and then
+zeroed, so a probe step costs about what a fine-tuning step does (MAE computes none).
 """
 
 import ml_collections
@@ -58,11 +68,28 @@ from vit_jax import config_utils
 # The digits fine-tune / scratch comparison: label-scarce (`common.label_scarce_digits`: the labels of 10% of
 # the training images, 400 steps at batch 128); the pretraining sees all 1437 training images without labels.
 DIGITS_FINETUNE_LR = 8e-3  # The best of the scratch sweep (see the module docstring).
-RUNS = ('pretrain', 'finetune', 'digits', 'digits_tiny', 'digits_vit_teacher', 'digits_finetune', 'digits_scratch')
+RUNS = ('pretrain', 'finetune', 'linprobe', 'digits', 'digits_tiny', 'digits_vit_teacher', 'digits_finetune',
+        'digits_scratch', 'digits_linprobe')
 
 
 def _digits_encoder():
     return dict(image_size=16, patch_size=4, hidden_size=64, mlp_dim=128, num_heads=4, num_layers=4)
+
+
+# MAE's linear-probing model: the frozen encoder's class token after the final norm (fixed sin-cos position table,
+# as the frozen learned one holds those values), BatchNorm without scale / offset, a linear head N(0, 0.01^2).
+LINPROBE_MODEL = dict(posemb='sincos2d_mae', classifier='token', activation='gelu_exact', head_norm='batchnorm',
+                      head_init_std=0.01)
+
+
+def _linprobe(c, *, lr, warmup_steps):
+    """MAE / MILAN linear probing: only the head trains (LARS, no weight decay), plain cross-entropy."""
+    c.optimizer = ml_collections.ConfigDict(dict(c.optimizer.to_dict(), name='lars', momentum=0.9,
+                                                 trust_coefficient=0.001, weight_decay=0.0, grad_clip_norm=None,
+                                                 freeze=r'^(?!head/)'))
+    c.lr = ml_collections.ConfigDict(dict(base=lr, warmup_steps=warmup_steps, decay='cosine', end=0.0))
+    c.objective = ml_collections.ConfigDict(dict(type='classification', label_smoothing=0.0, loss='softmax'))
+    return c
 
 
 def get_config(arg=None):
@@ -114,6 +141,17 @@ def get_config(arg=None):
         c.objective = ml_collections.ConfigDict(dict(type='classification', label_smoothing=0.1, loss='softmax'))
         c.evals = ml_collections.ConfigDict(dict(val=dict(type='classification', split='validation', every=5000)))
         return c
+    if run == 'linprobe':
+        spe = 1_281_167 // 2048
+        c.dataset = 'imagenet2012'
+        c.model = ml_collections.ConfigDict(dict(name='ViT-B/16', num_classes=1000, **LINPROBE_MODEL))
+        c.data.train_pp = 'inception_crop'
+        c.data.inception_crop_area = (0.08, 1.0)
+        c.data.eval_pp = 'resize_crop'
+        c.batch_size = 2048
+        c.total_steps = 100 * spe
+        c.evals = ml_collections.ConfigDict(dict(val=dict(type='classification', split='validation', every=5000)))
+        return _linprobe(c, lr=0.05 * 2048 / 256, warmup_steps=10 * spe)
     if run in ('digits', 'digits_tiny', 'digits_vit_teacher'):
         c.dataset = 'digits'
         c.model = ml_collections.ConfigDict(dict(name='MILAN-testing', **_digits_encoder(), decoder_dim=64,
@@ -143,6 +181,19 @@ def get_config(arg=None):
                                        weights='workdirs/milan_teacher_digits', allow_random=False, tokens='encoded')
         c.evals = ml_collections.ConfigDict(dict(fewshot=dict(type='fewshot', every=0, shots=(5, 10), seeds=3)))
         return c
+    if run == 'digits_linprobe':  # The frozen MILAN digits encoder (init_from.path: the :digits workdir).
+        c.dataset = 'digits'
+        c.model = ml_collections.ConfigDict(dict(name='ViT-testing', num_classes=10, **_digits_encoder(),
+                                                 **LINPROBE_MODEL))
+        c.data.train_pp = 'random_shift'
+        c.data.flip = False
+        c.batch_size = 128
+        c.total_steps = 400
+        c.log_every = 50
+        c.checkpoint_every = 0
+        c.evals = ml_collections.ConfigDict(dict(val=dict(type='classification', split='test', every=0)))
+        c.init_from.path = 'workdirs/milan_digits'
+        return _linprobe(c, lr=0.05 * 128 / 256, warmup_steps=40)
     # 'digits_finetune' or 'digits_scratch'.
     c.dataset = 'digits'
     # Global average pooling as MILAN fine-tunes; the pretrained class token is not used (dont_load 'cls').

@@ -39,8 +39,8 @@ ARGS = {
     'dpt_kitti': [None, '/data/kitti_eigen,Hybrid', '/data/kitti_eigen,Large,init=/p/ViT-L_16.npz'],
     'dpt_nyu': [None, 'Large', 'Hybrid,init=/path/R50+ViT-B_16.npz'],
     'dtn_vit': [None, 'T*', 'S', 'B*', 'S*,layernorm', 'B,dtn_var'],
-    'milan_b16': [None, 'pretrain', 'finetune', 'digits', 'digits_tiny', 'digits_vit_teacher', 'digits_finetune',
-                  'digits_scratch'],
+    'milan_b16': [None, 'pretrain', 'finetune', 'linprobe', 'digits', 'digits_tiny', 'digits_vit_teacher',
+                  'digits_finetune', 'digits_scratch', 'digits_linprobe'],
     'peco_beit_b16': [None, 'pretrain', 'finetune', 'digits', 'digits_finetune', 'digits_scratch'],
     'peco_tokenizer': [None, 'digits', 'digits_tiny'],
     'pyramid_at_b16': [None, 'pyramid', 'pixel', 'baseline'],
@@ -137,7 +137,7 @@ def test_arguments_select_what_the_docstrings_say(image_folder):
     ('configs/quickstart.py:tiny=maybe', 'tiny is True or False'),
     ('configs/cct_7_3x1.py:cifar10,many', 'epochs expects int'),
     ('configs/timesformer_k400.py:base,hr', "Option 'variant' is given twice"),
-    ('configs/milan_b16.py:digits_ft', 'one of pretrain, finetune, digits'),
+    ('configs/milan_b16.py:digits_ft', 'one of pretrain, finetune, linprobe, digits'),
 ])
 def test_bad_arguments_are_named(spec, match):
     with pytest.raises(ValueError, match=match):

@@ -289,7 +289,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.stop_at_step = 0  # If > 0: save and exit at this step (a job-length limit); the same command resumes.
     c.tensorboard = True  # Also write TensorBoard events.
     c.optimizer = ml_collections.ConfigDict(dict(
-        name='sgd',  # 'sgd', 'adam', 'adamw', 'lamb'.
+        name='sgd',  # 'sgd', 'adam', 'adamw', 'lamb', 'lars' (+ trust_coefficient, MAE's linear probing).
         momentum=0.9, nesterov=False, b1=0.9, b2=0.999, eps=1e-8,
         weight_decay=0.0,  # Decoupled for adamw/lamb, coupled L2 for sgd and adam (torch.optim.SGD / Adam).
         wd_mask='all',  # 'all', 'no_bias_norm', 'kernels' or a regex of parameter names.

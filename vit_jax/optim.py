@@ -25,7 +25,7 @@ from flax import traverse_util
 
 from vit_jax.models import layers
 
-OPTIMIZERS = ('sgd', 'adam', 'adamw', 'lamb')  # config.optimizer.name
+OPTIMIZERS = ('sgd', 'adam', 'adamw', 'lamb', 'lars')  # config.optimizer.name
 DECAYS = ('cosine', 'linear', 'constant', 'rsqrt', 'poly')  # config.lr.decay
 LR_KEYS = ('base', 'warmup_steps', 'decay', 'end', 'power')  # Every key of config.lr that `lr_schedule` reads.
 
@@ -180,8 +180,18 @@ def make(config: Any, params: Any, total_steps: int, *, optimizer: Any = None, s
         if wd:
             chain.append(optax.add_decayed_weights(wd, mask))
         chain.append(optax.scale_by_trust_ratio())
+    elif name == 'lars':
+        # LARS as MAE / MoCo v3 linear probing use it (their util/lars.py): for weights of rank >= 2 only, weight
+        # decay is added to the gradient and the result scaled by trust_coefficient * ||w|| / ||g + wd w|| (1 where
+        # either norm is 0); biases and norm parameters take the plain gradient. Then momentum, then the lr.
+        rank2 = jax.tree_util.tree_map(lambda p: len(getattr(p, 'shape', ())) > 1, params)
+        if wd:
+            chain.append(optax.add_decayed_weights(wd, jax.tree_util.tree_map(lambda a, b: a and b, rank2, mask)))
+        chain.append(optax.masked(optax.scale_by_trust_ratio(
+            trust_coefficient=float(opt.get('trust_coefficient', 0.001))), rank2))
+        chain.append(optax.trace(decay=float(opt.get('momentum', 0.9)), nesterov=False))
     else:
-        raise ValueError(f"optimizer.name must be 'sgd', 'adam', 'adamw' or 'lamb', got {name!r}.")
+        raise ValueError(f"optimizer.name must be one of {OPTIMIZERS}, got {name!r}.")
     chain.append(optax.scale_by_learning_rate(schedule))
     layer_decay = opt.get('layer_decay', None)
     if layer_decay:

@@ -54,7 +54,13 @@ class VisionTransformer(nn.Module):
     norm_eps: float = 1e-6  # Normaliser epsilon (release 1e-6; pycls 1e-5).
     activation: str = 'gelu'  # MLP activation ('gelu' = tanh approx, release; 'gelu_exact' for PyTorch ports).
     qkv_bias: bool = True  # Bias on q/k/v projections.
-    head_bias_init: float = 0.0  # Initial head bias (the head kernel is zero-initialised).
+    head_bias_init: float = 0.0  # Initial head bias.
+    # Head kernel init: 0 zeros (the ViT release); > 0 N(0, std^2) (timm's `trunc_normal_(std)`, truncated at +-2
+    # absolute: in effect untruncated), e.g. 0.01 for MAE / MILAN linear probing.
+    head_init_std: float = 0.0
+    # 'batchnorm': MAE / MILAN linear probing's BatchNorm without scale and offset (eps 1e-6) on the pooled features
+    # before the head (`head_norm`, statistics in `batch_stats`; over the global batch, not per device).
+    head_norm: Optional[str] = None
     scan: bool = False  # Scan over encoder layers.
     remat_policy: Optional[str] = None  # Rematerialisation policy of each block (jax.checkpoint_policies name).
     dtype: Any = jnp.float32  # Compute dtype (parameters stay float32).
@@ -172,8 +178,18 @@ class VisionTransformer(nn.Module):
 
         if self.representation_size is not None:
             x = jnp.tanh(nn.Dense(self.representation_size, dtype=self.dtype, name='pre_logits')(x))
+        pooled = x
+        if self.head_norm == 'batchnorm':
+            x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-6, use_scale=False,
+                             use_bias=False, dtype=self.dtype, name='head_norm')(x)
+        elif self.head_norm is not None:
+            raise ValueError(f"head_norm must be None or 'batchnorm', got {self.head_norm!r}.")
         head_bias = nn.initializers.constant(self.head_bias_init)
-        logits, out = layers.classifier_head(x, self.num_classes, out, dtype=self.dtype, bias_init=head_bias)
+        head_kernel = (nn.initializers.normal(self.head_init_std) if self.head_init_std > 0
+                       else nn.initializers.zeros)
+        logits, out = layers.classifier_head(x, self.num_classes, out, dtype=self.dtype, bias_init=head_bias,
+                                             kernel_init=head_kernel)
+        out['pre_logits'] = pooled  # The features, before the head's own norm.
         if self.distill_token and self.num_classes:
             _, dist = layers.classifier_head(x_dist, self.num_classes, {}, dtype=self.dtype, bias_init=head_bias,
                                              name='head_dist')
