@@ -56,8 +56,8 @@ Linear probing (MAE's main_linprobe.py, which MILAN uses): the encoder frozen (`
 head), the class token after the final norm, a BatchNorm without scale or offset then the linear head (init
 N(0, 0.01^2)), LARS (momentum 0.9, trust coefficient 0.001, no weight decay), lr 0.05 x 2048 / 256 = 0.4 for
 batch 2048, 10 warm-up epochs then cosine to 0 over 100 epochs, random-resized-crop + flip, no label smoothing.
-The BatchNorm takes statistics over the global batch (MAE's: per GPU); every encoder gradient is computed and then
-zeroed, so a probe step costs about what a fine-tuning step does (MAE computes none).
+The BatchNorm takes statistics over the global batch (MAE's: per GPU). As in MAE, no encoder gradient is computed
+(the updater stops the gradient of frozen parameters).
 """
 
 import ml_collections

@@ -215,6 +215,25 @@ def test_lars_is_maes_lars():
     np.testing.assert_allclose(np.asarray(params['head']['bias']), ref_b, rtol=1e-5, atol=1e-6)
 
 
+def test_frozen_parameters_need_no_backward_pass():
+    """optimizer.freeze: the updater differentiates through `optim.stop_frozen_gradients`, so a frozen encoder's
+    backward pass is never built (a linear probe costs a forward pass of the encoder, as MAE's), and the trainable
+    gradients are those of the full derivative."""
+    from vit_jax import optim
+
+    rng = np.random.default_rng(0)
+    params = {'enc': {'kernel': jnp.asarray(rng.normal(size=(8, 16)), jnp.float32)},
+              'head': {'kernel': jnp.asarray(rng.normal(size=(16, 3)), jnp.float32)}}
+    x = jnp.asarray(rng.normal(size=(4, 8)), jnp.float32)
+    loss = lambda p: jnp.sum(jnp.tanh(x @ p['enc']['kernel']) @ p['head']['kernel']) ** 2  # noqa: E731
+    stopped = lambda p: loss(optim.stop_frozen_gradients(p, r'^enc/'))  # noqa: E731
+    count = lambda f: str(jax.make_jaxpr(jax.grad(f))(params)).count('dot_general')  # noqa: E731
+    assert count(stopped) < count(loss)  # No product for the encoder's own gradient or its input cotangent.
+    g, full = jax.grad(stopped)(params), jax.grad(loss)(params)
+    assert not np.any(np.asarray(g['enc']['kernel']))
+    np.testing.assert_allclose(np.asarray(g['head']['kernel']), np.asarray(full['head']['kernel']), rtol=1e-6)
+
+
 def test_digits_linear_probe_trains_only_the_head(tmp_path):
     """`milan_b16.py:digits_linprobe` (here on a fresh encoder, 60 steps): the encoder stays exactly as it was
     loaded, the head learns (loss falls), the head's BatchNorm keeps running statistics."""

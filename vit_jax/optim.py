@@ -202,10 +202,25 @@ def make(config: Any, params: Any, total_steps: int, *, optimizer: Any = None, s
     freeze = opt.get('freeze', None)
     tx = optax.chain(*chain)
     if freeze:
-        labels = jax.tree_util.tree_map_with_path(
-            lambda p, _: 'frozen' if re.search(freeze, _path_str(p)) else 'train', params)
+        labels = jax.tree_util.tree_map(lambda f: 'frozen' if f else 'train', frozen_mask(params, freeze))
         tx = optax.multi_transform({'train': tx, 'frozen': optax.set_to_zero()}, labels)
     return tx, schedule
+
+
+def frozen_mask(params: Any, freeze: Optional[str]) -> Any:
+    """A boolean tree: which parameters `optimizer.freeze` (a regex searched in the '/'-joined names) keeps
+    frozen (all False for None)."""
+    return jax.tree_util.tree_map_with_path(lambda p, _: bool(freeze) and re.search(freeze, _path_str(p)) is not None,
+                                            params)
+
+
+def stop_frozen_gradients(params: Any, freeze: Optional[str]) -> Any:
+    """`params` with `stop_gradient` on the frozen ones: differentiating a loss of the result computes no backward
+    pass that only frozen parameters need (a linear probe's encoder), and their gradients are zeros."""
+    if not freeze:
+        return params
+    return jax.tree_util.tree_map(lambda p, f: jax.lax.stop_gradient(p) if f else p, params,
+                                  frozen_mask(params, freeze))
 
 
 def layer_ids(params: Any) -> tuple[Any, int]:

@@ -252,11 +252,15 @@ class Objective:
                 ) -> tuple[TrainState, dict, tuple]:
         """One optimizer update of `group`: (new state, metrics, the values the guard checks)."""
 
+        freeze = (self.config.optimizer if group.optimizer is None else group.optimizer).get('freeze', None)
+
         def run(state):
             params, opt_state, model_state = _group_vars(state, group.name)
             ctx = StepContext(state, frozen)
-            loss, grads, metrics, model_state = self.grads(lambda p, s, b, r: group.loss(p, s, b, r, ctx), params,
-                                                           model_state, batch, rng, ctx)
+            # Frozen parameters (optimizer.freeze) get zero gradients without a backward pass of their own.
+            loss, grads, metrics, model_state = self.grads(
+                lambda p, s, b, r: group.loss(optim.stop_frozen_gradients(p, freeze), s, b, r, ctx), params,
+                model_state, batch, rng, ctx)
             updates, opt_state = self.tx[group.name].update(grads, opt_state, params)
             params = optax.apply_updates(params, updates)
             pre = '' if group.name == MODEL else f'{group.name}_'
