@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Mapping
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import flax.linen as nn
 import jax
@@ -141,3 +141,18 @@ def load_variables(model: nn.Module, weights: str) -> dict:
                          f"{weights} does not hold: use the run's Orbax checkpoint (its workdir).")
     variables = {'params': params, **{k: model_state[k] for k in other}}
     return jax.tree_util.tree_map(np.asarray, variables)
+
+
+def load_pretrained(model: nn.Module, init_params: Any, path: Any, *, dont_load: Sequence[str] = (),
+                    old_grid: Any = None, new_grid: Any = None) -> dict:
+    """`config.init_from`: the weights at `path` (see `checkpoint.load_pretrained`) merged into `model`'s fresh
+    `init_params`. A family whose class defines `init_from_checkpoint(init_params, source, *, dont_load)` applies its
+    own rule first where it returns parameters (a TimeSformer from an image ViT checkpoint: temporal attentions copied
+    from the spatial ones); otherwise, and for every other family, `checkpoint.load_pretrained`."""
+    hook = getattr(model, 'init_from_checkpoint', None)
+    if hook is not None:
+        source = checkpoint.load_params(path) if isinstance(path, str) else path
+        params = hook(init_params, source, dont_load=tuple(dont_load))
+        if params is not None:
+            return params
+    return checkpoint.load_pretrained(init_params, path, tuple(dont_load), old_grid=old_grid, new_grid=new_grid)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 import flax.linen as nn
 import jax
@@ -140,26 +140,10 @@ def load(spec: Any, *, defaults: Optional[dict] = None, seed: int = 0) -> tuple[
     return model_loader.load(spec, defaults=defaults, seed=seed)
 
 
-def load_pretrained(model: nn.Module, init_params: Any, path: Any, *, dont_load: Sequence[str] = (),
-                    old_grid: Any = None, new_grid: Any = None) -> dict:
-    """`config.init_from`: the weights at `path` (see `checkpoint.load_pretrained`) merged into `model`'s fresh
-    `init_params`. A family whose class defines `init_from_checkpoint(init_params, source, *, dont_load)` applies its
-    own rule first where it returns parameters (a TimeSformer from an image ViT checkpoint: temporal attentions copied
-    from the spatial ones); otherwise, and for every other family, `checkpoint.load_pretrained`."""
-    from vit_jax import checkpoint
-
-    hook = getattr(model, 'init_from_checkpoint', None)
-    if hook is not None:
-        source = checkpoint.load_params(path) if isinstance(path, str) else path
-        params = hook(init_params, source, dont_load=tuple(dont_load))
-        if params is not None:
-            return params
-    return checkpoint.load_pretrained(init_params, path, tuple(dont_load), old_grid=old_grid, new_grid=new_grid)
-
-
 def __getattr__(name: str) -> Any:
-    """`models.as_spec`, `models.ModelSpec`, `models.load_variables`: from `vit_jax.model_loader`, imported lazily."""
-    if name in ('as_spec', 'ModelSpec', 'load_variables'):
+    """`models.as_spec`, `models.ModelSpec`, `models.load_variables`, `models.load_pretrained`: from
+    `vit_jax.model_loader`, imported lazily (the model files import no checkpoint code)."""
+    if name in ('as_spec', 'ModelSpec', 'load_variables', 'load_pretrained'):
         from vit_jax import model_loader
 
         return getattr(model_loader, name)
