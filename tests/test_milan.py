@@ -282,7 +282,26 @@ def milan_digits(tmp_path_factory):
     train.train_and_evaluate(config_utils.load('configs/milan_b16.py:digits_tiny'), pre_dir)
     accuracy = _mim_common.finetune_vs_scratch('configs/milan_b16.py', pre_dir, tmp, seeds=(0, 1, 2))
     rows = _mim_common.metrics_rows(pre_dir)
-    return dict(rows=[r for r in rows if 'train/loss' in r], accuracy=accuracy)
+    return dict(rows=[r for r in rows if 'train/loss' in r], accuracy=accuracy, pre_dir=pre_dir, tmp=tmp)
+
+
+@pytest.mark.slow
+def test_milan_digits_linear_probe_beats_a_random_encoder(milan_digits):
+    """`:digits_linprobe` (frozen encoder, LARS, 2000 steps, all training labels) on the MILAN encoder vs the same
+    probe on a random-init encoder of the same architecture, seeds 0, 1, 2. Measured (2 CPU cores): 53.3 / 52.5 /
+    54.7% vs 42.2 / 45.6 / 49.4% (+7.8 on the mean)."""
+    from vit_jax import config_utils, train
+
+    acc = {'pre': [], 'random': []}
+    for seed in (0, 1, 2):
+        for kind, init in (('pre', milan_digits['pre_dir']), ('random', None)):
+            c = config_utils.load('configs/milan_b16.py:digits_linprobe')
+            c.seed, c.init_from.path, c.tensorboard = seed, init, False
+            acc[kind].append(train.train_and_evaluate(c, str(milan_digits['tmp'] / f'probe_{kind}_{seed}'))[
+                'val/accuracy'])
+    print('linear probe: MILAN', acc['pre'], 'random encoder', acc['random'])
+    assert np.mean(acc['pre']) > np.mean(acc['random']) + 0.03, acc
+    assert all(p > r for p, r in zip(acc['pre'], acc['random'])), acc
 
 
 @pytest.mark.slow
