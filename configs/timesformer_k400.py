@@ -14,7 +14,8 @@ ClassLabel (splits train / validation) under the name `kinetics400`, then `confi
 assumes `KINETICS_TRAIN_VIDEOS` training videos (copies differ; set `--config.total_steps` for yours).
 
 Recipe (official configs; [code] unless marked): ViT-B/16 backbone initialised from ImageNet-21k + ImageNet-1k ViT-B/16
-(each block's temporal attention and norm copied from its spatial ones: `models.timesformer.init_from_image_vit`);
+(each block's temporal attention and norm copied from its spatial ones, the position embedding resized 1-D nearest
+for HR as the official loader does: `models.timesformer.init_from_image_vit`, applied by `config.init_from`);
 drop-path 0.1; clips of 8 frames 32 apart (HR 16 x 16, L 96 x 4); training: short side jittered in [256, 320]
 (HR [448, 512]), random crop 224 (448), horizontal flip; pixels normalised with mean 0.45 / std 0.225
 (value_range (-2, 2.444)); SGD momentum 0.9 (Nesterov: SlowFast default [recalled]), weight decay 1e-4, batch 8

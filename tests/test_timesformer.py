@@ -297,3 +297,21 @@ def test_init_from_image_vit_resamples_and_keeps_head():
     with pytest.raises(ValueError, match='shape'):
         wide = video.clone(hidden_size=64, mlp_dim=128)
         timesformer.init_from_image_vit(_params(wide, jnp.zeros(video.input_shape(1))), image_params)
+
+
+def test_trainer_init_hook_uses_the_official_posemb_rule():
+    """models.load_pretrained (config.init_from) from a 16-px image ViT into a 32-px TimeSformer: the hook's result
+    is init_from_image_vit with the official loader's 1-D nearest position-embedding resize (TimeSformer-HR)."""
+    image = models.get_model('ViT-testing', num_classes=5, image_size=16, patch_size=8, hidden_size=64, mlp_dim=128,
+                             num_heads=2, num_layers=2)
+    src = jax.jit(image.init)(jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 3)))['params']
+    video = models.get_model('TimeSformer-testing', num_classes=4)
+    init = _params(video, jnp.zeros(video.input_shape(1)))
+    got = models.load_pretrained(video, init, src, dont_load=('head/.*',))
+    want = timesformer.init_from_image_vit(init, src, dont_load=('head/.*',), posemb_resize='nearest_1d')
+    jax.tree_util.tree_map(np.testing.assert_array_equal, got, want)
+    pe = got['Transformer']['posembed_input']['pos_embedding']
+    assert pe.shape == (1, 17, 64)
+    assert not np.allclose(pe, timesformer.init_from_image_vit(init, src, dont_load=('head/.*',))[
+        'Transformer']['posembed_input']['pos_embedding'])  # The bilinear rule gives other values.
+

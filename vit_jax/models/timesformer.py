@@ -264,10 +264,12 @@ class TimeSformer(nn.Module):
 
     def init_from_checkpoint(self, init_params: Any, source: Any, *, dont_load: Sequence[str] = ()) -> Any:
         """`config.init_from` (`models.load_pretrained`) from an image ViT checkpoint, the paper's ImageNet init:
-        `init_from_image_vit`. None for a video checkpoint (the generic loader then merges it)."""
+        `init_from_image_vit` with the official loader's position-embedding rule (1-D nearest over the token
+        sequence, e.g. TimeSformer-HR at 448 from a 224 ViT). None for a video checkpoint (the generic loader then
+        merges it)."""
         if not is_image_to_video(init_params, source):
             return None
-        return init_from_image_vit(init_params, source, dont_load=tuple(dont_load))
+        return init_from_image_vit(init_params, source, dont_load=tuple(dont_load), posemb_resize='nearest_1d')
 
     @nn.compact
     def __call__(self, images: Array, *, train: bool = False) -> tuple[Array, dict[str, Array]]:
