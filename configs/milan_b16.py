@@ -48,7 +48,7 @@ sees the run's [-1, 1] range instead of ImageNet normalisation (an affine differ
 Fine-tuning: 100 epochs, batch 1024, lr 4e-4 (1e-4 x 1024 / 256), layer decay 0.65, weight decay 0.05, drop-path
 0.1, label smoothing 0.1, 5 warm-up epochs, min lr 1e-6, MAE's global-pool head (the class token through the
 blocks, `fc_norm` on the mean of the patch tokens, no final encoder norm), a learned position embedding that starts
-from the sin-cos table. Left out: MAE's head init N(0, 2e-5) (here zeros). Mixup/CutMix/RandAugment/random erasing
+from the sin-cos table, the head initialised N(0, 2e-5^2) as MAE's. Mixup/CutMix/RandAugment/random erasing
 are left to the data config (`train_pp` / `train_batch_pp` ops where available). The digits fine-tune below keeps
 the earlier head (the mean of the final-norm patch tokens, no class token; its figures were measured so).
 
@@ -130,7 +130,8 @@ def get_config(arg=None):
         # embedding is learned, starting from the pretraining's fixed sin-cos table.
         c.model = ml_collections.ConfigDict(dict(name='ViT-B/16', num_classes=1000, posemb='learn',
                                                  posemb_init='sincos2d_mae', class_token=True, classifier='gap',
-                                                 fc_norm=True, activation='gelu_exact', drop_path_rate=0.1))
+                                                 fc_norm=True, activation='gelu_exact', drop_path_rate=0.1,
+                                                 head_init_std=2e-5))
         c.init_from.dont_load = ('head/.*', 'decoder.*', 'mask_token', 'Transformer/encoder_norm/.*',
                                  'Transformer/posembed_input/.*', 'fc_norm/.*')
         c.data.train_pp = 'inception_crop'

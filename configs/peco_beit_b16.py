@@ -105,7 +105,8 @@ def get_config(arg=None):
         steps_per_epoch = 1_281_167 // 1024
         c.dataset = 'imagenet2012'
         c.model = ml_collections.ConfigDict(dict(name='BEiT-B/16', num_classes=1000, classifier='gap',
-                                                 rel_pos_bias='per_layer', layer_scale=0.1, drop_path_rate=0.1))
+                                                 rel_pos_bias='per_layer', layer_scale=0.1, drop_path_rate=0.1,
+                                                 head_init_std=2e-5))
         c.data.train_pp = 'inception_crop'
         c.data.inception_crop_area = (0.08, 1.0)
         c.data.eval_pp = 'resize_crop'

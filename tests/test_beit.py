@@ -240,3 +240,11 @@ def test_load_pretrained_names_a_table_it_cannot_resample():
         checkpoint.load_pretrained(init, flat)
     params = checkpoint.load_pretrained(init, flat, old_grid=(4, 5), new_grid=(4, 4))
     assert params['Transformer']['rel_pos_bias']['relative_position_bias_table'].shape == (52, 2)
+
+
+def test_head_init_std():
+    """BEiT fine-tuning's head: trunc_normal(0.02) x init_scale 0.001, i.e. N(0, 2e-5^2) (`head_init_std`)."""
+    model = models.get_model('BEiT-testing', num_classes=64, hidden_size=64, mlp_dim=64, head_init_std=2e-5)
+    head = jax.jit(model.init)(jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 3)))['params']['head']
+    assert 1.7e-5 < np.std(np.asarray(head['kernel'])) < 2.3e-5 and not np.any(np.asarray(head['bias']))
+

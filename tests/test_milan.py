@@ -115,6 +115,7 @@ def test_finetune_config_loads_a_milan_checkpoint(tiny):
     init = jax.jit(vit.init)(jax.random.PRNGKey(1), x)['params']
     params = checkpoint.load_pretrained(init, jax.device_get(v['params']), dont_load=cfg.init_from.dont_load)
     np.testing.assert_array_equal(params['cls'], v['params']['cls'])
+    assert 1e-5 < np.std(params['head']['kernel']) < 4e-5  # MAE's head init N(0, 2e-5^2).
     table = models.layers.posemb_sincos_2d(4, 4, 32, convention='mae')
     np.testing.assert_array_equal(params['Transformer']['posembed_input']['pos_embedding'],
                                   np.concatenate([np.zeros((1, 1, 32)), table], axis=1))

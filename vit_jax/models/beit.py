@@ -142,6 +142,8 @@ class BEiT(nn.Module):
     layer_scale: Optional[float] = 0.1  # LayerScale init (0.1 base, 1e-5 large); None disables.
     use_mask_token: bool = True  # Create `mask_token` (needed to accept `mask`).
     vocab_size: Optional[int] = None  # Masked-image-modelling head over this many visual tokens; None: no head.
+    # Classifier kernel init: 0 zeros; > 0 N(0, std^2) (BEiT fine-tuning: trunc_normal(0.02) x init_scale 0.001).
+    head_init_std: float = 0.0
     classifier: str = 'token'  # 'token' (cls + encoder_norm) or 'gap' (mean of patches + fc_norm, BEiT fine-tuning).
     final_norm: Optional[bool] = None  # `encoder_norm` after the blocks; None: not for 'gap' (BEiT), else yes.
     dropout_rate: float = 0.0  # Dropout after the embeddings and inside blocks.
@@ -216,7 +218,9 @@ class BEiT(nn.Module):
             pooled = nn.LayerNorm(epsilon=self.norm_eps, dtype=self.dtype, name='fc_norm')(jnp.mean(x[:, 1:], 1))
         else:
             raise ValueError(f"classifier must be 'token' or 'gap', got {self.classifier!r}.")
-        return layers.classifier_head(pooled, self.num_classes, out, dtype=self.dtype)
+        return layers.classifier_head(pooled, self.num_classes, out, dtype=self.dtype,
+                                      kernel_init=(nn.initializers.normal(self.head_init_std)
+                                                   if self.head_init_std > 0 else nn.initializers.zeros))
 
 
 def _rescale_block(blk: Any, s: Any) -> dict:
