@@ -78,7 +78,7 @@ def _tiny():
     ('model.hidden_sise', 64, "config.model: ViT-Ti/16 (VisionTransformer) has no option 'hidden_sise'"),
     ('model.num_clases', 10, "has no option 'num_clases' (did you mean num_classes"),
     ('optimizer.name', 'adamww', "optimizer.name='adamww' is not an optimizer. Did you mean 'adamw'"),
-    ('optimizer.name', 'rmsprop', 'Choices: sgd, adam, adamw, lamb.'),
+    ('optimizer.name', 'rmsprop', 'Choices: sgd, adam, adamw, lamb, lars.'),
     ('lr.decay', 'cosin', 'cosin'),
     ('lr.warmup', 5, 'lr.warmup'),
     ('lr.warmup_steps', -1, 'lr.warmup_steps'),

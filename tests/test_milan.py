@@ -236,13 +236,14 @@ def test_frozen_parameters_need_no_backward_pass():
 
 
 def test_digits_linear_probe_trains_only_the_head(tmp_path):
-    """`milan_b16.py:digits_linprobe` (here on a fresh encoder, 60 steps): the encoder stays exactly as it was
+    """`milan_b16.py:digits_linprobe` (here on a fresh encoder, 100 steps): the encoder stays exactly as it was
     loaded, the head learns (loss falls), the head's BatchNorm keeps running statistics."""
     from vit_jax import config_utils, train
 
     c = config_utils.load('configs/milan_b16.py:digits_linprobe')
-    c.total_steps = 60
-    c.log_every = 10
+    c.total_steps = 100
+    c.log_every = 20
+    c.lr.base, c.lr.warmup_steps = 4.0, 10  # A short schedule (the recipe warms up for 200 steps).
     c.tensorboard = False
     init_dir = str(tmp_path / 'init')
     params = init_model('ViT-testing', uniform_images((1, 16, 16, 3)), num_classes=10, image_size=16, patch_size=4,
