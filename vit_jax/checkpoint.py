@@ -528,16 +528,14 @@ def _is_rel_pos_table(k: str) -> bool:
     return k.rsplit('/', 1)[-1] == 'relative_position_bias_table'
 
 
-def _resample_rel_pos_tables(flat: dict[str, np.ndarray], init_flat: dict[str, Any], old_grid: Any, new_grid: Any,
+def _resample_rel_pos_tables(flat: dict[str, np.ndarray], shapes: dict[str, Any], old_grid: Any, new_grid: Any,
                              problems: list[str]) -> dict[str, np.ndarray]:
-    """`flat` (the per-layer layout) with its BEiT relative-position tables resampled to the model's grid where
-    their row counts differ; a table that cannot be (its grid unknown) is kept and `problems` says why."""
-    from vit_jax.models import layers
-
-    like = layers.unscan_params({k: np.broadcast_to(np.zeros((), np.int8), np.shape(v)) for k, v in init_flat.items()})
+    """`flat` with its BEiT relative-position tables resampled to the model's grid where their row counts differ
+    from `shapes` (the model's, both in the per-layer layout); a table that cannot be (its grid unknown) is kept
+    and `problems` says why."""
     out = dict(flat)
     for k, v in flat.items():
-        shape = like[k].shape if k in like else None
+        shape = shapes[k].shape if k in shapes else None
         if (_is_rel_pos_table(k) and shape is not None and len(shape) == v.ndim == 2 and v.shape != shape
                 and v.shape[1] == shape[1]):
             try:
@@ -673,10 +671,11 @@ def load_pretrained(init_params: Any, path: str | dict, dont_load: Sequence[str]
     init_flat = flatten(init_params)
     flat = normalise_keys({k: np.asarray(v) for k, v in flat_loaded.items()})
     # A shared attention-bias table into a model with one per layer (BEiT pretraining -> BEiT fine-tuning).
-    flat = layers.shared_bias_to_per_layer_like(flat, init_flat)  # In the per-layer layout.
+    loop_shapes = layers.unscan_shapes(init_flat)  # Shared-table expansion and table resampling work per layer.
+    flat = layers.shared_bias_to_per_layer_like(flat, loop_shapes)
     rel_pos_problems = []
     if resample_posemb:
-        flat = _resample_rel_pos_tables(flat, init_flat, old_grid, new_grid, rel_pos_problems)
+        flat = _resample_rel_pos_tables(flat, loop_shapes, old_grid, new_grid, rel_pos_problems)
     flat = _scan_to_loop(flat, init_flat)
     patterns = [re.compile(p) for p in dont_load]
     skip = lambda k: any(p.match(k) for p in patterns)  # noqa: E731

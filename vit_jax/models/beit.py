@@ -219,8 +219,7 @@ class BEiT(nn.Module):
         else:
             raise ValueError(f"classifier must be 'token' or 'gap', got {self.classifier!r}.")
         return layers.classifier_head(pooled, self.num_classes, out, dtype=self.dtype,
-                                      kernel_init=(nn.initializers.normal(self.head_init_std)
-                                                   if self.head_init_std > 0 else nn.initializers.zeros))
+                                      kernel_init=layers.head_kernel_init(self.head_init_std))
 
 
 def _rescale_block(blk: Any, s: Any) -> dict:

@@ -421,6 +421,19 @@ EncoderHook = Callable[['Encoder', Array], Array]
 POSEMB_KINDS = ('learn', 'sincos2d', 'sincos2d_mae', 'sincos1d', 'none')
 
 
+def _sincos_with_prefix(kind: str, grid: Sequence[int], dim: int, num_prefix: int) -> np.ndarray:
+    """The fixed 2-D table ('sincos2d': big_vision's, 'sincos2d_mae': MAE's) on `grid`, zeros for `num_prefix`
+    leading tokens: [1, num_prefix + h*w, dim]."""
+    pe = posemb_sincos_2d(*grid, dim, convention='mae' if kind == 'sincos2d_mae' else 'big_vision')
+    return np.concatenate([np.zeros((1, num_prefix, dim), np.float32), pe], axis=1)
+
+
+def head_kernel_init(std: float) -> Initializer:
+    """A classifier kernel's init: zeros for std 0 (the ViT release), else N(0, std^2) (timm's
+    `trunc_normal_(std)`, truncated at +-2 absolute: in effect untruncated)."""
+    return nn.initializers.normal(std) if std > 0 else nn.initializers.zeros
+
+
 def posemb_initializer(kind: str, grid: Sequence[int], num_prefix: int = 0) -> Initializer:
     """Init of a learned [1, num_prefix + h*w, D] position embedding: 'normal' (N(0, 0.02), the ViT release) or
     a fixed table's values ('sincos2d_mae' / 'sincos2d' of `posemb_sincos_2d` on `grid`, zeros for the prefix
@@ -432,8 +445,7 @@ def posemb_initializer(kind: str, grid: Sequence[int], num_prefix: int = 0) -> I
 
     def init(key: Array, shape: Sequence[int], dtype: Any = jnp.float32) -> Array:
         del key
-        pe = posemb_sincos_2d(*grid, shape[-1], convention='mae' if kind == 'sincos2d_mae' else 'big_vision')
-        pe = np.concatenate([np.zeros((1, num_prefix, shape[-1]), np.float32), pe], axis=1)
+        pe = _sincos_with_prefix(kind, grid, shape[-1], num_prefix)
         if pe.shape != tuple(shape):
             raise ValueError(f'A {kind} table for grid {tuple(grid)} + {num_prefix} prefix tokens has shape '
                              f'{pe.shape}, not the embedding\'s {tuple(shape)}.')
@@ -461,9 +473,7 @@ def position_embedding(kind: str, *, init: Initializer = nn.initializers.normal(
             x = AddPositionEmbs(posemb_init=init, stored_grid=stored_grid, grid=grid, num_prefix_tokens=num_prefix,
                                 name='posembed_input')(x)
         elif kind in ('sincos2d', 'sincos2d_mae'):
-            pe = posemb_sincos_2d(*grid, x.shape[-1], convention='mae' if kind == 'sincos2d_mae' else 'big_vision')
-            pe = np.concatenate([np.zeros((1, num_prefix, x.shape[-1]), np.float32), pe], axis=1)
-            x = x + jnp.asarray(pe, x.dtype)
+            x = x + jnp.asarray(_sincos_with_prefix(kind, grid, x.shape[-1], num_prefix), x.dtype)
         elif kind == 'sincos1d':
             x = x + jnp.asarray(posemb_sincos_1d(x.shape[1], x.shape[2]), x.dtype)
         return nn.Dropout(dropout_rate)(x, deterministic=not train)
@@ -753,13 +763,19 @@ def scan_params_like(flat: Mapping[str, Any], like: Mapping[str, Any]) -> dict[s
     return out
 
 
+def unscan_shapes(like: Mapping[str, Any]) -> dict[str, Any]:
+    """'/'-flat arrays or ShapeDtypeStructs in the per-layer layout, as zero-stride placeholders with their shapes
+    (nothing is copied or allocated)."""
+    return unscan_params({k: np.broadcast_to(np.zeros((), np.int8), np.shape(v)) for k, v in like.items()})
+
+
 def shared_bias_to_per_layer_like(flat: Mapping[str, Any], like: Mapping[str, Any]) -> dict[str, Any]:
     """'/'-flat parameters with a shared attention-bias module `{scope}/{bias}/...` (e.g. BEiT pretraining's
     `Transformer/rel_pos_bias/...`) copied into every layer's `{scope}/{block}_{i}_{bias}/...` where `like` (a
     model's flat parameters, or their shapes, in either layout) has per-layer biases and no shared one: the rule of
     BEiT's fine-tuning loaders. Everything else, and a `flat` the rule does not apply to, is returned as it is."""
     flat = unscan_params(flat)
-    loop_like = unscan_params({k: np.broadcast_to(np.zeros((), np.int8), v.shape) for k, v in like.items()})
+    loop_like = unscan_shapes(like)
     out, shared_used = dict(flat), set()
     for k in loop_like:
         m = _loop_key_match(k)

@@ -185,10 +185,8 @@ class VisionTransformer(nn.Module):
         elif self.head_norm is not None:
             raise ValueError(f"head_norm must be None or 'batchnorm', got {self.head_norm!r}.")
         head_bias = nn.initializers.constant(self.head_bias_init)
-        head_kernel = (nn.initializers.normal(self.head_init_std) if self.head_init_std > 0
-                       else nn.initializers.zeros)
         logits, out = layers.classifier_head(x, self.num_classes, out, dtype=self.dtype, bias_init=head_bias,
-                                             kernel_init=head_kernel)
+                                             kernel_init=layers.head_kernel_init(self.head_init_std))
         out['pre_logits'] = pooled  # The features, before the head's own norm.
         if self.distill_token and self.num_classes:
             _, dist = layers.classifier_head(x_dist, self.num_classes, {}, dtype=self.dtype, bias_init=head_bias,
